@@ -1,0 +1,52 @@
+"""loader: run a SQL query, post the rows to an HTTP endpoint, reliably.
+
+The front door::
+
+    from loader import load_job, run_job
+
+    job = load_job("jobs/signups.yml")
+    result = run_job(job)
+    print(result.rows_posted)
+
+Everything public is importable from here; submodules are implementation details.
+"""
+
+from loader._version import __version__
+from loader.errors import (
+    EncodingError,
+    JobConfigError,
+    LoaderError,
+    QueryError,
+    RejectedError,
+    RetriesExhaustedError,
+    RetryableSinkError,
+    SinkError,
+    SourceError,
+)
+from loader.job import Batch, Envelope, Job, Retry, Source, Target
+from loader.jobfile import build_job, load_job, parse_job
+from loader.runner import RunResult, run_job
+
+__all__ = [
+    "Batch",
+    "EncodingError",
+    "Envelope",
+    "Job",
+    "JobConfigError",
+    "LoaderError",
+    "QueryError",
+    "RejectedError",
+    "Retry",
+    "RetriesExhaustedError",
+    "RetryableSinkError",
+    "RunResult",
+    "SinkError",
+    "Source",
+    "SourceError",
+    "Target",
+    "__version__",
+    "build_job",
+    "load_job",
+    "parse_job",
+    "run_job",
+]

@@ -1,0 +1,5 @@
+"""``python -m loader`` is the ``loader`` command."""
+
+from loader.cli import main
+
+main()

@@ -1,0 +1,43 @@
+"""Documented constants in one place: defaults of the job file and the CLI's exit codes."""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Rows per request.
+BATCH_SIZE: Final = 500
+#: Largest request body in bytes (1 MB).
+BATCH_MAX_BYTES: Final = 1_000_000
+#: Seconds before one HTTP request times out.
+TARGET_TIMEOUT: Final = 30.0
+#: Attempts per batch, the first included.
+RETRY_ATTEMPTS: Final = 5
+#: First back-off in seconds; doubles per attempt, with full jitter.
+RETRY_BACKOFF: Final = 1.0
+#: Longest back-off in seconds.
+RETRY_MAX_BACKOFF: Final = 60.0
+#: Longest wait a ``Retry-After`` header may impose, in seconds.
+RETRY_MAX_RETRY_AFTER: Final = 300.0
+#: Seconds one database statement (each fetch of a streaming cursor) may run; 0 disables.
+STATEMENT_TIMEOUT: Final = 300.0
+#: Rows fetched from the database per round trip.
+FETCH_SIZE: Final = 2000
+#: Characters of a response body kept in errors.
+BODY_EXCERPT_CHARS: Final = 500
+#: Requests ``--dry-run`` prints.
+DRY_RUN_REQUESTS: Final = 3
+
+# Exit codes of the ``loader`` command.
+#: Every row was delivered (or, with ``--dry-run``, read and encoded).
+EXIT_OK: Final = 0
+#: An unexpected internal error; the message and a redacted traceback are printed.
+EXIT_INTERNAL: Final = 1
+#: Bad job file, bad environment or bad command line; nothing was sent.
+EXIT_CONFIG: Final = 2
+#: The database could not be reached or the query failed.
+EXIT_SOURCE: Final = 3
+#: Delivery failed: the endpoint rejected a request, retries ran out, or a row
+#: could not be encoded into a request.
+EXIT_DELIVERY: Final = 4
+#: Stopped by SIGINT or SIGTERM before the end of the rows.
+EXIT_INTERRUPTED: Final = 130

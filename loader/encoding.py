@@ -1,0 +1,196 @@
+"""Rows to JSON bytes, with exact types.
+
+=========================  =================================================================
+database value             JSON
+=========================  =================================================================
+integer (any size)         number with every digit
+numeric / decimal          number with its exact digits (never through float), or a string
+                           with ``target.decimals: string``; NaN and ±Infinity become null
+float                      shortest round-trip number; NaN and ±Infinity become null
+timestamptz                RFC 3339 in UTC: ``2024-03-10T07:59:58.913402Z``
+timestamp                  ISO 8601 without offset: ``2024-03-10T07:59:58.913402``
+date / time                ``2024-03-10`` / ``07:59:58.913402``
+interval                   ISO 8601 duration: ``P1DT2H3M4.5S``
+uuid                       lowercase string
+json / jsonb               embedded JSON value (exact text from the database)
+array                      array, nulls kept
+bytea / blob               base64 string
+inet / cidr                string
+boolean, NULL              true / false, null
+=========================  =================================================================
+
+A value of any other type is an :class:`~loader.errors.EncodingError` naming the column
+and the type: cast it in SQL (``col::text``) to send it.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+import orjson
+
+from loader.errors import EncodingError
+
+_INT64 = range(-(2**63), 2**63)
+_IP_TYPES = (
+    ipaddress.IPv4Address,
+    ipaddress.IPv6Address,
+    ipaddress.IPv4Network,
+    ipaddress.IPv6Network,
+    ipaddress.IPv4Interface,
+    ipaddress.IPv6Interface,
+)
+
+
+def json_fragment(text: bytes | str) -> Any:
+    """Wrap raw JSON text so it is embedded as is (used for json/jsonb columns)."""
+    return orjson.Fragment(text)
+
+
+def dumps(value: Any) -> bytes:
+    """Encode a plain Python value (envelope fields, test fixtures) as compact JSON."""
+    return orjson.dumps(value, default=_default_number)
+
+
+def iso_duration(value: timedelta) -> str:
+    """``timedelta`` as an ISO 8601 duration (``P1DT2H3M4.5S``, ``-PT1S``)."""
+    sign = "-" if value < timedelta(0) else ""
+    value = abs(value)
+    hours, rest = divmod(value.seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    secs = f"{seconds}.{value.microseconds:06d}".rstrip("0").rstrip(".")
+    date = f"{value.days}D" if value.days else ""
+    clock = "".join(f"{n}{unit}" for n, unit in ((hours, "H"), (minutes, "M")) if n) + (
+        f"{secs}S" if secs != "0" else ""
+    )
+    if not date and not clock:
+        return "PT0S"
+    return f"{sign}P{date}" + (f"T{clock}" if clock else "")
+
+
+def _default_common(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, timedelta):
+        return iso_duration(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is not None and value.utcoffset() is not None:
+            return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return value.isoformat()
+    if isinstance(value, time):
+        return value.isoformat()
+    if isinstance(value, _IP_TYPES):
+        return str(value)
+    if isinstance(value, set | frozenset):
+        return list(value)
+    raise TypeError(
+        f"cannot encode a value of type {type(value).__module__}.{type(value).__name__}"
+    )
+
+
+def _default_number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value)) if value.is_finite() else None
+    return _default_common(value)
+
+
+def _default_string(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value) if value.is_finite() else None
+    return _default_common(value)
+
+
+def _widen(value: Any, default: Callable[[Any], Any]) -> Any:
+    """Slow path: make values orjson refuses natively (ints past 64 bits, aware times)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if value in _INT64 else orjson.Fragment(str(value))
+    if isinstance(value, dict):
+        return {k: _widen(v, default) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_widen(v, default) for v in value]
+    if isinstance(value, time) and value.tzinfo is not None:
+        return value.isoformat()
+    if isinstance(value, datetime | Decimal | bytes | bytearray | memoryview | timedelta):
+        return default(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How encoded rows are joined into one request body: ``prefix row sep row ... suffix``."""
+
+    prefix: bytes
+    separator: bytes
+    suffix: bytes
+    content_type: str
+
+    def overhead(self) -> int:
+        """Bytes a body of one row adds around that row."""
+        return len(self.prefix) + len(self.suffix)
+
+
+def framing(
+    fmt: Literal["json", "ndjson"],
+    envelope_key: str | None = None,
+    envelope_fields: dict[str, Any] | None = None,
+) -> Framing:
+    """The framing for ``fmt``: a JSON array (optionally inside an envelope) or NDJSON."""
+    if fmt == "ndjson":
+        return Framing(b"", b"\n", b"\n", "application/x-ndjson")
+    if envelope_key is None:
+        return Framing(b"[", b",", b"]", "application/json")
+    key = dumps(envelope_key)
+    fields = dumps(envelope_fields or {})
+    head = fields[:-1] + b"," if envelope_fields else b"{"
+    return Framing(head + key + b":[", b",", b"]}", "application/json")
+
+
+class RowEncoder:
+    """Encodes rows (sequences in ``columns`` order) as JSON objects.
+
+    ``utc_datetimes`` promises that every aware datetime is already in UTC (the
+    PostgreSQL source sets the session time zone), which keeps datetimes on the fast path.
+    """
+
+    def __init__(
+        self,
+        columns: Sequence[str],
+        *,
+        decimals: Literal["number", "string"] = "number",
+        utc_datetimes: bool = False,
+    ) -> None:
+        self.columns = tuple(columns)
+        self._default = _default_number if decimals == "number" else _default_string
+        self._option = orjson.OPT_UTC_Z
+        if not utc_datetimes:
+            self._option |= orjson.OPT_PASSTHROUGH_DATETIME
+
+    def encode(self, row: Sequence[Any]) -> bytes:
+        """One row as a JSON object; raises :class:`EncodingError` naming the column."""
+        record = dict(zip(self.columns, row, strict=True))
+        try:
+            return orjson.dumps(record, default=self._default, option=self._option)
+        except (orjson.JSONEncodeError, TypeError):
+            return self._encode_slowly(record)
+
+    def _encode_slowly(self, record: dict[str, Any]) -> bytes:
+        widened = {}
+        for column, value in record.items():
+            try:
+                widened[column] = _widen(value, self._default)
+                orjson.dumps(widened[column], default=self._default, option=self._option)
+            except (orjson.JSONEncodeError, TypeError) as exc:
+                reason = str(exc.__cause__ or exc)
+                raise EncodingError(
+                    f"column {column!r}: {reason}; cast it in the query "
+                    f"(e.g. {column}::text) to send it as a string"
+                ) from exc
+        return orjson.dumps(widened, default=self._default, option=self._option)

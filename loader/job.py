@@ -1,0 +1,282 @@
+"""The job model: what to read, where to send it, and how.
+
+A :class:`Job` is a frozen pydantic model. Unknown keys are errors; durations and sizes
+carry units (``30s``, ``1MB``). Build one from a file with :func:`loader.load_job`, or in
+Python::
+
+    Job(name="signups", source={"url": "sqlite:///app.db", "query": "SELECT * FROM users"},
+        target={"url": "https://api.example.com/import"})
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from loader import defaults
+from loader.redact import Redactor, is_secret_name, mask_url, url_password
+from loader.units import format_duration, format_size, parse_duration, parse_size
+
+
+def _to_seconds(value: Any) -> Any:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, bool | int | float):
+        raise ValueError(f"expected a duration with a unit such as 30s or 250ms, got {value!r}")
+    return value
+
+
+def _to_bytes(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_size(value)
+    if isinstance(value, bool | int | float):
+        raise ValueError(f"expected a size with a unit such as 500KB or 1MB, got {value!r}")
+    return value
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_to_seconds),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h|d)$"}),
+    Field(ge=0),
+]
+"""Seconds, written in files with a unit: ``250ms``, ``30s``, ``5m``, ``1h``, ``1d``."""
+
+Size = Annotated[
+    int,
+    BeforeValidator(_to_bytes),
+    PlainSerializer(format_size, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?([KMG]i?)?B$"}),
+]
+"""Bytes, written in files with a unit: ``500KB``, ``1MB`` (powers of 1000) or ``1MiB``."""
+
+Scalar = str | int | float | bool | None
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# SQLAlchemy's rule for text() bind parameters: ":name", but not "::cast" or "\\:".
+_BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
+
+
+def _strip_sql_literals(sql: str) -> str:
+    """The SQL without quoted strings and comments, where ``:name`` is not a parameter."""
+    sql = re.sub(r"'(?:[^']|'')*'", "''", sql)
+    sql = re.sub(r"--[^\n]*", "", sql)
+    return re.sub(r"/\*.*?\*/", "", sql, flags=re.DOTALL)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class Source(_Model):
+    """The database and the query whose rows are sent."""
+
+    url: str = Field(description="SQLAlchemy URL; postgres:// and postgresql:// use psycopg 3.")
+    query: str = Field(min_length=1, description="SQL; bind parameters as :name.")
+    params: dict[str, Scalar | list[Scalar]] = Field(
+        default_factory=dict, description="Bound parameters, never formatted into the SQL."
+    )
+    statement_timeout: Duration = Field(
+        default=defaults.STATEMENT_TIMEOUT,
+        description="Longest a statement (each fetch) may run; 0s disables. PostgreSQL only.",
+    )
+    fetch_size: int = Field(
+        default=defaults.FETCH_SIZE, ge=1, description="Rows fetched per database round trip."
+    )
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if name == "url" else value
+
+    @model_validator(mode="after")
+    def _params_match_query(self) -> Source:
+        used = set(_BIND.findall(_strip_sql_literals(self.query)))
+        problems = [
+            f"the query uses :{name} but params has no {name!r}"
+            for name in sorted(used - set(self.params))
+        ] + [
+            f"params.{name} is not used by the query (no :{name} in it)"
+            for name in sorted(set(self.params) - used)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @field_validator("url")
+    @classmethod
+    def _looks_like_url(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError(
+                "expected an SQLAlchemy URL such as postgresql://user@host:5432/db "
+                "or sqlite:///path/to/file.db"
+            )
+        return value
+
+
+class Envelope(_Model):
+    """Wraps the rows of a request: ``{key: [...rows], **fields}``."""
+
+    key: str = Field(min_length=1, description="Key that holds the array of rows.")
+    fields: dict[str, Any] = Field(
+        default_factory=dict, description="Static fields sent beside the rows."
+    )
+
+    @model_validator(mode="after")
+    def _key_not_in_fields(self) -> Envelope:
+        if self.key in self.fields:
+            raise ValueError(f"fields must not contain the rows' key {self.key!r}")
+        return self
+
+
+class Target(_Model):
+    """The HTTP endpoint that receives the rows."""
+
+    url: str = Field(description="http:// or https:// URL the requests go to.")
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    secret_headers: tuple[str, ...] = Field(
+        default=(),
+        description="Extra header names whose values are masked in all output "
+        "(Authorization, cookies and names with key/token/secret/auth are masked anyway).",
+    )
+    format: Literal["json", "ndjson"] = Field(
+        default="json",
+        description="json: one JSON array of rows per request; ndjson: one object per line.",
+    )
+    envelope: Envelope | None = Field(
+        default=None, description="A key (shorthand) or {key, fields} wrapping the rows."
+    )
+    timeout: Duration = defaults.TARGET_TIMEOUT
+    decimals: Literal["number", "string"] = Field(
+        default="number",
+        description="number: numeric columns as exact JSON numbers; string: as JSON strings.",
+    )
+
+    def __repr_args__(self) -> Any:
+        redactor = Redactor(secret_headers=frozenset(n.lower() for n in self.secret_headers))
+        for name, value in super().__repr_args__():
+            if name == "headers":
+                yield name, redactor.headers(self.headers)
+            else:
+                yield name, mask_url(value) if name == "url" else value
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("envelope", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"key": value} if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "expected an http:// or https:// URL with a host, "
+                "such as https://api.example.com/v1/import"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _envelope_needs_json(self) -> Target:
+        if self.envelope is not None and self.format == "ndjson":
+            raise ValueError("envelope works with format: json only; remove one of them")
+        return self
+
+
+class Batch(_Model):
+    """How rows are grouped into requests."""
+
+    size: int = Field(default=defaults.BATCH_SIZE, ge=1, description="Rows per request.")
+    max_bytes: Size = Field(
+        default=defaults.BATCH_MAX_BYTES,
+        ge=64,
+        description="No request body is larger; a single larger row is an error.",
+    )
+
+
+class Retry(_Model):
+    """When and how long to retry a request that may succeed later."""
+
+    attempts: int = Field(default=defaults.RETRY_ATTEMPTS, ge=1, le=100)
+    backoff: Duration = Field(
+        default=defaults.RETRY_BACKOFF, description="First back-off; doubles, full jitter."
+    )
+    max_backoff: Duration = defaults.RETRY_MAX_BACKOFF
+    max_retry_after: Duration = Field(
+        default=defaults.RETRY_MAX_RETRY_AFTER,
+        description="Cap on the wait a Retry-After header may impose.",
+    )
+
+
+class Job(_Model):
+    """One loader job: a source query, a target endpoint, batching and retries."""
+
+    name: str = Field(description="Job name; defaults to the file's stem.")
+    source: Source
+    target: Target
+    batch: Batch = Field(default_factory=Batch)
+    retry: Retry = Field(default_factory=Retry)
+
+    _env_secrets: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                "expected letters, digits, '_', '.' or '-', starting with a letter or digit, "
+                f"got {value!r}"
+            )
+        return value
+
+    def with_secrets(self, values: frozenset[str]) -> Job:
+        """Return a copy that also masks ``values`` (secrets interpolated from the env)."""
+        copy = self.model_copy()
+        copy._env_secrets = self._env_secrets | values
+        return copy
+
+    def secrets(self) -> frozenset[str]:
+        """Every secret value this job holds: passwords, secret headers and fields."""
+        found: set[str] = set(self._env_secrets)
+        for url in (self.source.url, self.target.url):
+            password = url_password(url)
+            if password:
+                found.add(password)
+        secret_headers = {name.lower() for name in self.target.secret_headers}
+        for name, value in self.target.headers.items():
+            if name.lower() in secret_headers or is_secret_name(name):
+                found.add(value)
+                _scheme, _, credential = value.partition(" ")
+                if credential:
+                    found.add(credential)
+        if self.target.envelope:
+            for name, value in self.target.envelope.fields.items():
+                if is_secret_name(name) and isinstance(value, str):
+                    found.add(value)
+        return frozenset(value for value in found if value)
+
+    def redactor(self) -> Redactor:
+        """A :class:`~loader.redact.Redactor` that masks this job's secrets."""
+        secret_headers = frozenset(name.lower() for name in self.target.secret_headers)
+        return Redactor(self.secrets(), secret_headers=secret_headers)

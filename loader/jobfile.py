@@ -1,0 +1,312 @@
+"""Job files: YAML with ``${VAR}`` interpolation, validated into a :class:`~loader.job.Job`.
+
+Every problem in a file is reported at once, each as ``file:line: key.path: message``,
+in one :class:`~loader.errors.JobConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dotenv import dotenv_values
+from pydantic import BaseModel, ValidationError
+
+from loader.errors import JobConfigError
+from loader.job import Job
+from loader.redact import Redactor, is_secret_name
+
+JOB_FILE_SUFFIXES = (".yml", ".yaml")
+_VARIABLE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_MAX_VALUE_CHARS = 60
+
+KeyPath = tuple[str | int, ...]
+
+
+def environment(dotenv: str | Path = ".env") -> dict[str, str]:
+    """The process environment over the values of ``dotenv`` (which never overrides it)."""
+    values = {k: v for k, v in dotenv_values(dotenv).items() if v is not None}
+    values.update(os.environ)
+    return values
+
+
+def load_job(path: str | Path, *, env: Mapping[str, str] | None = None) -> Job:
+    """Read, interpolate and validate the job file at ``path``.
+
+    ``env`` defaults to :func:`environment` (the process environment over ``./.env``).
+    Raises :class:`JobConfigError` listing every problem in the file.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise JobConfigError([f"{path}: cannot read the job file: {reason}"]) from exc
+    return parse_job(text, filename=str(path), default_name=path.stem, env=env)
+
+
+def parse_job(
+    text: str,
+    *,
+    filename: str = "<job>",
+    default_name: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Job:
+    """Parse a job from YAML ``text``; ``filename`` is used in messages only."""
+    problems: list[tuple[int, str]] = []
+    data, lines = _parse_yaml(text, filename, problems)
+    if problems:
+        raise JobConfigError([message for _, message in problems])
+    if not isinstance(data, dict):
+        raise JobConfigError([f"{filename}:1: expected a mapping of keys (name, source, ...)"])
+    return _validate(data, filename=filename, lines=lines, default_name=default_name, env=env)
+
+
+def build_job(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Job:
+    """Build a job from a mapping shaped like a job file, ``${VAR}`` interpolated.
+
+    Raises :class:`JobConfigError` listing every problem, like :func:`load_job`.
+    """
+    return _validate(dict(data), filename="<job>", lines={}, default_name=None, env=env)
+
+
+def _validate(
+    data: dict[str, Any],
+    *,
+    filename: str,
+    lines: dict[KeyPath, int],
+    default_name: str | None,
+    env: Mapping[str, str] | None,
+) -> Job:
+    env = environment() if env is None else env
+    problems: list[tuple[int, str]] = []
+    secrets: set[str] = set()
+    data = _interpolate(data, (), env, secrets, filename, lines, problems)
+    if default_name is not None and "name" not in data:
+        data["name"] = default_name
+    try:
+        job = Job.model_validate(data)
+    except ValidationError as exc:
+        redactor = Redactor(secrets)
+        for error in exc.errors():
+            loc: KeyPath = tuple(error["loc"])
+            line = _line_of(loc, lines)
+            message = redactor.text(_describe(error, loc))
+            where = ".".join(str(part) for part in loc) or "(top level)"
+            at = f"{filename}:{line}" if lines else filename
+            problems.append((line, f"{at}: {where}: {message}"))
+    if problems:
+        problems.sort(key=lambda problem: problem[0])
+        raise JobConfigError([message for _, message in problems])
+    return job.with_secrets(frozenset(secrets))
+
+
+def find_job_files(paths: list[str | Path]) -> list[Path]:
+    """Job files named by ``paths``: files as given, directories searched for ``*.yml``."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(
+                sorted(p for p in path.iterdir() if p.suffix in JOB_FILE_SUFFIXES and p.is_file())
+            )
+        else:
+            found.append(path)
+    return found
+
+
+def _parse_yaml(
+    text: str, filename: str, problems: list[tuple[int, str]]
+) -> tuple[Any, dict[KeyPath, int]]:
+    """Load YAML, recording the line of every key and refusing duplicate keys."""
+    lines: dict[KeyPath, int] = {}
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        reason = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        detail = f"{context}, {reason}" if context else reason
+        problems.append((line, f"{filename}:{line}: invalid YAML: {detail}"))
+        return None, lines
+    if node is None:
+        return None, lines
+    constructor = yaml.SafeLoader("")
+
+    def build(node: yaml.Node, path: KeyPath) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            constructor.flatten_mapping(node)
+            result: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = constructor.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if not isinstance(key, str | int) or isinstance(key, bool):
+                    problems.append((line, f"{filename}:{line}: keys must be strings, got {key!r}"))
+                    continue
+                key = str(key)
+                where = ".".join(str(p) for p in (*path, key))
+                if key in result:
+                    first = lines[(*path, key)]
+                    problems.append(
+                        (line, f"{filename}:{line}: {where}: duplicate key (first at line {first})")
+                    )
+                    continue
+                lines[(*path, key)] = line
+                result[key] = build(value_node, (*path, key))
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for index, item in enumerate(node.value):
+                lines[(*path, index)] = item.start_mark.line + 1
+                items.append(build(item, (*path, index)))
+            return items
+        return constructor.construct_object(node, deep=True)
+
+    return build(node, ()), lines
+
+
+def _interpolate(
+    value: Any,
+    path: KeyPath,
+    env: Mapping[str, str],
+    secrets: set[str],
+    filename: str,
+    lines: dict[KeyPath, int],
+    problems: list[tuple[int, str]],
+) -> Any:
+    """Substitute ``${VAR}`` and ``${VAR:-default}`` in every string value."""
+    if isinstance(value, dict):
+        return {
+            k: _interpolate(v, (*path, k), env, secrets, filename, lines, problems)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _interpolate(v, (*path, i), env, secrets, filename, lines, problems)
+            for i, v in enumerate(value)
+        ]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$${":
+            return "\0{"
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            if is_secret_name(name):
+                secrets.add(env[name])
+            return env[name]
+        if default is not None:
+            return default
+        line = _line_of(path, lines)
+        where = ".".join(str(p) for p in path)
+        at = f"{filename}:{line}" if lines else filename
+        problems.append(
+            (
+                line,
+                f"{at}: {where}: environment variable {name} is not set; "
+                f"set it (or put it in .env), or give a default: ${{{name}:-value}}",
+            )
+        )
+        return ""
+
+    result = _VARIABLE.sub(substitute, value)
+    if "${" in result:
+        line = _line_of(path, lines)
+        where = ".".join(str(p) for p in path)
+        at = f"{filename}:{line}" if lines else filename
+        problems.append(
+            (
+                line,
+                f"{at}: {where}: malformed variable reference; write ${{NAME}} "
+                "or ${NAME:-default}, or $${ for a literal ${",
+            )
+        )
+    return result.replace("\0{", "${")
+
+
+def _line_of(loc: KeyPath, lines: dict[KeyPath, int]) -> int:
+    """Line of the key at ``loc``, or of its nearest parent present in the file."""
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return 1
+
+
+def _describe(error: Mapping[str, Any], loc: KeyPath) -> str:
+    """A short message for one pydantic error: what was expected and what was given."""
+    kind = error["type"]
+    got = _short(error.get("input"))
+    ctx = error.get("ctx") or {}
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+        return f"unknown key{suggestion} (allowed: {', '.join(allowed)})"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind == "literal_error":
+        return f"expected one of {ctx.get('expected', '')}, got {got}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        sign = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<="}
+        bound = next(iter(ctx.values()), "")
+        return f"expected a value {sign.get(kind, '<')} {bound}, got {got}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"expected an integer, got {got}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a mapping of keys, got {got}"
+    if kind == "string_too_short":
+        return "must not be empty"
+    message = str(error["msg"])
+    return f"{message[:1].lower()}{message[1:]}, got {got}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 3] + "..."
+
+
+def _allowed_keys(loc: KeyPath) -> list[str]:
+    """Field names of the model found at ``loc`` below :class:`Job`."""
+    model: type[BaseModel] = Job
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        inner = _model_in(field.annotation)
+        if inner is None:
+            return []
+        model = inner
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        for arg in typing.get_args(annotation):
+            model = _model_in(arg)
+            if model is not None:
+                return model
+    return None
+
+
+def iter_job_problems(
+    paths: list[str | Path], env: Mapping[str, str]
+) -> Iterator[tuple[Path, Job | None, list[str]]]:
+    """For each job file under ``paths``: the job, or ``None`` and its problems."""
+    for path in find_job_files(paths):
+        try:
+            yield path, load_job(path, env=env), []
+        except JobConfigError as exc:
+            yield path, None, exc.problems

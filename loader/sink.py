@@ -1,0 +1,170 @@
+"""The HTTP side: one attempt to deliver one request body, and what its outcome means.
+
+:meth:`Sink.send` returns when the endpoint acknowledged the body (any 2xx) and raises
+otherwise:
+
+* :class:`RetryableSinkError`: connection errors, timeouts, 408, 429, 500, 502, 503, 504;
+  ``retry_after`` holds the server's ``Retry-After`` (seconds or HTTP-date) if any.
+* :class:`RejectedError`: any other 4xx; the endpoint will refuse this body again.
+* :class:`SinkError`: anything else (redirects, which are never followed; other 5xx).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from loader import defaults
+from loader import job as jobmodel
+from loader.errors import RejectedError, RetryableSinkError, SinkError
+from loader.redact import Redactor
+from loader.units import format_duration
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request as it would be sent: what ``--dry-run`` prints (headers masked)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def idempotency_key(job_name: str, body: bytes) -> str:
+    """A key derived from the job and the body: every retry and re-send of the same
+    batch carries the same key, so an endpoint that honours it can drop duplicates."""
+    digest = hashlib.sha256(job_name.encode() + b"\0" + body).hexdigest()
+    return f"{job_name}-{digest[:32]}"
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+class Sink:
+    """An HTTP client for one target: keep-alive, no redirects, no ambient proxies."""
+
+    def __init__(
+        self,
+        target: jobmodel.Target,
+        redactor: Redactor,
+        *,
+        user_agent: str,
+        content_type: str,
+        transport: httpx.BaseTransport | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._target = target
+        self._redactor = redactor
+        self._wall_clock = wall_clock
+        self.safe_url = redactor.url(target.url)
+        self._headers = {
+            "Content-Type": content_type,
+            "User-Agent": user_agent,
+            **target.headers,
+        }
+        self._client = httpx.Client(
+            timeout=target.timeout,
+            follow_redirects=False,
+            trust_env=False,
+            transport=transport,
+        )
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._client.close()
+
+    def prepare(self, body: bytes, key: str) -> Request:
+        """The request for ``body``, with secret headers masked (for display)."""
+        headers = self._redactor.headers({**self._headers, "Idempotency-Key": key})
+        return Request(self._target.method, self.safe_url, headers, body)
+
+    def send(self, body: bytes, key: str) -> None:
+        """Deliver ``body`` once; return on 2xx, raise a :class:`SinkError` otherwise."""
+        method = self._target.method
+        what = f"{method} {self.safe_url}"
+        headers = {**self._headers, "Idempotency-Key": key}
+        try:
+            response = self._client.request(method, self._target.url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise RetryableSinkError(
+                f"{what}: no response within target.timeout "
+                f"({format_duration(self._target.timeout)}): {type(exc).__name__}",
+                url=self.safe_url,
+            ) from exc
+        except httpx.TransportError as exc:
+            raise RetryableSinkError(
+                f"{what}: {self._redactor.text(_transport_reason(exc))}", url=self.safe_url
+            ) from exc
+        self._classify(response, what)
+
+    def _classify(self, response: httpx.Response, what: str) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        excerpt = self._excerpt(response)
+        detail = f"{what} answered {status} {response.reason_phrase}"
+        if status in RETRYABLE_STATUSES:
+            retry_after = parse_retry_after(
+                response.headers.get("Retry-After"), now=self._wall_clock()
+            )
+            raise RetryableSinkError(
+                f"{detail}: {excerpt}" if excerpt else detail,
+                url=self.safe_url,
+                status=status,
+                retry_after=retry_after,
+            )
+        if 400 <= status < 500:
+            raise RejectedError(
+                f"{detail}: {excerpt or '(empty body)'}; the endpoint refuses this request, "
+                "so it is not retried",
+                url=self.safe_url,
+                status=status,
+                body_excerpt=excerpt,
+            )
+        if 300 <= status < 400:
+            location = self._redactor.url(response.headers.get("Location", "?"))
+            raise SinkError(
+                f"{detail}, redirecting to {location}; redirects are not followed: "
+                "set target.url to the final address",
+                url=self.safe_url,
+                status=status,
+            )
+        raise SinkError(f"{detail}: {excerpt}", url=self.safe_url, status=status)
+
+    def _excerpt(self, response: httpx.Response) -> str:
+        text = " ".join(response.text.split())
+        limit = defaults.BODY_EXCERPT_CHARS
+        text = text if len(text) <= limit else text[:limit] + "..."
+        return self._redactor.text(text)
+
+
+def _transport_reason(exc: httpx.TransportError) -> str:
+    """What went wrong below HTTP, e.g. ``ConnectError: [Errno 111] Connection refused``."""
+    reason = str(exc) or type(exc.__cause__).__name__
+    return f"{type(exc).__name__}: {reason}"
