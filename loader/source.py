@@ -103,13 +103,16 @@ def open_stream(config: jobmodel.Source, redactor: Redactor) -> Iterator[RowStre
                 raise SourceError(
                     f"query failed on {where}: {_reason(exc, redactor)}; check source.query"
                 ) from exc
-            columns = tuple(result.keys())
-            _refuse_duplicates(columns)
-            yield RowStream(
-                columns=columns,
-                chunks=_chunks(result, where, redactor),
-                utc_datetimes=engine.dialect.name == "postgresql",
-            )
+            try:
+                columns = tuple(result.keys())
+                _refuse_duplicates(columns)
+                yield RowStream(
+                    columns=columns,
+                    chunks=_chunks(result, where, redactor),
+                    utc_datetimes=engine.dialect.name == "postgresql",
+                )
+            finally:
+                result.close()
     finally:
         engine.dispose()
 

@@ -1,0 +1,315 @@
+"""Batching, retries and failures, asserted on what a real HTTP server received."""
+
+from __future__ import annotations
+
+import json
+import threading
+from email.utils import formatdate
+
+import pytest
+
+from loader import (
+    RejectedError,
+    RetriesExhaustedError,
+    SourceError,
+    build_job,
+    run_job,
+)
+from loader.errors import EncodingError, QueryError
+from tests.integration.conftest import Schema, make_job
+from tests.support.server import RESET, Delay, Endpoint
+
+
+def numbers(schema: Schema, count: int, payload: str = "'x'") -> str:
+    schema.execute(
+        f"CREATE TABLE numbers AS SELECT g AS id, {payload} AS payload "
+        f"FROM generate_series(1, {count}) AS g"
+    )
+    return f"SELECT id, payload FROM {schema.table('numbers')} ORDER BY id"
+
+
+def test_batch_size_is_respected(schema: Schema, endpoint: Endpoint) -> None:
+    """Every request holds at most batch.size rows, in order, and all rows arrive once."""
+    job = build_job(make_job(schema, endpoint.url, numbers(schema, 1050), batch={"size": 100}))
+
+    result = run_job(job)
+
+    assert [len(r.rows()) for r in endpoint.requests] == [100] * 10 + [50]
+    assert [row["id"] for row in endpoint.rows()] == list(range(1, 1051))
+    assert result.requests == 11
+
+
+def test_max_bytes_is_respected(schema: Schema, endpoint: Endpoint) -> None:
+    """No body is larger than batch.max_bytes, and bodies are filled close to it."""
+    query = numbers(schema, 2000, payload="repeat('y', 100)")
+    job = build_job(
+        make_job(schema, endpoint.url, query, batch={"size": 1000, "max_bytes": "10KB"})
+    )
+
+    run_job(job)
+
+    sizes = [len(r.body) for r in endpoint.requests]
+    assert max(sizes) <= 10_000
+    assert min(sizes[:-1]) > 10_000 - 130  # one more row would not have fitted
+    assert [row["id"] for row in endpoint.rows()] == list(range(1, 2001))
+
+
+def test_a_row_larger_than_max_bytes_is_an_error_naming_it(
+    schema: Schema, endpoint: Endpoint
+) -> None:
+    """A single row that cannot fit in max_bytes fails the run and names the row."""
+    schema.execute(
+        "CREATE TABLE t AS SELECT g AS id, CASE WHEN g = 3 THEN repeat('z', 5000) ELSE 'a' END "
+        "AS payload FROM generate_series(1, 5) g"
+    )
+    job = build_job(
+        make_job(schema, endpoint.url, f"SELECT * FROM {schema.table('t')} ORDER BY id",
+                 batch={"size": 2, "max_bytes": "1KB"})
+    )  # fmt: skip
+
+    with pytest.raises(EncodingError, match=r'row 3 \(\{"id":3\.\.\.\) is 5,\d+ bytes'):
+        run_job(job)
+
+
+def test_ndjson_and_envelope_formats(schema: Schema, endpoint: Endpoint) -> None:
+    """format: ndjson sends one object per line; an envelope wraps the rows with fields."""
+    query = numbers(schema, 3)
+    run_job(build_job(make_job(schema, endpoint.url + "/nd", query, target={"format": "ndjson"})))
+    run_job(
+        build_job(
+            make_job(schema, endpoint.url + "/env", query,
+                     target={"envelope": {"key": "events", "fields": {"api_key": "k-123"}}})
+        )
+    )  # fmt: skip
+
+    nd, env = endpoint.requests
+    assert nd.headers["Content-Type"] == "application/x-ndjson"
+    assert nd.body == b'{"id":1,"payload":"x"}\n{"id":2,"payload":"x"}\n{"id":3,"payload":"x"}\n'
+    assert env.headers["Content-Type"] == "application/json"
+    assert json.loads(env.body) == {
+        "api_key": "k-123",
+        "events": [{"id": i, "payload": "x"} for i in (1, 2, 3)],
+    }
+
+
+def test_requests_carry_headers_and_a_stable_idempotency_key(
+    schema: Schema, endpoint: Endpoint
+) -> None:
+    """User-Agent, Content-Type, configured headers; retries reuse the Idempotency-Key."""
+    endpoint.script("/in", 503, 503, 200, 200)
+    job = build_job(
+        make_job(schema, endpoint.url + "/in", numbers(schema, 4), batch={"size": 2},
+                 target={"method": "PUT", "headers": {"X-Tenant": "acme"}})
+    )  # fmt: skip
+
+    result = run_job(job)
+
+    assert [r.method for r in endpoint.requests] == ["PUT"] * 4
+    keys = [r.headers["Idempotency-Key"] for r in endpoint.requests]
+    assert keys[0] == keys[1] == keys[2] != keys[3]
+    for request in endpoint.requests:
+        assert request.headers["User-Agent"].startswith("loader/")
+        assert request.headers["Content-Type"] == "application/json"
+        assert request.headers["X-Tenant"] == "acme"
+    assert (result.requests, result.retries, result.rows_posted) == (4, 2, 4)
+
+
+def test_the_same_batch_gets_the_same_key_in_a_later_run(
+    schema: Schema, endpoint: Endpoint
+) -> None:
+    """A re-run that re-sends a batch (e.g. after a crash) carries the same key."""
+    job = build_job(make_job(schema, endpoint.url, numbers(schema, 3)))
+    run_job(job)
+    run_job(job)
+
+    first, second = endpoint.requests
+    assert first.headers["Idempotency-Key"] == second.headers["Idempotency-Key"]
+
+
+def test_503_503_200_is_retried_with_backoff(schema: Schema, endpoint: Endpoint) -> None:
+    """Two 503s then a 200: the batch is delivered once acknowledged, after two back-offs."""
+    endpoint.script("/", 503, (503, {}, b"busy"), 200)
+    waits: list[float] = []
+    job = build_job(make_job(schema, endpoint.url + "/", numbers(schema, 5),
+                             retry={"backoff": "1s", "max_backoff": "2s"}))  # fmt: skip
+
+    result = run_job(job, sleep=waits.append)
+
+    assert len(endpoint.requests) == 3
+    assert len(waits) == 2 and 0 <= waits[0] <= 1 and 0 <= waits[1] <= 2
+    assert result.status == "succeeded" and result.retries == 2
+
+
+def test_connection_resets_and_timeouts_are_retried(schema: Schema, endpoint: Endpoint) -> None:
+    """A reset connection and a response slower than target.timeout are retried."""
+    endpoint.script("/", RESET, Delay(1.0), 200)
+    job = build_job(make_job(schema, endpoint.url + "/", numbers(schema, 2),
+                             target={"timeout": "300ms"}))  # fmt: skip
+
+    result = run_job(job, sleep=lambda s: None)
+
+    assert result.status == "succeeded"
+    assert result.retries == 2 and len(endpoint.requests) == 3
+
+
+def test_429_retry_after_seconds_is_honoured(schema: Schema, endpoint: Endpoint) -> None:
+    """429 with Retry-After: 1 waits one second (not the back-off) before retrying."""
+    endpoint.script("/", (429, {"Retry-After": "1"}), 200)
+    job = build_job(make_job(schema, endpoint.url + "/", numbers(schema, 2)))
+
+    result = run_job(job)
+
+    first, second = endpoint.requests
+    assert second.at - first.at >= 0.95
+    assert result.rows_posted == 2 and result.retries == 1
+
+
+def test_429_retry_after_http_date_is_honoured_and_capped(
+    schema: Schema, endpoint: Endpoint
+) -> None:
+    """Retry-After as an HTTP-date is converted to seconds, capped at max_retry_after."""
+    import time
+
+    endpoint.script(
+        "/",
+        (429, {"Retry-After": formatdate(time.time() + 3600, usegmt=True)}),
+        (503, {"Retry-After": "0"}),
+        200,
+    )
+    waits: list[float] = []
+    job = build_job(make_job(schema, endpoint.url + "/", numbers(schema, 2),
+                             retry={"max_retry_after": "90s"}))  # fmt: skip
+
+    run_job(job, sleep=waits.append)
+
+    assert waits == [90.0, 0.0]
+    assert len(endpoint.requests) == 3
+
+
+def test_a_400_fails_the_run_with_the_body_excerpt(schema: Schema, endpoint: Endpoint) -> None:
+    """A 400 is not retried; the error names the status and quotes the response body."""
+    endpoint.script("/", 200, (400, {}, b'{"error": "email is invalid"}'))
+    job = build_job(make_job(schema, endpoint.url + "/", numbers(schema, 6), batch={"size": 2}))
+
+    with pytest.raises(RejectedError) as caught:
+        run_job(job)
+
+    assert caught.value.status == 400
+    assert "email is invalid" in caught.value.body_excerpt
+    assert "400 Bad Request" in str(caught.value)
+    assert len(endpoint.requests) == 2  # the third batch is never sent
+    assert caught.value.result is not None
+    assert caught.value.result.rows_posted == 2
+    assert caught.value.result.status == "failed"
+
+
+def test_retries_run_out(schema: Schema, endpoint: Endpoint) -> None:
+    """After retry.attempts failures the run fails, chained to the last failure."""
+    endpoint.script("/", 500, 502, 504)
+    job = build_job(make_job(schema, endpoint.url + "/", numbers(schema, 2)))
+
+    with pytest.raises(RetriesExhaustedError) as caught:
+        run_job(job, sleep=lambda s: None)
+
+    assert caught.value.attempts == 3 and caught.value.status == 504
+    assert "504" in str(caught.value.__cause__)
+    assert len(endpoint.requests) == 3
+
+
+def test_a_redirect_is_not_followed(schema: Schema, endpoint: Endpoint) -> None:
+    """A 3xx fails the run naming the new location; the request is not re-sent there."""
+    endpoint.script("/", (301, {"Location": endpoint.url + "/elsewhere"}))
+    job = build_job(make_job(schema, endpoint.url + "/", numbers(schema, 1)))
+
+    with pytest.raises(Exception, match="redirects are not followed"):
+        run_job(job)
+    assert [r.path for r in endpoint.requests] == ["/"]
+
+
+def test_bad_sql_sends_nothing(schema: Schema, endpoint: Endpoint) -> None:
+    """A query error is a SourceError with the database's message; nothing is sent."""
+    job = build_job(make_job(schema, endpoint.url, "SELECT nope FROM nowhere"))
+
+    with pytest.raises(SourceError, match='relation "nowhere" does not exist'):
+        run_job(job)
+    assert endpoint.requests == []
+
+
+def test_duplicate_column_names_send_nothing(schema: Schema, endpoint: Endpoint) -> None:
+    """Two result columns with one name are refused before anything is sent."""
+    job = build_job(make_job(schema, endpoint.url, "SELECT 1 AS id, 2 AS id"))
+
+    with pytest.raises(QueryError, match="two columns named 'id'"):
+        run_job(job)
+    assert endpoint.requests == []
+
+
+def test_the_query_runs_read_only_with_bound_parameters(schema: Schema, endpoint: Endpoint) -> None:
+    """Parameters are bound (an injection attempt is just a value) and writes are refused."""
+    schema.execute("CREATE TABLE t (id int, plan text)")
+    schema.execute("INSERT INTO t VALUES (1, 'pro'), (2, 'free'), (3, 'pro')")
+    job = build_job(
+        make_job(schema, endpoint.url, f"SELECT id FROM {schema.table('t')} WHERE plan = :plan",
+                 source={"params": {"plan": "pro' OR '1'='1"}})
+    )  # fmt: skip
+    assert run_job(job).rows_read == 0
+
+    job = build_job(
+        make_job(schema, endpoint.url, f"SELECT id FROM {schema.table('t')} WHERE plan = :plan "
+                 "ORDER BY id", source={"params": {"plan": "pro"}})
+    )  # fmt: skip
+    run_job(job)
+    assert endpoint.rows() == [{"id": 1}, {"id": 3}]
+
+    schema.execute("CREATE SEQUENCE s")
+    writer = build_job(make_job(schema, endpoint.url, f"SELECT nextval('{schema.table('s')}')"))
+    with pytest.raises(SourceError, match="read-only transaction"):
+        run_job(writer)
+
+
+def test_statement_timeout_stops_a_slow_query(schema: Schema, endpoint: Endpoint) -> None:
+    """source.statement_timeout cancels a query that runs too long."""
+    job = build_job(make_job(schema, endpoint.url, "SELECT pg_sleep(5)",
+                             source={"statement_timeout": "200ms"}))  # fmt: skip
+
+    with pytest.raises(SourceError, match="statement timeout"):
+        run_job(job)
+    assert endpoint.requests == []
+
+
+def test_limit_and_dry_run(schema: Schema, endpoint: Endpoint) -> None:
+    """--limit stops after N rows; --dry-run sends nothing and previews the requests."""
+    query = numbers(schema, 50)
+    job = build_job(make_job(schema, endpoint.url, query, batch={"size": 10},
+                             target={"headers": {"Authorization": "Bearer s3cr3t-token"}}))  # fmt: skip
+
+    limited = run_job(job, limit=25)
+    assert limited.rows_read == 25
+    assert [row["id"] for row in endpoint.rows()] == list(range(1, 26))
+
+    dry = run_job(job, dry_run=True, preview=2)
+    assert dry.status == "dry-run" and dry.rows_read == 50 and dry.rows_posted == 0
+    assert len(endpoint.requests) == 3  # only the limited run's
+    assert len(dry.preview) == 2
+    assert dry.preview[0].headers["Authorization"] == "***"
+    assert json.loads(dry.preview[0].body)[0] == {"id": 1, "payload": "x"}
+
+
+def test_an_empty_result_sends_nothing(schema: Schema, endpoint: Endpoint) -> None:
+    """A query with no rows makes no request and succeeds."""
+    result = run_job(build_job(make_job(schema, endpoint.url, "SELECT 1 AS id WHERE false")))
+
+    assert result.status == "succeeded" and result.requests == 0
+    assert endpoint.requests == []
+
+
+def test_stop_event_ends_the_run_between_batches(schema: Schema, endpoint: Endpoint) -> None:
+    """Setting the stop event during a retry back-off ends the run as interrupted."""
+    endpoint.script("/", 200, 503)
+    stop = threading.Event()
+    job = build_job(make_job(schema, endpoint.url + "/", numbers(schema, 10), batch={"size": 2}))
+
+    result = run_job(job, stop=stop, sleep=lambda seconds: stop.set())
+
+    assert result.status == "interrupted"
+    assert result.rows_posted == 2 and len(endpoint.requests) == 2

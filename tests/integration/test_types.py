@@ -1,0 +1,153 @@
+"""Every PostgreSQL type arrives with its exact value (see loader.encoding)."""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from hashlib import md5
+
+from loader import build_job, run_job
+from loader.encoding import iso_duration
+from tests.integration.conftest import Schema, make_job
+from tests.support.server import Endpoint
+
+ROWS = 10_000
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
+NAIVE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?$")
+
+EVERY_TYPE = f"""
+CREATE TABLE every_type AS
+SELECT g AS id,
+       g::bigint * 1000000000007 AS big,
+       g::int AS small,
+       (g::numeric * 1.0000000001 + 0.1)::numeric(30, 10) AS amount,
+       g::float8 / 3 AS ratio,
+       'user ' || g || ' "quoted" \\ ✓' || E'\\n' AS label,
+       g % 2 = 0 AS flag,
+       timestamptz '2024-03-10 07:59:58.913402+00' + g * interval '1.000001 second' AS at_tz,
+       timestamp '2024-01-01 00:00:00' + g * interval '1 minute' AS at_local,
+       date '2024-01-01' + g AS day,
+       time '00:00:00' + g * interval '1 second' AS clock,
+       md5(g::text)::uuid AS uid,
+       jsonb_build_object('n', g, 'price', 1.10, 'big', 12345678901234567890,
+                          'tags', jsonb_build_array('a', null)) AS doc,
+       ('{{"k": ' || g || '}}')::json AS raw,
+       ARRAY[g, NULL, g + 1]::int[] AS ints,
+       ARRAY[(g::numeric / 4)::numeric(10, 2), NULL] AS amounts,
+       decode(lpad(to_hex(g), 8, '0'), 'hex') AS blob,
+       g * interval '1 second' AS span,
+       CASE WHEN g % 10 = 0 THEN NULL ELSE g END AS maybe
+FROM generate_series(1, {ROWS}) AS g
+"""
+
+
+def test_every_type_arrives_exactly_once_with_exact_values(
+    schema: Schema, endpoint: Endpoint
+) -> None:
+    """10,000 rows of every supported type arrive once each, with their exact values."""
+    schema.execute(EVERY_TYPE)
+    job = build_job(
+        make_job(schema, endpoint.url, f"SELECT * FROM {schema.table('every_type')} ORDER BY id")
+    )
+
+    result = run_job(job)
+
+    assert result.status == "succeeded"
+    assert (result.rows_read, result.rows_posted) == (ROWS, ROWS)
+    rows = endpoint.rows()
+    assert sorted(row["id"] for row in rows) == list(range(1, ROWS + 1))
+    start_tz = datetime(2024, 3, 10, 7, 59, 58, 913402, tzinfo=UTC)
+    for row in rows:
+        g = row["id"]
+        assert list(row) == [
+            "id", "big", "small", "amount", "ratio", "label", "flag", "at_tz", "at_local",
+            "day", "clock", "uid", "doc", "raw", "ints", "amounts", "blob", "span", "maybe",
+        ]  # fmt: skip
+        assert row["big"] == g * 1_000_000_000_007
+        assert row["small"] == g
+        expected_amount = (Decimal(g) * Decimal("1.0000000001") + Decimal("0.1")).quantize(
+            Decimal("1E-10")
+        )
+        assert str(row["amount"]) == str(expected_amount)
+        assert float(row["ratio"]) == g / 3
+        assert row["label"] == f'user {g} "quoted" \\ ✓\n'
+        assert row["flag"] is (g % 2 == 0)
+        assert RFC3339_UTC.match(row["at_tz"]), row["at_tz"]
+        expected_tz = start_tz + g * timedelta(seconds=1, microseconds=1)
+        assert datetime.fromisoformat(row["at_tz"]) == expected_tz
+        assert NAIVE.match(row["at_local"]), row["at_local"]
+        assert datetime.fromisoformat(row["at_local"]) == datetime(2024, 1, 1) + timedelta(
+            minutes=g
+        )
+        assert row["day"] == (date(2024, 1, 1) + timedelta(days=g)).isoformat()
+        assert (
+            time.fromisoformat(row["clock"]) == (datetime(2024, 1, 1) + timedelta(seconds=g)).time()
+        )
+        assert row["uid"] == str(uuid.UUID(md5(str(g).encode()).hexdigest()))
+        assert row["doc"] == {
+            "n": g, "price": Decimal("1.10"), "big": 12345678901234567890, "tags": ["a", None],
+        }  # fmt: skip
+        assert row["raw"] == {"k": g}
+        assert row["ints"] == [g, None, g + 1]
+        assert [str(a) if a is not None else None for a in row["amounts"]] == [
+            str((Decimal(g) / 4).quantize(Decimal("0.01"))),
+            None,
+        ]
+        assert base64.b64decode(row["blob"]) == bytes.fromhex(f"{g:08x}")
+        assert row["span"] == iso_duration(timedelta(seconds=g))
+        assert row["maybe"] == (None if g % 10 == 0 else g)
+
+
+def test_exact_digits_are_kept_in_the_body_text(schema: Schema, endpoint: Endpoint) -> None:
+    """Numerics keep trailing zeros and every digit; jsonb keeps its numbers as written."""
+    query = (
+        "SELECT 1.10::numeric AS a, 123456789012345678901234567890.000000001::numeric AS b, "
+        "9007199254740993::bigint AS c, '{\"p\": 0.10}'::jsonb AS d"
+    )
+    run_job(build_job(make_job(schema, endpoint.url, query)))
+
+    (request,) = endpoint.requests
+    assert request.body == (
+        b'[{"a":1.10,"b":123456789012345678901234567890.000000001,'
+        b'"c":9007199254740993,"d":{"p": 0.10}}]'
+    )
+
+
+def test_non_finite_numbers_become_null(schema: Schema, endpoint: Endpoint) -> None:
+    """NaN and +-Infinity (numeric and float) are sent as null, never as invalid JSON."""
+    query = (
+        "SELECT 'NaN'::numeric AS a, 'Infinity'::float8 AS b, '-Infinity'::float8 AS c, "
+        "'NaN'::float4 AS d"
+    )
+    run_job(build_job(make_job(schema, endpoint.url, query)))
+
+    assert endpoint.rows() == [{"a": None, "b": None, "c": None, "d": None}]
+
+
+def test_decimals_as_strings(schema: Schema, endpoint: Endpoint) -> None:
+    """target.decimals: string sends numerics as JSON strings with their exact digits."""
+    job = build_job(
+        make_job(schema, endpoint.url, "SELECT 1.10::numeric AS a", target={"decimals": "string"})
+    )
+    run_job(job)
+
+    assert endpoint.requests[0].body == b'[{"a":"1.10"}]'
+
+
+def test_timestamps_are_utc_whatever_the_session_time_zone(
+    schema: Schema, endpoint: Endpoint, database_url: str
+) -> None:
+    """timestamptz is sent in UTC even when the database's default time zone is not UTC."""
+    url = (
+        database_url + ("&" if "?" in database_url else "?") + "options=-c%20timezone%3DAsia/Tokyo"
+    )
+    job = build_job(
+        make_job(schema, endpoint.url, "SELECT timestamptz '2024-03-10 16:59:58+09' AS t",
+                 source={"url": url})
+    )  # fmt: skip
+    run_job(job)
+
+    assert endpoint.rows() == [{"t": "2024-03-10T07:59:58Z"}]
