@@ -134,7 +134,10 @@ def _parse_yaml(
         line = mark.line + 1 if mark is not None else 1
         reason = getattr(exc, "problem", None) or str(exc)
         context = getattr(exc, "context", None)
-        detail = f"{context}, {reason}" if context else reason
+        context_mark = getattr(exc, "context_mark", None)
+        if context and context_mark is not None and context_mark.line + 1 != line:
+            context = f"{context} started at line {context_mark.line + 1}"
+        detail = f"{context}: {reason}" if context else reason
         problems.append((line, f"{filename}:{line}: invalid YAML: {detail}"))
         return None, lines
     if node is None:

@@ -108,7 +108,7 @@ def open_stream(config: jobmodel.Source, redactor: Redactor) -> Iterator[RowStre
                 _refuse_duplicates(columns)
                 yield RowStream(
                     columns=columns,
-                    chunks=_chunks(result, where, redactor),
+                    chunks=_chunks(result, config.fetch_size, where, redactor),
                     utc_datetimes=engine.dialect.name == "postgresql",
                 )
             finally:
@@ -129,10 +129,11 @@ def _begin_read_only(connection: Connection, config: jobmodel.Source) -> None:
 
 
 def _chunks(
-    result: sa.CursorResult[Any], where: str, redactor: Redactor
+    result: sa.CursorResult[Any], size: int, where: str, redactor: Redactor
 ) -> Iterator[Sequence[Any]]:
     try:
-        yield from result.partitions()
+        # An explicit size: without one, partitions() may fetch the whole result at once.
+        yield from result.partitions(size)
     except SQLAlchemyError as exc:
         raise SourceError(f"reading rows from {where} failed: {_reason(exc, redactor)}") from exc
 

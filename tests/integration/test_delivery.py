@@ -280,8 +280,10 @@ def test_statement_timeout_stops_a_slow_query(schema: Schema, endpoint: Endpoint
 def test_limit_and_dry_run(schema: Schema, endpoint: Endpoint) -> None:
     """--limit stops after N rows; --dry-run sends nothing and previews the requests."""
     query = numbers(schema, 50)
-    job = build_job(make_job(schema, endpoint.url, query, batch={"size": 10},
-                             target={"headers": {"Authorization": "Bearer s3cr3t-token"}}))  # fmt: skip
+    headers = {"Authorization": "Bearer s3cr3t-token"}
+    job = build_job(
+        make_job(schema, endpoint.url, query, batch={"size": 10}, target={"headers": headers})
+    )
 
     limited = run_job(job, limit=25)
     assert limited.rows_read == 25
