@@ -29,7 +29,7 @@ import base64
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -83,7 +83,7 @@ def _default_common(value: Any) -> Any:
         if value.tzinfo is not None and value.utcoffset() is not None:
             return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
         return value.isoformat()
-    if isinstance(value, time):
+    if isinstance(value, date | time):
         return value.isoformat()
     if isinstance(value, _IP_TYPES):
         return str(value)

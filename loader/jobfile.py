@@ -59,7 +59,13 @@ def parse_job(
     default_name: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Job:
-    """Parse a job from YAML ``text``; ``filename`` is used in messages only."""
+    """Parse a job from YAML ``text``.
+
+    ``filename`` names the text in messages; its stem is the job's name when the text
+    has no ``name:`` and ``default_name`` is not given.
+    """
+    if default_name is None and filename != "<job>":
+        default_name = Path(filename).stem
     problems: list[tuple[int, str]] = []
     data, lines = _parse_yaml(text, filename, problems)
     if problems:

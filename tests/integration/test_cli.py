@@ -210,13 +210,17 @@ def test_100k_rows_exactly_once_with_flat_memory(
             tmp_path, schema.url, endpoint.url,
             f"SELECT * FROM {schema.table('big')} WHERE id <= {rows}",
         )  # fmt: skip
-        script = (
-            "import resource, sys\n"
-            "from loader.cli import main\n"
-            f"sys.argv = ['loader', 'run', {str(job)!r}]\n"
-            "try:\n    main()\n"
-            "finally:\n"
-            "    print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        script = textwrap.dedent(
+            f"""\
+            import resource, sys
+            from loader.cli import main
+            sys.argv = ["loader", "run", {str(job)!r}]
+            try:
+                main()
+            finally:
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                print("maxrss", peak, file=sys.stderr)
+            """
         )
         done = subprocess.run(
             [sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, **ENV},

@@ -1,0 +1,37 @@
+"""Secrets are masked structurally and by value."""
+
+from __future__ import annotations
+
+from loader.redact import Redactor, is_secret_name, mask_url, url_password
+
+
+def test_url_passwords_and_secret_query_values_are_masked() -> None:
+    """The user info password and key/token query values become ***."""
+    assert mask_url("postgresql://app:p%40ss@db:5432/app") == "postgresql://app:***@db:5432/app"
+    assert mask_url("https://h/x?api_key=abc&page=2") == "https://h/x?api_key=***&page=2"
+    assert url_password("postgres://app:p%40ss@db/app") == "p@ss"
+    assert url_password("sqlite:///file.db") is None
+
+
+def test_secret_names() -> None:
+    """Authorization, keys, tokens and secrets are secret; the idempotency key is not."""
+    for name in ("Authorization", "X-Api-Key", "api_key", "CRM_TOKEN", "Cookie", "DB_PASSWORD"):
+        assert is_secret_name(name), name
+    for name in ("Idempotency-Key", "Content-Type", "X-Tenant", "DATABASE_URL"):
+        assert not is_secret_name(name), name
+
+
+def test_values_are_masked_anywhere_including_url_encoded() -> None:
+    """A secret is masked wherever it appears, raw or percent-encoded; short ones are not."""
+    redactor = Redactor(["s3cr/t!", "ab"])
+
+    assert redactor.text("got s3cr/t! and s3cr%2Ft%21 and ab") == "got *** and *** and ab"
+
+
+def test_headers_are_masked_by_name() -> None:
+    """Secret headers are masked whatever their value; configured extra names too."""
+    redactor = Redactor(secret_headers=frozenset({"x-signature-v2"}))
+
+    assert redactor.headers(
+        {"Authorization": "Bearer x", "X-Signature-V2": "y", "Accept": "application/json"}
+    ) == {"Authorization": "***", "X-Signature-V2": "***", "Accept": "application/json"}
