@@ -6,26 +6,21 @@ in one :class:`~loader.errors.JobConfigError`.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-import types
-import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from dotenv import dotenv_values
-from pydantic import BaseModel, ValidationError
 
 from loader.errors import JobConfigError
-from loader.job import Job
+from loader.job import Job, validate_job
 from loader.redact import Redactor, is_secret_name
 
 JOB_FILE_SUFFIXES = (".yml", ".yaml")
 _VARIABLE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_MAX_VALUE_CHARS = 60
 
 KeyPath = tuple[str | int, ...]
 
@@ -97,18 +92,14 @@ def _validate(
     data = _interpolate(data, (), env, secrets, filename, lines, problems)
     if default_name is not None and "name" not in data:
         data["name"] = default_name
-    try:
-        job = Job.model_validate(data)
-    except ValidationError as exc:
-        redactor = Redactor(secrets)
-        for error in exc.errors():
-            loc: KeyPath = tuple(error["loc"])
-            line = _line_of(loc, lines)
-            message = redactor.text(_describe(error, loc))
-            where = ".".join(str(part) for part in loc) or "(top level)"
-            at = f"{filename}:{line}" if lines else filename
-            problems.append((line, f"{at}: {where}: {message}"))
-    if problems:
+    job, errors = validate_job(data)
+    redactor = Redactor(secrets)
+    for loc, message in errors:
+        line = _line_of(loc, lines)
+        where = ".".join(str(part) for part in loc) or "(top level)"
+        at = f"{filename}:{line}" if lines else filename
+        problems.append((line, f"{at}: {where}: {redactor.text(message)}"))
+    if problems or job is None:
         problems.sort(key=lambda problem: problem[0])
         raise JobConfigError([message for _, message in problems])
     return job.with_secrets(frozenset(secrets))
@@ -248,66 +239,6 @@ def _line_of(loc: KeyPath, lines: dict[KeyPath, int]) -> int:
         if loc[:end] in lines:
             return lines[loc[:end]]
     return 1
-
-
-def _describe(error: Mapping[str, Any], loc: KeyPath) -> str:
-    """A short message for one pydantic error: what was expected and what was given."""
-    kind = error["type"]
-    got = _short(error.get("input"))
-    ctx = error.get("ctx") or {}
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-        return f"unknown key{suggestion} (allowed: {', '.join(allowed)})"
-    if kind == "value_error":
-        return str(ctx.get("error", error["msg"]))
-    if kind == "literal_error":
-        return f"expected one of {ctx.get('expected', '')}, got {got}"
-    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        sign = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<="}
-        bound = next(iter(ctx.values()), "")
-        return f"expected a value {sign.get(kind, '<')} {bound}, got {got}"
-    if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"expected an integer, got {got}"
-    if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return f"expected a mapping of keys, got {got}"
-    if kind == "string_too_short":
-        return "must not be empty"
-    message = str(error["msg"])
-    return f"{message[:1].lower()}{message[1:]}, got {got}"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 3] + "..."
-
-
-def _allowed_keys(loc: KeyPath) -> list[str]:
-    """Field names of the model found at ``loc`` below :class:`Job`."""
-    model: type[BaseModel] = Job
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return []
-        inner = _model_in(field.annotation)
-        if inner is None:
-            return []
-        model = inner
-    return list(model.model_fields)
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        for arg in typing.get_args(annotation):
-            model = _model_in(arg)
-            if model is not None:
-                return model
-    return None
 
 
 def iter_job_problems(

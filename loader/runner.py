@@ -12,9 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
-
-import httpx
+from typing import TYPE_CHECKING, Literal
 
 from loader._version import __version__
 from loader.batching import Batch, batches
@@ -25,6 +23,9 @@ from loader.redact import Redactor
 from loader.retry import Interrupted, RetryPolicy
 from loader.sink import Request, Sink, idempotency_key
 from loader.source import RowStream, open_stream
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("loader")
 

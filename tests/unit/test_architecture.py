@@ -1,0 +1,97 @@
+"""The shape of the package: one front door, imports pointing down, one home per library."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import loader
+
+PACKAGE = Path(loader.__file__).parent
+
+# A module may import loader modules of a strictly lower rank only.
+RANKS = {
+    "errors": 0, "defaults": 0, "units": 0, "_version": 0,
+    "redact": 1,
+    "job": 2,
+    "jobfile": 3, "encoding": 3,
+    "source": 4, "batching": 4, "sink": 4, "retry": 4,
+    "runner": 5,
+    "receiver": 6, "example": 6,
+    "cli": 7, "__init__": 7, "__main__": 8,
+}  # fmt: skip
+
+# Each third-party library is imported (at run time) by one module only.
+HOMES = {
+    "yaml": {"jobfile"},
+    "dotenv": {"jobfile"},
+    "pydantic": {"job"},
+    "orjson": {"encoding"},
+    "sqlalchemy": {"source"},
+    "psycopg": {"source"},
+    "httpx": {"sink"},
+    "tenacity": {"retry"},
+    "typer": {"cli"},
+}
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """Top-level names of modules imported outside ``if TYPE_CHECKING:`` blocks."""
+    tree = ast.parse(path.read_text())
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped.update(id(child) for child in ast.walk(node))
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            if node.module == "loader":
+                names.update(f"loader.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_every_module_has_a_rank() -> None:
+    """New modules must be placed in the layering above."""
+    assert {p.stem for p in PACKAGE.glob("*.py")} == set(RANKS)
+
+
+def test_imports_point_downward() -> None:
+    """A module imports only loader modules below it."""
+    for path in PACKAGE.glob("*.py"):
+        for name in runtime_imports(path):
+            parts = name.split(".")
+            if parts[0] == "loader" and len(parts) > 1 and parts[1] in RANKS:
+                assert RANKS[parts[1]] < RANKS[path.stem], f"{path.stem} imports {name}"
+
+
+def test_each_library_lives_in_one_module() -> None:
+    """Swapping a library touches one file."""
+    for path in PACKAGE.glob("*.py"):
+        for name in runtime_imports(path):
+            home = HOMES.get(name.split(".")[0])
+            assert home is None or path.stem in home, f"{path.stem} imports {name}"
+
+
+def test_scheduler_uses_the_public_api_only() -> None:
+    """scheduler/ imports `loader` itself, never its submodules."""
+    for path in (PACKAGE.parent / "scheduler").glob("*.py"):
+        for name in runtime_imports(path):
+            assert not name.startswith("loader."), f"{path} imports {name}"
+
+
+def test_all_is_sorted_and_complete() -> None:
+    """__all__ is sorted, and every name in it exists."""
+    assert loader.__all__ == sorted(loader.__all__)
+    for name in loader.__all__:
+        assert hasattr(loader, name), name
+
+
+def test_one_root_exception() -> None:
+    """Every public exception derives from LoaderError."""
+    errors = [getattr(loader, n) for n in loader.__all__ if n.endswith("Error")]
+    assert errors and all(issubclass(e, loader.LoaderError) for e in errors)
