@@ -13,8 +13,10 @@ Everything public is importable from here; submodules are implementation details
 
 from loader._version import __version__
 from loader.errors import (
+    CursorOrderError,
     EncodingError,
     JobConfigError,
+    JobLockedError,
     LoaderError,
     QueryError,
     RejectedError,
@@ -22,17 +24,23 @@ from loader.errors import (
     RetryableSinkError,
     SinkError,
     SourceError,
+    StateError,
+    TooManyRejectionsError,
 )
-from loader.job import Batch, Envelope, Job, Retry, Source, Target
+from loader.job import Batch, Cursor, Envelope, Job, Retry, Source, Target
 from loader.jobfile import build_job, load_job, parse_job
 from loader.runner import RunResult, run_job
+from loader.state import StateStore, open_state
 
 __all__ = [
     "Batch",
+    "Cursor",
+    "CursorOrderError",
     "EncodingError",
     "Envelope",
     "Job",
     "JobConfigError",
+    "JobLockedError",
     "LoaderError",
     "QueryError",
     "RejectedError",
@@ -43,10 +51,14 @@ __all__ = [
     "SinkError",
     "Source",
     "SourceError",
+    "StateError",
+    "StateStore",
     "Target",
+    "TooManyRejectionsError",
     "__version__",
     "build_job",
     "load_job",
+    "open_state",
     "parse_job",
     "run_job",
 ]

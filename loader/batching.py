@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from loader.encoding import Framing
 from loader.errors import EncodingError
@@ -11,33 +12,40 @@ from loader.errors import EncodingError
 
 @dataclass(frozen=True)
 class Batch:
-    """One request body. ``first_row`` is the 1-based number of its first row in the run."""
+    """One request body and the encoded rows in it.
+
+    ``first_row`` is the 1-based number of its first row in the run; ``position`` is the
+    marker that came with its last row (the cursor position, for checkpoints).
+    """
 
     seq: int
     first_row: int
-    rows: int
+    rows: list[bytes]
     body: bytes
+    position: Any = None
 
 
 def batches(
-    rows: Iterable[bytes], framing: Framing, *, max_rows: int, max_bytes: int
+    rows: Iterable[tuple[bytes, Any]], framing: Framing, *, max_rows: int, max_bytes: int
 ) -> Iterator[Batch]:
-    """Group encoded rows into bodies of at most ``max_rows`` rows and ``max_bytes`` bytes.
+    """Group ``(encoded row, marker)`` pairs into bodies of at most ``max_rows`` rows and
+    ``max_bytes`` bytes.
 
     Rows keep their order. A row that cannot fit in a body on its own raises
     :class:`EncodingError` naming its number; the rows before it were already yielded.
     """
     pending: list[bytes] = []
+    marker: Any = None
     size = framing.overhead()
     row_number = 0
     seq = 0
     sep = len(framing.separator)
-    for row in rows:
+    for row, next_marker in rows:
         row_number += 1
         added = len(row) + (sep if pending else 0)
         if pending and (len(pending) >= max_rows or size + added > max_bytes):
             seq += 1
-            yield _flush(seq, row_number - len(pending), pending, framing)
+            yield Batch(seq, row_number - len(pending), pending, framing.body(pending), marker)
             pending = []
             size = framing.overhead()
             added = len(row)
@@ -49,15 +57,12 @@ def batches(
                 "or select fewer or smaller columns"
             )
         pending.append(row)
+        marker = next_marker
         size += added
     if pending:
         seq += 1
-        yield _flush(seq, row_number - len(pending) + 1, pending, framing)
-
-
-def _flush(seq: int, first_row: int, rows: list[bytes], framing: Framing) -> Batch:
-    body = framing.prefix + framing.separator.join(rows) + framing.suffix
-    return Batch(seq=seq, first_row=first_row, rows=len(rows), body=body)
+        first = row_number - len(pending) + 1
+        yield Batch(seq, first, pending, framing.body(pending), marker)
 
 
 def _first_field(row: bytes) -> str:

@@ -5,24 +5,43 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 import threading
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, NoReturn
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from loader import defaults
 from loader._version import __version__
-from loader.errors import EncodingError, JobConfigError, LoaderError, SinkError, SourceError
+from loader.errors import (
+    CursorOrderError,
+    EncodingError,
+    JobConfigError,
+    JobLockedError,
+    LoaderError,
+    SinkError,
+    SourceError,
+    StateError,
+)
 from loader.example import create_example_database
+from loader.job import Job
 from loader.jobfile import environment, find_job_files, load_job
 from loader.receiver import Received, Receiver
 from loader.redact import Redactor
+from loader.replay import replay_dead_letters
 from loader.runner import RunResult, run_job
+from loader.state import Position, open_state
+from loader.units import parse_duration
 
 app = typer.Typer(
     name="loader",
@@ -31,15 +50,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+state_app = typer.Typer(help="Show or reset a job's checkpoint.", no_args_is_help=True)
+deadletter_app = typer.Typer(help="Rows the endpoint rejected.", no_args_is_help=True)
+app.add_typer(state_app, name="state")
+app.add_typer(deadletter_app, name="deadletter")
 
 EnvFile = Annotated[
     Path,
     typer.Option("--env-file", help="Read variables from this file; the environment wins."),
 ]
+JobFile = Annotated[Path, typer.Argument(help="The job file (YAML).")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 _EXIT_CODES_HELP = (
     f"Exit codes: {defaults.EXIT_OK} delivered, {defaults.EXIT_CONFIG} bad job file or usage, "
     f"{defaults.EXIT_SOURCE} database failed, {defaults.EXIT_DELIVERY} delivery failed, "
-    f"{defaults.EXIT_INTERRUPTED} interrupted, {defaults.EXIT_INTERNAL} internal error."
+    f"{defaults.EXIT_LOCKED} locked, {defaults.EXIT_REJECTED_ROWS} done with rejected rows, "
+    f"{defaults.EXIT_STATE} state store failed, {defaults.EXIT_INTERRUPTED} interrupted, "
+    f"{defaults.EXIT_INTERNAL} internal error."
 )
 
 
@@ -65,7 +92,7 @@ def _main(
 
 @app.command(epilog=_EXIT_CODES_HELP)
 def run(
-    job_file: Annotated[Path, typer.Argument(help="The job file (YAML).")],
+    job_file: JobFile,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Read and encode the rows, print requests, send nothing."),
@@ -73,18 +100,31 @@ def run(
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="Stop after this many rows.")
     ] = None,
+    full_refresh: Annotated[
+        bool, typer.Option("--full-refresh", help="Ignore the checkpoint for this run.")
+    ] = False,
+    grace: Annotated[
+        str, typer.Option(help="On SIGTERM/SIGINT, time to finish the request in flight.")
+    ] = "20s",
     env_file: EnvFile = Path(".env"),
 ) -> None:
     """Run a job once: stream its rows to its endpoint and print a summary."""
-    redactor = Redactor()
+    with _exit_codes(Redactor()):
+        job = _load(job_file, env_file)
+        grace_seconds = _duration("--grace", grace)
+    redactor = job.redactor()
     with _exit_codes(redactor):
-        job = load_job(job_file, env=environment(env_file))
-        redactor = job.redactor()
-        with _exit_codes(redactor):
-            result = run_job(job, limit=limit, dry_run=dry_run, preview=defaults.DRY_RUN_REQUESTS)
-            _print_summary(result, redactor)
-            if result.status == "interrupted":
-                raise typer.Exit(defaults.EXIT_INTERRUPTED)
+        stop = _stop_on_signals(grace_seconds)
+        result = run_job(job, limit=limit, dry_run=dry_run, full_refresh=full_refresh, stop=stop)
+        _print_summary(result, redactor)
+        if result.status == "interrupted":
+            raise typer.Exit(defaults.EXIT_INTERRUPTED)
+        if result.status == "partial":
+            _fail(
+                defaults.EXIT_REJECTED_ROWS,
+                f"{result.rows_rejected} rows were rejected and kept as dead letters: "
+                f"loader deadletter list {job_file}",
+            )
 
 
 @app.command()
@@ -97,10 +137,8 @@ def validate(
         env = environment(env_file)
         files = find_job_files(list(paths))
         if not files:
-            _fail(
-                defaults.EXIT_CONFIG,
-                f"no job files (*.yml, *.yaml) in {', '.join(map(str, paths))}",
-            )
+            where = ", ".join(map(str, paths))
+            _fail(defaults.EXIT_CONFIG, f"no job files (*.yml, *.yaml) in {where}")
         failed = 0
         for path in files:
             try:
@@ -113,6 +151,116 @@ def validate(
                 typer.echo(f"{path}: ok")
         if failed:
             _fail(defaults.EXIT_CONFIG, f"{failed} of {len(files)} job files have problems")
+
+
+@app.command()
+def history(
+    job_file: JobFile,
+    limit: Annotated[int, typer.Option(min=1, help="How many runs to show.")] = 20,
+    env_file: EnvFile = Path(".env"),
+) -> None:
+    """Show a job's recent runs, newest first."""
+    with _exit_codes(Redactor()):
+        job = _load(job_file, env_file)
+        store = open_state()
+        records = store.history(job.name, limit)
+        store.close()
+        table = Table("run", "started", "status", "read", "posted", "rejected", "requests",
+                      "retries", "seconds", "cursor from", "cursor to", "error")  # fmt: skip
+        for r in records:
+            seconds = f"{r.ended_at - r.started_at:.1f}" if r.ended_at else ""
+            table.add_row(
+                r.run_id, _when(r.started_at), r.status, str(r.rows_read), str(r.rows_posted),
+                str(r.rows_rejected), str(r.requests), str(r.retries), seconds,
+                _position(r.cursor_from), _position(r.cursor_to),
+                job.redactor().text(r.error or "")[:80],
+            )  # fmt: skip
+        _console().print(table if records else f"{job.name}: no runs recorded")
+
+
+@state_app.command("show")
+def state_show(job_file: JobFile, env_file: EnvFile = Path(".env")) -> None:
+    """Print the job's checkpoint and whether it still fits the job."""
+    with _exit_codes(Redactor()):
+        job = _load(job_file, env_file)
+        store = open_state()
+        checkpoint = store.checkpoint(job.name)
+        letters = store.dead_letter_count(job.name)
+        store.close()
+        typer.echo(f"job:          {job.name}")
+        typer.echo(f"state store:  {store.url}")
+        if checkpoint is None:
+            typer.echo("checkpoint:   none (the next run starts from cursor.start)")
+        else:
+            fits = "yes" if checkpoint.fingerprint == job.fingerprint() else (
+                "NO: the query or cursor changed; run with --full-refresh or reset"
+            )  # fmt: skip
+            typer.echo(f"checkpoint:   {_position(checkpoint.position)}")
+            typer.echo(f"saved:        {_when(checkpoint.updated_at)} by run {checkpoint.run_id}")
+            typer.echo(f"fits the job: {fits}")
+        typer.echo(f"dead letters: {letters}")
+
+
+@state_app.command("reset")
+def state_reset(job_file: JobFile, yes: Yes = False, env_file: EnvFile = Path(".env")) -> None:
+    """Forget the job's checkpoint: the next run starts from cursor.start."""
+    with _exit_codes(Redactor()):
+        job = _load(job_file, env_file)
+        if not yes and not typer.confirm(f"Reset the checkpoint of {job.name}?"):
+            _fail(defaults.EXIT_CONFIG, "not reset")
+        store = open_state()
+        removed = store.reset(job.name)
+        store.close()
+        typer.echo(f"{job.name}: checkpoint {'reset' if removed else 'was already empty'}")
+
+
+@deadletter_app.command("list")
+def deadletter_list(
+    job_file: JobFile,
+    limit: Annotated[int, typer.Option(min=1, help="How many to show.")] = 50,
+    env_file: EnvFile = Path(".env"),
+) -> None:
+    """Show the job's dead letters: the row, the status and the endpoint's answer."""
+    with _exit_codes(Redactor()):
+        job = _load(job_file, env_file)
+        store = open_state()
+        letters = store.dead_letters(job.name, limit)
+        total = store.dead_letter_count(job.name)
+        store.close()
+        for letter in letters:
+            typer.echo(
+                f"#{letter.id} run {letter.run_id} at {_when(letter.created_at)}, "
+                f"{letter.attempts} attempt(s), status {letter.status}: {letter.excerpt}"
+            )
+            typer.echo(f"  {letter.row.decode('utf-8', 'replace')}")
+        typer.echo(
+            f"{job.name}: {total} dead letters" + (f", {limit} shown" if total > limit else "")
+        )
+
+
+@deadletter_app.command("replay")
+def deadletter_replay(job_file: JobFile, env_file: EnvFile = Path(".env")) -> None:
+    """Send the job's dead letters again; those accepted leave the table."""
+    with _exit_codes(Redactor()):
+        job = _load(job_file, env_file)
+    with _exit_codes(job.redactor()):
+        result = replay_dead_letters(job, stop=_stop_on_signals(defaults.GRACE_PERIOD))
+        typer.echo(f"{job.name}: {result.delivered} delivered, {result.rejected} rejected again")
+        if result.rejected:
+            raise typer.Exit(defaults.EXIT_REJECTED_ROWS)
+
+
+@deadletter_app.command("purge")
+def deadletter_purge(job_file: JobFile, yes: Yes = False, env_file: EnvFile = Path(".env")) -> None:
+    """Delete the job's dead letters for good."""
+    with _exit_codes(Redactor()):
+        job = _load(job_file, env_file)
+        if not yes and not typer.confirm(f"Delete every dead letter of {job.name}?"):
+            _fail(defaults.EXIT_CONFIG, "nothing deleted")
+        store = open_state()
+        removed = store.purge_dead_letters(job.name)
+        store.close()
+        typer.echo(f"{job.name}: {removed} dead letters deleted")
 
 
 @app.command()
@@ -153,7 +301,7 @@ def demo(
             }
             job = load_job(job_file, env=env)
             typer.echo(f"running {job_file} against the receiver at {receiver.url}")
-            result = run_job(job)
+            result = run_job(job, full_refresh=True)
         _print_summary(result, job.redactor())
 
 
@@ -162,10 +310,42 @@ def main() -> None:
     app()
 
 
+def _load(job_file: Path, env_file: Path) -> Job:
+    return load_job(job_file, env=environment(env_file))
+
+
+def _duration(option: str, text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise JobConfigError([f"{option}: {exc}"]) from exc
+
+
+def _stop_on_signals(grace: float) -> threading.Event:
+    """An event set by SIGTERM or SIGINT. The run then has ``grace`` seconds to finish
+    its request in flight and save its checkpoint; a second signal, or the end of the
+    grace period, exits at once (every saved state is consistent at any moment)."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            os._exit(defaults.EXIT_INTERRUPTED)
+        stop.set()
+        name = signal.Signals(signum).name
+        typer.echo(f"{name}: stopping after the request in flight (at most {grace:g}s)", err=True)
+        timer = threading.Timer(grace, os._exit, args=(defaults.EXIT_INTERRUPTED,))
+        timer.daemon = True
+        timer.start()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+    return stop
+
+
 @contextmanager
 def _exit_codes(redactor: Redactor) -> Iterator[None]:
     """Turn loader's errors into a message on stderr and the documented exit code."""
-    stop = threading.Event()
     try:
         yield
     except typer.Exit:
@@ -177,20 +357,24 @@ def _exit_codes(redactor: Redactor) -> Iterator[None]:
     except LoaderError as exc:
         if exc.result is not None:
             _print_summary(exc.result, redactor, to_stderr=True)
-        code = (
-            defaults.EXIT_SOURCE
-            if isinstance(exc, SourceError)
-            else defaults.EXIT_DELIVERY
-            if isinstance(exc, SinkError | EncodingError)
-            else defaults.EXIT_INTERNAL
-        )
-        _fail(code, redactor.text(str(exc)))
+        _fail(_exit_code(exc), redactor.text(str(exc)))
     except KeyboardInterrupt:
-        stop.set()
         _fail(defaults.EXIT_INTERRUPTED, "interrupted")
     except Exception:  # the last line of defence: never print a secret
         typer.echo(redactor.text(traceback.format_exc()), err=True)
         _fail(defaults.EXIT_INTERNAL, "internal error (the traceback above); please report it")
+
+
+def _exit_code(exc: LoaderError) -> int:
+    if isinstance(exc, JobLockedError):
+        return defaults.EXIT_LOCKED
+    if isinstance(exc, StateError):
+        return defaults.EXIT_STATE
+    if isinstance(exc, SourceError | CursorOrderError):
+        return defaults.EXIT_SOURCE
+    if isinstance(exc, SinkError | EncodingError):
+        return defaults.EXIT_DELIVERY
+    return defaults.EXIT_INTERNAL
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -213,7 +397,25 @@ def _print_summary(result: RunResult, redactor: Redactor, *, to_stderr: bool = F
         f"  requests     {result.requests:>12,}",
         f"  retries      {result.retries:>12,}",
     ]
+    if result.rows_rejected:
+        lines.append(f"  rejected     {result.rows_rejected:>12,}")
+    if result.checkpoint is not None:
+        lines.append(f"  checkpoint   {_position(result.checkpoint)}")
     typer.echo("\n".join(lines), err=to_stderr)
+
+
+def _position(position: Position | None) -> str:
+    if position is None:
+        return ""
+    return ", ".join(v.isoformat() if isinstance(v, datetime) else str(v) for v in position)
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def _console() -> Console:
+    return Console(width=None if sys.stdout.isatty() else 200, no_color="NO_COLOR" in os.environ)
 
 
 def _show_body(body: bytes, redactor: Redactor, limit: int = 4000) -> str:

@@ -27,6 +27,17 @@ BODY_EXCERPT_CHARS: Final = 500
 #: Requests ``--dry-run`` prints.
 DRY_RUN_REQUESTS: Final = 3
 
+#: Where the state store lives without ``LOADER_STATE_URL`` (relative to the working dir).
+STATE_PATH: Final = ".loader/state.db"
+#: Environment variable naming the state store's SQLAlchemy URL.
+STATE_URL_ENV: Final = "LOADER_STATE_URL"
+#: Seconds a run's lock lasts without renewal; a live run renews it every third of this.
+LOCK_TTL: Final = 60.0
+#: Seconds a stopped run (SIGTERM, SIGINT) gets to finish its in-flight request.
+GRACE_PERIOD: Final = 20.0
+#: Rows one run may have rejected before the circuit breaker stops it.
+MAX_REJECTED: Final = 100
+
 # Exit codes of the ``loader`` command.
 #: Every row was delivered (or, with ``--dry-run``, read and encoded).
 EXIT_OK: Final = 0
@@ -39,5 +50,11 @@ EXIT_SOURCE: Final = 3
 #: Delivery failed: the endpoint rejected a request, retries ran out, or a row
 #: could not be encoded into a request.
 EXIT_DELIVERY: Final = 4
-#: Stopped by SIGINT or SIGTERM before the end of the rows.
+#: Another run of the same job holds its lock; this one did nothing.
+EXIT_LOCKED: Final = 5
+#: Every row was either delivered or dead-lettered, and some were dead-lettered.
+EXIT_REJECTED_ROWS: Final = 6
+#: The state store failed, or its checkpoint no longer fits the job.
+EXIT_STATE: Final = 7
+#: Stopped by SIGINT or SIGTERM; the checkpoint holds what was acknowledged.
 EXIT_INTERRUPTED: Final = 130

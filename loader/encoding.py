@@ -136,6 +136,10 @@ class Framing:
         """Bytes a body of one row adds around that row."""
         return len(self.prefix) + len(self.suffix)
 
+    def body(self, rows: Sequence[bytes]) -> bytes:
+        """The request body holding ``rows``."""
+        return self.prefix + self.separator.join(rows) + self.suffix
+
 
 def framing(
     fmt: Literal["json", "ndjson"],

@@ -7,10 +7,15 @@ Branches follow what the caller does next::
     ├── SourceError                       the database: connect, query or read failed
     │   └── QueryError                    the result cannot be sent as is (duplicate columns)
     ├── EncodingError                     a row cannot become a request body (too large, odd type)
-    └── SinkError                         the endpoint did not acknowledge a request
-        ├── RetryableSinkError            worth another try: timeouts, 408, 429, 5xx; .retry_after
-        ├── RejectedError                 a 4xx the endpoint will never accept; .body_excerpt
-        └── RetriesExhaustedError         the retry policy gave up; __cause__ is the last attempt
+    ├── SinkError                         the endpoint did not acknowledge a request
+    │   ├── RetryableSinkError            worth another try: timeouts, 408, 429, 5xx; .retry_after
+    │   ├── RejectedError                 a 4xx the endpoint will never accept; .body_excerpt
+    │   │   └── TooManyRejectionsError    the circuit breaker stopped the run (max_rejected)
+    │   └── RetriesExhaustedError         the retry policy gave up; __cause__ is the last attempt
+    ├── StateError                        the state store failed, or holds a checkpoint that
+    │   │                                 no longer matches the job (asks for --full-refresh)
+    │   └── JobLockedError                another run holds the job; .holder
+    └── CursorOrderError                  the cursor went backwards or was NULL
 
 Messages say what failed, where, the offending value and the fix. They never hold a
 secret: URLs are rendered without credentials and response excerpts are redacted.
@@ -97,3 +102,23 @@ class RetriesExhaustedError(SinkError):
     def __init__(self, message: str, *, url: str, status: int | None = None, attempts: int) -> None:
         super().__init__(message, url=url, status=status)
         self.attempts = attempts
+
+
+class TooManyRejectionsError(RejectedError):
+    """More rows were rejected in one run than ``max_rejected`` allows."""
+
+
+class StateError(LoaderError):
+    """The state store cannot be used, or its checkpoint does not fit the job."""
+
+
+class JobLockedError(StateError):
+    """Another run of the same job holds its lock. ``holder`` describes it."""
+
+    def __init__(self, message: str, *, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class CursorOrderError(LoaderError):
+    """A row's cursor value was NULL or lower than the previous row's."""

@@ -11,11 +11,12 @@ Python::
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 import types
 import typing
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -90,6 +91,46 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
+class Cursor(_Model):
+    """An incremental cursor: loader sends rows after the last acknowledged position.
+
+    loader wraps the query so rows come ordered by ``(column, key)`` strictly after the
+    checkpoint, so rows sharing a ``column`` value are neither skipped nor re-sent.
+    """
+
+    column: str = Field(min_length=1, description="Non-decreasing column: timestamp or integer.")
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Unique tiebreaker column; omit only when column is itself unique.",
+    )
+    start: int | datetime | None = Field(
+        default=None, description="First position: rows with column >= start are sent."
+    )
+    lag: Duration = Field(
+        default=0.0,
+        description="Leave out rows newer than the database's now() - lag "
+        "(timestamp cursors, PostgreSQL), so late commits are not missed.",
+    )
+    on_null: Literal["fail", "skip"] = Field(
+        default="fail",
+        description="fail: a row with a NULL column or key fails the run; skip: never send them.",
+    )
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _date_is_midnight(cls, value: Any) -> Any:
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return datetime(value.year, value.month, value.day)
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> Cursor:
+        if self.key == self.column:
+            raise ValueError("key must differ from column; omit key if column is unique")
+        return self
+
+
 class Source(_Model):
     """The database and the query whose rows are sent."""
 
@@ -104,6 +145,9 @@ class Source(_Model):
     )
     fetch_size: int = Field(
         default=defaults.FETCH_SIZE, ge=1, description="Rows fetched per database round trip."
+    )
+    cursor: Cursor | None = Field(
+        default=None, description="Send only rows after the last acknowledged position."
     )
 
     def __repr_args__(self) -> Any:
@@ -243,6 +287,16 @@ class Job(_Model):
     target: Target
     batch: Batch = Field(default_factory=Batch)
     retry: Retry = Field(default_factory=Retry)
+    on_reject: Literal["deadletter", "fail"] = Field(
+        default="deadletter",
+        description="deadletter: isolate rejected rows, keep them in the state store, go on; "
+        "fail: stop the run at the first rejection.",
+    )
+    max_rejected: int = Field(
+        default=defaults.MAX_REJECTED,
+        ge=0,
+        description="Circuit breaker: stop the run once this many rows were rejected.",
+    )
 
     _env_secrets: frozenset[str] = PrivateAttr(default=frozenset())
 
@@ -255,6 +309,19 @@ class Job(_Model):
                 f"got {value!r}"
             )
         return value
+
+    def fingerprint(self) -> str:
+        """A digest of what makes a checkpoint meaningful: the query, its parameters and
+        the cursor's column and key. A stored checkpoint with another fingerprint is
+        not resumed from."""
+        cursor = self.source.cursor
+        material = {
+            "query": " ".join(self.source.query.split()),
+            "params": sorted((k, repr(v)) for k, v in self.source.params.items()),
+            "column": cursor.column if cursor else None,
+            "key": cursor.key if cursor else None,
+        }
+        return hashlib.sha256(repr(material).encode()).hexdigest()[:16]
 
     def with_secrets(self, values: frozenset[str]) -> Job:
         """Return a copy that also masks ``values`` (secrets interpolated from the env)."""

@@ -47,11 +47,65 @@ def engine_url(url: str) -> sa.URL:
 
 @dataclass
 class RowStream:
-    """An open query result: its column names and an iterator over chunks of rows."""
+    """An open query result: its column names and an iterator over chunks of rows.
+
+    ``cursor_indexes`` are the positions of the cursor's column and key in each row
+    (empty without a cursor).
+    """
 
     columns: tuple[str, ...]
     chunks: Iterator[Sequence[Sequence[Any]]]
     utc_datetimes: bool
+    cursor_indexes: tuple[int, ...] = ()
+
+
+def cursor_query(
+    config: jobmodel.Source, dialect: sa.Dialect, position: tuple[Any, ...] | None
+) -> tuple[str, dict[str, Any]]:
+    """The job's query wrapped so rows come in ``(column, key)`` order, strictly after
+    ``position`` (or from ``cursor.start``), within the lag horizon.
+
+    Keyset pagination: no OFFSET, and rows sharing the column's value are told apart by
+    the key, so none is skipped or re-sent at a boundary.
+    """
+    cursor = config.cursor
+    assert cursor is not None
+    quote = dialect.identifier_preparer.quote
+    columns = [f"loader_source.{quote(cursor.column)}"]
+    if cursor.key:
+        columns.append(f"loader_source.{quote(cursor.key)}")
+    params: dict[str, Any] = {}
+    conditions: list[str] = []
+    if position is not None:
+        names = [f":loader_after_{i}" for i in range(len(columns))]
+        params.update({name[1:]: value for name, value in zip(names, position, strict=True)})
+        if len(columns) == 1:
+            conditions.append(f"{columns[0]} > {names[0]}")
+        else:
+            conditions.append(f"({', '.join(columns)}) > ({', '.join(names)})")
+    elif cursor.start is not None:
+        conditions.append(f"{columns[0]} >= :loader_start")
+        params["loader_start"] = cursor.start
+    if cursor.lag:
+        if dialect.name != "postgresql":
+            raise JobConfigError(
+                [f"source.cursor.lag: needs PostgreSQL (the database's clock); {dialect.name} "
+                 "has none loader can use. Remove lag or use a PostgreSQL source"]
+            )  # fmt: skip
+        conditions.append(f"{columns[0]} <= now() - make_interval(secs => :loader_lag)")
+        params["loader_lag"] = cursor.lag
+    where = " AND ".join(conditions)
+    nulls = " OR ".join(f"{column} IS NULL" for column in columns)
+    if cursor.on_null == "fail":
+        # NULL rows are selected so the run can stop on them instead of skipping them.
+        where = f"({where}) OR {nulls}" if where else ""
+    else:
+        where = f"({where}) AND NOT ({nulls})" if where else f"NOT ({nulls})"
+    inner = config.query.strip().rstrip(";").strip()
+    sql = f"SELECT * FROM (\n{inner}\n) AS loader_source"
+    if where:
+        sql += f"\nWHERE {where}"
+    return sql + f"\nORDER BY {', '.join(columns)}", params
 
 
 def create_engine(config: jobmodel.Source, redactor: Redactor) -> sa.Engine:
@@ -77,8 +131,11 @@ def create_engine(config: jobmodel.Source, redactor: Redactor) -> sa.Engine:
 
 
 @contextmanager
-def open_stream(config: jobmodel.Source, redactor: Redactor) -> Iterator[RowStream]:
-    """Connect, start a read-only transaction and execute the query.
+def open_stream(
+    config: jobmodel.Source, redactor: Redactor, *, position: tuple[Any, ...] | None = None
+) -> Iterator[RowStream]:
+    """Connect, start a read-only transaction and execute the query; with a cursor,
+    only the rows after ``position`` (see :func:`cursor_query`).
 
     Raises :class:`SourceError` (connection or query failed) or :class:`QueryError`
     (two columns share a name) before any row is yielded.
@@ -94,11 +151,15 @@ def open_stream(config: jobmodel.Source, redactor: Redactor) -> Iterator[RowStre
                 "and that the database is up"
             ) from exc
         with connection:
+            query, params = config.query, dict(config.params)
+            if config.cursor is not None:
+                query, extra = cursor_query(config, connection.dialect, position)
+                params.update(extra)
             try:
                 _begin_read_only(connection, config)
                 result = connection.execution_options(
                     stream_results=True, yield_per=config.fetch_size
-                ).execute(sa.text(config.query), config.params)
+                ).execute(sa.text(query), params)
             except SQLAlchemyError as exc:
                 raise SourceError(
                     f"query failed on {where}: {_reason(exc, redactor)}; check source.query"
@@ -110,6 +171,7 @@ def open_stream(config: jobmodel.Source, redactor: Redactor) -> Iterator[RowStre
                     columns=columns,
                     chunks=_chunks(result, config.fetch_size, where, redactor),
                     utc_datetimes=engine.dialect.name == "postgresql",
+                    cursor_indexes=_cursor_indexes(config, columns),
                 )
             finally:
                 result.close()
@@ -136,6 +198,19 @@ def _chunks(
         yield from result.partitions(size)
     except SQLAlchemyError as exc:
         raise SourceError(f"reading rows from {where} failed: {_reason(exc, redactor)}") from exc
+
+
+def _cursor_indexes(config: jobmodel.Source, columns: tuple[str, ...]) -> tuple[int, ...]:
+    if config.cursor is None:
+        return ()
+    names = [config.cursor.column] + ([config.cursor.key] if config.cursor.key else [])
+    missing = [name for name in names if name not in columns]
+    if missing:
+        raise QueryError(
+            f"the cursor column {missing[0]!r} is not in the query's result "
+            f"(columns: {', '.join(columns)}); select it or fix source.cursor"
+        )
+    return tuple(columns.index(name) for name in names)
 
 
 def _refuse_duplicates(columns: tuple[str, ...]) -> None:

@@ -144,6 +144,7 @@ def test_bad_input_gets_a_clear_error_and_sends_nothing(
     elif case == "rejected":
         endpoint.script("/", (400, {}, b'{"error": "bad row"}'))
         target_url = endpoint.url + "/"
+        extra = "on_reject: fail\n"
     elif case == "missing_env_var":
         env = {}
     elif case == "malformed_yaml":

@@ -187,9 +187,13 @@ def test_429_retry_after_http_date_is_honoured_and_capped(
 
 
 def test_a_400_fails_the_run_with_the_body_excerpt(schema: Schema, endpoint: Endpoint) -> None:
-    """A 400 is not retried; the error names the status and quotes the response body."""
+    """With on_reject: fail, a 400 is not retried and fails the run with the body excerpt."""
     endpoint.script("/", 200, (400, {}, b'{"error": "email is invalid"}'))
-    job = build_job(make_job(schema, endpoint.url + "/", numbers(schema, 6), batch={"size": 2}))
+    job = build_job(
+        make_job(
+            schema, endpoint.url + "/", numbers(schema, 6), batch={"size": 2}, on_reject="fail"
+        )
+    )
 
     with pytest.raises(RejectedError) as caught:
         run_job(job)

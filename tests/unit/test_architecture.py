@@ -16,9 +16,10 @@ RANKS = {
     "job": 2,
     "jobfile": 3, "encoding": 3,
     "source": 4, "batching": 4, "sink": 4, "retry": 4,
-    "runner": 5,
-    "receiver": 6, "example": 6,
-    "cli": 7, "__init__": 7, "__main__": 8,
+    "state": 5,
+    "runner": 6,
+    "receiver": 7, "example": 7, "replay": 7,
+    "cli": 8, "__init__": 8, "__main__": 9,
 }  # fmt: skip
 
 # Each third-party library is imported (at run time) by one module only.
@@ -27,11 +28,12 @@ HOMES = {
     "dotenv": {"jobfile"},
     "pydantic": {"job"},
     "orjson": {"encoding"},
-    "sqlalchemy": {"source"},
+    "sqlalchemy": {"source", "state"},
     "psycopg": {"source"},
     "httpx": {"sink"},
     "tenacity": {"retry"},
     "typer": {"cli"},
+    "rich": {"cli"},
 }
 
 

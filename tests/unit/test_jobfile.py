@@ -119,7 +119,7 @@ retry:
 """
     assert problems(text) == [
         "jobs/x.yml:4: source.parms: unknown key; did you mean 'params'? "
-        "(allowed: url, query, params, statement_timeout, fetch_size)",
+        "(allowed: url, query, params, statement_timeout, fetch_size, cursor)",
         "jobs/x.yml:6: target.url: expected an http:// or https:// URL with a host, "
         "such as https://api.example.com/v1/import",
         "jobs/x.yml:7: target.method: expected one of 'POST', 'PUT' or 'PATCH', got 'GET'",

@@ -1,0 +1,83 @@
+"""Re-sending dead letters: the rows an endpoint rejected, kept by earlier runs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from loader.encoding import framing
+from loader.errors import RejectedError
+from loader.job import Job
+from loader.retry import RetryPolicy
+from loader.runner import USER_AGENT
+from loader.sink import Sink, idempotency_key
+from loader.state import StateStore, open_state
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger("loader")
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """How many dead letters were delivered (and removed) and how many are still refused."""
+
+    delivered: int
+    rejected: int
+
+
+def replay_dead_letters(
+    job: Job,
+    *,
+    state: StateStore | None = None,
+    stop: threading.Event | None = None,
+    sleep: Callable[[float], None] | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> ReplayResult:
+    """Send each of ``job``'s dead letters again, one row per request, oldest first.
+
+    A row the endpoint accepts leaves the dead-letter table; one it rejects again stays,
+    with the new status and excerpt. Retryable failures follow the job's retry policy;
+    when they run out, :class:`RetriesExhaustedError` stops the replay.
+    """
+    store = state if state is not None else open_state()
+    stop = stop or threading.Event()
+    redactor = job.redactor()
+    envelope = job.target.envelope
+    frame = framing(
+        job.target.format,
+        envelope.key if envelope else None,
+        dict(envelope.fields) if envelope else None,
+    )
+    policy = RetryPolicy.from_config(job.retry)
+    delivered = rejected = 0
+    try:
+        with Sink(
+            job.target,
+            redactor,
+            user_agent=USER_AGENT,
+            content_type=frame.content_type,
+            transport=transport,
+        ) as sink:
+            for letter in store.dead_letters(job.name):
+                if stop.is_set():
+                    break
+                body = frame.body([letter.row])
+                key = idempotency_key(job.name, body)
+                try:
+                    policy.call(lambda: sink.send(body, key), sleep=sleep, stop=stop)  # noqa: B023
+                except RejectedError as exc:
+                    rejected += 1
+                    store.update_dead_letter(letter.id, exc.status, exc.body_excerpt)
+                    log.warning("dead letter %d rejected again: %s", letter.id, exc)
+                    continue
+                store.delete_dead_letters([letter.id])
+                delivered += 1
+    finally:
+        if state is None:
+            store.close()
+    return ReplayResult(delivered, rejected)

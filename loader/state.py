@@ -1,0 +1,556 @@
+"""Durable state: checkpoints, run history, dead letters and run locks.
+
+One implementation over SQLAlchemy serves both backends: a SQLite file by default
+(``.loader/state.db``) and PostgreSQL when ``LOADER_STATE_URL`` is set. Every write is one
+transaction, so a process killed at any moment leaves the state as it was before or after
+that write, never in between. Tables are created on first use and carry a schema version.
+
+Locks are leases: a run holds its job's lock until ``expires_at`` and renews it while it
+runs. Each acquisition increments a fencing ``token``; a checkpoint is written only while
+the writer's token is still the lock's, so a run that lost its lock cannot move the
+checkpoint. A lease left by a killed process is taken over when it expires, or at once
+when its process is known dead (same host, PID gone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from loader import defaults
+from loader.errors import JobLockedError, StateError
+from loader.redact import mask_url
+from loader.source import engine_url
+
+SCHEMA_VERSION = 1
+
+Position = tuple[Any, ...]
+"""A cursor position: ``(column value, key value)``, or ``(column value,)``."""
+
+_metadata = sa.MetaData()
+_meta = sa.Table(
+    "loader_meta",
+    _metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
+)
+_checkpoints = sa.Table(
+    "loader_checkpoints",
+    _metadata,
+    sa.Column("job", sa.String(200), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("position", sa.Text, nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+_runs = sa.Table(
+    "loader_runs",
+    _metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("job", sa.String(200), nullable=False, index=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("rows_read", sa.BigInteger, nullable=False, default=0),
+    sa.Column("rows_posted", sa.BigInteger, nullable=False, default=0),
+    sa.Column("rows_rejected", sa.BigInteger, nullable=False, default=0),
+    sa.Column("requests", sa.BigInteger, nullable=False, default=0),
+    sa.Column("retries", sa.BigInteger, nullable=False, default=0),
+    sa.Column("cursor_from", sa.Text),
+    sa.Column("cursor_to", sa.Text),
+    sa.Column("error", sa.Text),
+)
+_dead_letters = sa.Table(
+    "loader_dead_letters",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job", sa.String(200), nullable=False, index=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("row", sa.Text, nullable=False),
+    sa.Column("status", sa.Integer),
+    sa.Column("excerpt", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+_locks = sa.Table(
+    "loader_locks",
+    _metadata,
+    sa.Column("job", sa.String(200), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("token", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A held run lock. ``token`` fences writes made under it."""
+
+    job: str
+    owner: str
+    token: int
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The last acknowledged cursor position of a job."""
+
+    job: str
+    fingerprint: str
+    position: Position
+    run_id: str
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as recorded in the history."""
+
+    run_id: str
+    job: str
+    status: str
+    started_at: float
+    ended_at: float | None
+    host: str
+    pid: int
+    rows_read: int
+    rows_posted: int
+    rows_rejected: int
+    requests: int
+    retries: int
+    cursor_from: Position | None
+    cursor_to: Position | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A row the endpoint rejected, kept for inspection and replay."""
+
+    id: int
+    job: str
+    run_id: str
+    row: bytes
+    status: int | None
+    excerpt: str
+    attempts: int
+    created_at: float
+    updated_at: float
+
+
+class StateStore(Protocol):
+    """What the runner and the CLI need from a state store."""
+
+    def acquire(self, job: str, owner: str, *, ttl: float = ...) -> Lease: ...
+    def renew(self, lease: Lease, *, ttl: float = ...) -> None: ...
+    def release(self, lease: Lease) -> None: ...
+    def checkpoint(self, job: str) -> Checkpoint | None: ...
+    def record_batch(
+        self,
+        lease: Lease,
+        run_id: str,
+        *,
+        fingerprint: str,
+        position: Position | None,
+        dead_letters: Sequence[tuple[bytes, int | None, str]] = ...,
+        ttl: float = ...,
+    ) -> None: ...
+    def reset(self, job: str) -> bool: ...
+    def start_run(self, run_id: str, job: str, cursor_from: Position | None) -> None: ...
+    def finish_run(self, run_id: str, status: str, **counts: Any) -> None: ...
+    def history(self, job: str, limit: int = ...) -> list[RunRecord]: ...
+    def dead_letters(self, job: str, limit: int | None = ...) -> list[DeadLetter]: ...
+    def dead_letter_count(self, job: str) -> int: ...
+    def update_dead_letter(self, letter_id: int, status: int | None, excerpt: str) -> None: ...
+    def delete_dead_letters(self, ids: Sequence[int]) -> None: ...
+    def purge_dead_letters(self, job: str) -> int: ...
+    def close(self) -> None: ...
+
+
+def encode_position(position: Position) -> str:
+    """A position as JSON text with each value's type, so it binds back exactly."""
+    return json.dumps([_tag(value) for value in position])
+
+
+def decode_position(text: str) -> Position:
+    """The inverse of :func:`encode_position`."""
+    return tuple(_untag(item) for item in json.loads(text))
+
+
+def _tag(value: Any) -> dict[str, str]:
+    if isinstance(value, bool) or value is None:
+        raise StateError(f"a cursor value cannot be {value!r}")
+    if isinstance(value, int):
+        return {"t": "int", "v": str(value)}
+    if isinstance(value, Decimal):
+        return {"t": "decimal", "v": str(value)}
+    if isinstance(value, float):
+        return {"t": "float", "v": repr(value)}
+    if isinstance(value, datetime):
+        return {"t": "datetime", "v": value.isoformat()}
+    if isinstance(value, date):
+        return {"t": "date", "v": value.isoformat()}
+    if isinstance(value, uuid.UUID):
+        return {"t": "uuid", "v": str(value)}
+    if isinstance(value, str):
+        return {"t": "str", "v": value}
+    raise StateError(
+        f"a cursor value of type {type(value).__name__} cannot be stored; "
+        "use a timestamp, integer, numeric, date, uuid or text column"
+    )
+
+
+def _untag(item: dict[str, str]) -> Any:
+    kind, value = item["t"], item["v"]
+    parse: dict[str, Callable[[str], Any]] = {
+        "int": int,
+        "decimal": Decimal,
+        "float": float,
+        "datetime": datetime.fromisoformat,
+        "date": date.fromisoformat,
+        "uuid": uuid.UUID,
+        "str": str,
+    }
+    return parse[kind](value)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def state_url(url: str | None = None, env: dict[str, str] | None = None) -> str:
+    """The state store URL: ``url``, else ``$LOADER_STATE_URL``, else the SQLite default."""
+    environ = os.environ if env is None else env
+    return url or environ.get(defaults.STATE_URL_ENV) or f"sqlite:///{defaults.STATE_PATH}"
+
+
+def open_state(url: str | None = None, *, clock: Callable[[], float] = time.time) -> SqlStateStore:
+    """Open (and create on first use) the state store at :func:`state_url`."""
+    return SqlStateStore(state_url(url), clock=clock)
+
+
+class SqlStateStore:
+    """The state store on SQLite or PostgreSQL (any SQLAlchemy database in principle)."""
+
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._host = socket.gethostname()
+        self._pid = os.getpid()
+        parsed = engine_url(url)
+        self.url = mask_url(parsed.render_as_string(hide_password=False))
+        try:
+            if parsed.get_backend_name() == "sqlite":
+                self._engine = self._sqlite_engine(parsed)
+            else:
+                self._engine = sa.create_engine(parsed, pool_size=2, pool_pre_ping=True)
+            self._migrate()
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot open the state store {self.url}: {_reason(exc)}") from exc
+
+    @staticmethod
+    def _sqlite_engine(url: sa.URL) -> sa.Engine:
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy's BEGIN below decide when transactions start.
+            dbapi_connection.isolation_level = None
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(connection: sa.Connection) -> None:
+            # Take the write lock up front: read-then-write transactions never deadlock.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+
+    def _migrate(self) -> None:
+        with self._engine.begin() as conn:
+            _metadata.create_all(conn, checkfirst=True)
+            row = conn.execute(
+                sa.select(_meta.c.value).where(_meta.c.key == "schema_version")
+            ).first()
+            if row is None:
+                conn.execute(
+                    sa.insert(_meta).values(key="schema_version", value=str(SCHEMA_VERSION))
+                )
+            elif int(row.value) > SCHEMA_VERSION:
+                raise StateError(
+                    f"the state store {self.url} has schema version {row.value}, newer than "
+                    f"this loader's {SCHEMA_VERSION}; upgrade loader"
+                )
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sa.Connection]:
+        try:
+            with self._engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StateError(f"state store {self.url}: {what} failed: {_reason(exc)}") from exc
+
+    def close(self) -> None:
+        """Close the store's connections."""
+        self._engine.dispose()
+
+    # Locks
+
+    def acquire(self, job: str, owner: str, *, ttl: float = defaults.LOCK_TTL) -> Lease:
+        """Take ``job``'s lock for ``owner`` (a run id), or raise :class:`JobLockedError`."""
+        now = self._clock()
+        values = {
+            "owner": owner,
+            "host": self._host,
+            "pid": self._pid,
+            "expires_at": now + ttl,
+        }
+        try:
+            with self._transaction("taking the lock") as conn:
+                row = conn.execute(
+                    sa.select(_locks).where(_locks.c.job == job).with_for_update()
+                ).first()
+                if row is None:
+                    conn.execute(sa.insert(_locks).values(job=job, token=1, **values))
+                    return Lease(job, owner, 1)
+                if row.expires_at > now and not self._dead(row.host, row.pid):
+                    raise JobLockedError(
+                        f"job {job!r} is locked by run {row.owner} (pid {row.pid} on "
+                        f"{row.host}) until {_when(row.expires_at)}; "
+                        "wait for it to finish, or for the lock to expire",
+                        holder=f"{row.owner}@{row.host}:{row.pid}",
+                    )
+                conn.execute(
+                    sa.update(_runs)
+                    .where(_runs.c.run_id == row.owner, _runs.c.status == "running")
+                    .values(status="abandoned", ended_at=now, error="the run's process died")
+                )
+                token = int(row.token) + 1
+                conn.execute(
+                    sa.update(_locks).where(_locks.c.job == job).values(token=token, **values)
+                )
+                return Lease(job, owner, token)
+        except StateError as exc:
+            if isinstance(exc.__cause__, IntegrityError):  # another run inserted it first
+                raise JobLockedError(
+                    f"job {job!r} is locked by another run that started just now",
+                    holder="unknown",
+                ) from exc
+            raise
+
+    def _dead(self, host: str, pid: int) -> bool:
+        return host == self._host and not _pid_alive(pid)
+
+    def renew(self, lease: Lease, *, ttl: float = defaults.LOCK_TTL) -> None:
+        """Extend ``lease``; raise :class:`StateError` if another run took the lock."""
+        with self._transaction("renewing the lock") as conn:
+            self._fence(conn, lease, ttl)
+
+    def _fence(self, conn: sa.Connection, lease: Lease, ttl: float) -> None:
+        result = conn.execute(
+            sa.update(_locks)
+            .where(_locks.c.job == lease.job, _locks.c.token == lease.token)
+            .values(expires_at=self._clock() + ttl)
+        )
+        if result.rowcount != 1:
+            raise StateError(
+                f"run {lease.owner} lost the lock of job {lease.job!r} to another run; "
+                "it stops without moving the checkpoint"
+            )
+
+    def release(self, lease: Lease) -> None:
+        """Give the lock up (if still held by ``lease``)."""
+        with self._transaction("releasing the lock") as conn:
+            conn.execute(
+                sa.update(_locks)
+                .where(_locks.c.job == lease.job, _locks.c.token == lease.token)
+                .values(expires_at=0.0)
+            )
+
+    # Checkpoints
+
+    def checkpoint(self, job: str) -> Checkpoint | None:
+        """``job``'s checkpoint, or ``None`` before its first acknowledged batch."""
+        with self._transaction("reading the checkpoint") as conn:
+            row = conn.execute(sa.select(_checkpoints).where(_checkpoints.c.job == job)).first()
+        if row is None:
+            return None
+        return Checkpoint(
+            row.job, row.fingerprint, decode_position(row.position), row.run_id, row.updated_at
+        )
+
+    def record_batch(
+        self,
+        lease: Lease,
+        run_id: str,
+        *,
+        fingerprint: str,
+        position: Position | None,
+        dead_letters: Sequence[tuple[bytes, int | None, str]] = (),
+        ttl: float = defaults.LOCK_TTL,
+    ) -> None:
+        """Record a batch as done, in one transaction: keep its rejected rows as dead
+        letters and move the checkpoint to ``position`` (when the job has a cursor).
+
+        Only while ``lease`` still holds the lock: a run that lost it writes nothing.
+        """
+        now = self._clock()
+        with self._transaction("saving the checkpoint") as conn:
+            self._fence(conn, lease, ttl)
+            if dead_letters:
+                conn.execute(
+                    sa.insert(_dead_letters),
+                    [
+                        {
+                            "job": lease.job,
+                            "run_id": run_id,
+                            "row": row.decode("utf-8"),
+                            "status": status,
+                            "excerpt": excerpt,
+                            "attempts": 1,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for row, status, excerpt in dead_letters
+                    ],
+                )
+            if position is None:
+                return
+            values = {
+                "fingerprint": fingerprint,
+                "position": encode_position(position),
+                "run_id": run_id,
+                "updated_at": now,
+            }
+            updated = conn.execute(
+                sa.update(_checkpoints).where(_checkpoints.c.job == lease.job).values(**values)
+            )
+            if updated.rowcount == 0:
+                conn.execute(sa.insert(_checkpoints).values(job=lease.job, **values))
+
+    def reset(self, job: str) -> bool:
+        """Forget ``job``'s checkpoint; the next run starts from ``cursor.start``."""
+        with self._transaction("resetting the checkpoint") as conn:
+            deleted = conn.execute(sa.delete(_checkpoints).where(_checkpoints.c.job == job))
+        return bool(deleted.rowcount)
+
+    # Run history
+
+    def start_run(self, run_id: str, job: str, cursor_from: Position | None) -> None:
+        """Record that a run started."""
+        with self._transaction("recording the run") as conn:
+            conn.execute(
+                sa.insert(_runs).values(
+                    run_id=run_id,
+                    job=job,
+                    status="running",
+                    started_at=self._clock(),
+                    host=self._host,
+                    pid=self._pid,
+                    cursor_from=encode_position(cursor_from) if cursor_from else None,
+                )
+            )
+
+    def finish_run(self, run_id: str, status: str, **counts: Any) -> None:
+        """Record how a run ended: ``status`` and the counters in ``counts``."""
+        cursor_to = counts.pop("cursor_to", None)
+        values = {**counts, "status": status, "ended_at": self._clock()}
+        if cursor_to is not None:
+            values["cursor_to"] = encode_position(cursor_to)
+        with self._transaction("recording the run") as conn:
+            conn.execute(sa.update(_runs).where(_runs.c.run_id == run_id).values(**values))
+
+    def history(self, job: str, limit: int = 20) -> list[RunRecord]:
+        """``job``'s most recent runs, newest first."""
+        with self._transaction("reading the history") as conn:
+            rows = conn.execute(
+                sa.select(_runs)
+                .where(_runs.c.job == job)
+                .order_by(_runs.c.started_at.desc())
+                .limit(limit)
+            ).all()
+        return [
+            RunRecord(
+                **{
+                    **row._asdict(),
+                    "cursor_from": decode_position(row.cursor_from) if row.cursor_from else None,
+                    "cursor_to": decode_position(row.cursor_to) if row.cursor_to else None,
+                }
+            )
+            for row in rows
+        ]
+
+    # Dead letters
+
+    def dead_letters(self, job: str, limit: int | None = None) -> list[DeadLetter]:
+        """``job``'s dead letters, oldest first."""
+        query = sa.select(_dead_letters).where(_dead_letters.c.job == job)
+        with self._transaction("reading dead letters") as conn:
+            rows = conn.execute(query.order_by(_dead_letters.c.id).limit(limit)).all()
+        return [DeadLetter(**{**row._asdict(), "row": row.row.encode("utf-8")}) for row in rows]
+
+    def dead_letter_count(self, job: str) -> int:
+        """How many dead letters ``job`` has."""
+        query = sa.select(sa.func.count()).where(_dead_letters.c.job == job)
+        with self._transaction("counting dead letters") as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def update_dead_letter(self, letter_id: int, status: int | None, excerpt: str) -> None:
+        """Record another failed delivery of a dead letter."""
+        with self._transaction("updating a dead letter") as conn:
+            conn.execute(
+                sa.update(_dead_letters)
+                .where(_dead_letters.c.id == letter_id)
+                .values(
+                    status=status,
+                    excerpt=excerpt,
+                    attempts=_dead_letters.c.attempts + 1,
+                    updated_at=self._clock(),
+                )
+            )
+
+    def delete_dead_letters(self, ids: Sequence[int]) -> None:
+        """Remove dead letters (delivered on replay)."""
+        with self._transaction("deleting dead letters") as conn:
+            conn.execute(sa.delete(_dead_letters).where(_dead_letters.c.id.in_(list(ids))))
+
+    def purge_dead_letters(self, job: str) -> int:
+        """Remove all of ``job``'s dead letters; return how many there were."""
+        with self._transaction("purging dead letters") as conn:
+            result = conn.execute(sa.delete(_dead_letters).where(_dead_letters.c.job == job))
+        return int(result.rowcount)
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig) if orig is not None else str(exc).split("\n(Background", 1)[0]
+    return mask_url(" ".join(text.split()))
