@@ -7,6 +7,9 @@ is used up the endpoint answers ``200``. A step is one of:
 * ``(429, {"Retry-After": "1"})`` or ``(400, {}, b"body")``: status, headers, body;
 * ``Delay(seconds, step)``: wait, then answer with ``step``;
 * ``RESET``: close the connection without answering.
+
+``reject_when(predicate, status)`` answers ``status`` to every request whose body makes
+``predicate`` true (after the script is used up): a poison row, for instance.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +33,12 @@ class Recorded:
     headers: dict[str, str]
     body: bytes
     at: float
+    status: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The endpoint acknowledged this request (answered 2xx)."""
+        return self.status is not None and 200 <= self.status < 300
 
     def json(self) -> Any:
         """The body parsed with exact decimals."""
@@ -59,6 +69,7 @@ class Endpoint:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self._scripts: dict[str, list[Any]] = {}
+        self._rejects: list[tuple[Callable[[bytes], bool], Any]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -74,9 +85,22 @@ class Endpoint:
         with self._lock:
             self._scripts[path] = list(steps)
 
+    def reject_when(self, predicate: Callable[[bytes], bool], step: Any = 422) -> None:
+        """Answer ``step`` to every request whose body satisfies ``predicate``."""
+        with self._lock:
+            self._rejects.append((predicate, step))
+
+    def clear_rejections(self) -> None:
+        with self._lock:
+            self._rejects.clear()
+
     def rows(self, path: str | None = None) -> list[Any]:
-        """Every row received with a 2xx answer... or not: all rows of all requests."""
+        """Every row of every request, answered 2xx or not."""
         return [row for r in self.requests if path in (None, r.path) for row in r.rows()]
+
+    def accepted_ids(self) -> list[Any]:
+        """The ``id`` of every row in a request the endpoint acknowledged."""
+        return [row["id"] for r in self.requests if r.ok for row in r.rows()]
 
     def start(self) -> Endpoint:
         self._thread.start()
@@ -86,10 +110,15 @@ class Endpoint:
         self._server.shutdown()
         self._server.server_close()
 
-    def _next_step(self, path: str) -> Any:
+    def _next_step(self, path: str, body: bytes) -> Any:
         with self._lock:
             script = self._scripts.get(path)
-            return script.pop(0) if script else 200
+            if script:
+                return script.pop(0)
+            for predicate, step in self._rejects:
+                if predicate(body):
+                    return step
+            return 200
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         endpoint = self
@@ -101,6 +130,9 @@ class Endpoint:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 path = self.path.split("?", 1)[0]
+                step = endpoint._next_step(path, body)
+                final = step.then if isinstance(step, Delay) else step
+                status = None if final == RESET else final if isinstance(final, int) else final[0]
                 with endpoint._lock:
                     endpoint.requests.append(
                         Recorded(
@@ -109,9 +141,10 @@ class Endpoint:
                             dict(self.headers.items()),
                             body,
                             time.monotonic(),
+                            status,
                         )
                     )
-                self._answer(endpoint._next_step(path))
+                self._answer(step)
 
             def _answer(self, step: Any) -> None:
                 if isinstance(step, Delay):
