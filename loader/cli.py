@@ -419,10 +419,10 @@ def _console() -> Console:
 
 
 def _show_body(body: bytes, redactor: Redactor, limit: int = 4000) -> str:
-    text = body.decode("utf-8", "replace")
+    text = redactor.text(body.decode("utf-8", "replace"))  # mask first: a cut hides nothing
     if len(text) > limit:
         text = f"{text[:limit]}... ({len(body):,} bytes in all)"
-    return redactor.text(text)
+    return text
 
 
 def _print_received(received: Received, *, show_body: bool) -> None:

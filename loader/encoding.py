@@ -49,13 +49,22 @@ _IP_TYPES = (
 
 
 def json_fragment(text: bytes | str) -> Any:
-    """Wrap raw JSON text so it is embedded as is (used for json/jsonb columns)."""
-    return orjson.Fragment(text)
+    """Wrap raw JSON text so it is embedded as is (used for json/jsonb columns).
+
+    Line breaks become spaces: outside strings they are mere whitespace (inside, JSON
+    forbids them raw), and NDJSON needs each row on one line."""
+    raw = text.encode() if isinstance(text, str) else bytes(text)
+    if b"\n" in raw or b"\r" in raw:
+        raw = raw.replace(b"\r", b" ").replace(b"\n", b" ")
+    return orjson.Fragment(raw)
 
 
 def dumps(value: Any) -> bytes:
     """Encode a plain Python value (envelope fields, test fixtures) as compact JSON."""
-    return orjson.dumps(value, default=_default_number)
+    try:
+        return orjson.dumps(value, default=_default_number)
+    except (orjson.JSONEncodeError, TypeError):
+        return orjson.dumps(_widen(value, _default_number), default=_default_number)
 
 
 def iso_duration(value: timedelta) -> str:

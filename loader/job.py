@@ -2,10 +2,12 @@
 
 A :class:`Job` is a frozen pydantic model. Unknown keys are errors; durations and sizes
 carry units (``30s``, ``1MB``). Build one from a file with :func:`loader.load_job`, or in
-Python::
+Python with :func:`loader.build_job` (which reports problems as
+:class:`~loader.errors.JobConfigError`, like files)::
 
-    Job(name="signups", source={"url": "sqlite:///app.db", "query": "SELECT * FROM users"},
-        target={"url": "https://api.example.com/import"})
+    build_job({"name": "signups",
+               "source": {"url": "sqlite:///app.db", "query": "SELECT * FROM users"},
+               "target": {"url": "https://api.example.com/import"}})
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pydantic import (
 )
 
 from loader import defaults
-from loader.redact import Redactor, is_secret_name, mask_url, url_password
+from loader.redact import MASK, Redactor, is_secret_name, mask_url, url_passwords
 from loader.units import format_duration, format_size, parse_duration, parse_size
 
 
@@ -78,13 +80,6 @@ _MAX_VALUE_CHARS = 60
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # SQLAlchemy's rule for text() bind parameters: ":name", but not "::cast" or "\\:".
 _BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
-
-
-def _strip_sql_literals(sql: str) -> str:
-    """The SQL without quoted strings and comments, where ``:name`` is not a parameter."""
-    sql = re.sub(r"'(?:[^']|'')*'", "''", sql)
-    sql = re.sub(r"--[^\n]*", "", sql)
-    return re.sub(r"/\*.*?\*/", "", sql, flags=re.DOTALL)
 
 
 class _Model(BaseModel):
@@ -156,9 +151,10 @@ class Source(_Model):
 
     @model_validator(mode="after")
     def _params_match_query(self) -> Source:
-        used = set(_BIND.findall(_strip_sql_literals(self.query)))
+        used = set(_BIND.findall(self.query))
         problems = [
-            f"the query uses :{name} but params has no {name!r}"
+            f"the query uses :{name} but params has no {name!r} "
+            f"(write \\:{name} for a literal colon, e.g. in JSON text)"
             for name in sorted(used - set(self.params))
         ] + [
             f"params.{name} is not used by the query (no :{name} in it)"
@@ -186,6 +182,12 @@ class Envelope(_Model):
     fields: dict[str, Any] = Field(
         default_factory=dict, description="Static fields sent beside the rows."
     )
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name == "fields":
+                value = {k: MASK if is_secret_name(k) else v for k, v in self.fields.items()}
+            yield name, value
 
     @model_validator(mode="after")
     def _key_not_in_fields(self) -> Envelope:
@@ -225,6 +227,24 @@ class Target(_Model):
                 yield name, redactor.headers(self.headers)
             else:
                 yield name, mask_url(value) if name == "url" else value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_values_are_sendable(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            # The message names the header, never its value (it may be a secret).
+            if any(ch in text for ch in "\r\n\0"):
+                raise ValueError(
+                    f"header {name!r} contains a line break (a trailing newline from a "
+                    "secret file?); remove it"
+                )
+            if not text.isascii() or not text.isprintable():
+                raise ValueError(
+                    f"header {name!r} contains non-ASCII or control characters; percent-encode them"
+                )
+            if not name.isascii() or not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+        return value
 
     @field_validator("method", mode="before")
     @classmethod
@@ -333,9 +353,7 @@ class Job(_Model):
         """Every secret value this job holds: passwords, secret headers and fields."""
         found: set[str] = set(self._env_secrets)
         for url in (self.source.url, self.target.url):
-            password = url_password(url)
-            if password:
-                found.add(password)
+            found.update(url_passwords(url))
         secret_headers = {name.lower() for name in self.target.secret_headers}
         for name, value in self.target.headers.items():
             if name.lower() in secret_headers or is_secret_name(name):
@@ -368,7 +386,10 @@ def validate_job(
 def _describe(error: Mapping[str, Any], loc: tuple[str | int, ...]) -> str:
     """A short message for one pydantic error: what was expected and what was given."""
     kind = error["type"]
-    got = _short(error.get("input"))
+    hidden = any(
+        part in ("headers", "fields", "params") or is_secret_name(str(part)) for part in loc
+    )
+    got = "(value hidden)" if hidden else _short(error.get("input"))
     ctx = error.get("ctx") or {}
     if kind == "missing":
         return "required key is missing"

@@ -16,7 +16,8 @@ _SECRET_NAME = re.compile(
     r"auth|token|secret|passw|pwd|key|cookie|credential|signature|session", re.IGNORECASE
 )
 _NOT_SECRET = frozenset({"idempotency-key"})
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):([^@\s]*)@")
+# Greedy up to the last "@" before the path, so a raw "@" in a password is covered.
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):([^/\s]*)@")
 # Values shorter than this are masked structurally only; masking every "ab" in a text
 # would garble it without protecting anything.
 _MIN_VALUE_LENGTH = 3
@@ -28,10 +29,15 @@ def is_secret_name(name: str) -> bool:
     return name.lower() not in _NOT_SECRET and bool(_SECRET_NAME.search(name))
 
 
-def url_password(url: str) -> str | None:
-    """The password in ``url``'s user info, percent-decoded, or ``None``."""
+def url_passwords(url: str) -> list[str]:
+    """The password in ``url``'s user info, percent-decoded, and, when it holds a raw
+    ``@``, each piece of it (a parser may split it there and show a piece as the host)."""
     match = _URL_PASSWORD.search(url)
-    return unquote(match.group(2)) if match and match.group(2) else None
+    if not match or not match.group(2):
+        return []
+    password = match.group(2)
+    pieces = password.split("@")
+    return [unquote(password), password, *pieces]
 
 
 def mask_url(url: str) -> str:

@@ -67,7 +67,7 @@ def replay_dead_letters(
                 if stop.is_set():
                     break
                 body = frame.body([letter.row])
-                key = idempotency_key(job.name, body)
+                key = idempotency_key(job.name, f"deadletter:{letter.id}", body)
                 try:
                     policy.call(lambda: sink.send(body, key), sleep=sleep, stop=stop)  # noqa: B023
                 except RejectedError as exc:

@@ -35,7 +35,7 @@ from loader.redact import Redactor
 from loader.retry import Interrupted, RetryPolicy
 from loader.sink import Request, Sink, idempotency_key
 from loader.source import RowStream, open_stream
-from loader.state import Lease, Position, StateStore, open_state
+from loader.state import Lease, Position, StateStore, encode_position, open_state
 
 if TYPE_CHECKING:
     import httpx
@@ -161,6 +161,7 @@ class _Run:
         self.monotonic = monotonic
         self.lock_ttl = lock_ttl
         self.counters = _Counters()
+        self.full_refresh = False
         self.redactor = job.redactor()
         self.started = monotonic()
 
@@ -183,6 +184,7 @@ class _Run:
 
     def run(self, *, full_refresh: bool, dry_run: bool, **options: Any) -> RunResult:
         job = self.job
+        self.full_refresh = full_refresh
         if dry_run:
             position = self.start_position(full_refresh)
             log.info("dry run %s of %s from %s", self.run_id, job.name, position)
@@ -276,18 +278,25 @@ class _Run:
         ):
             sender = _Sender(job, sink, frame, self.counters, self.redactor, stop, sleep)
             rows = self.encoded_rows(stream, limit)
+            after = position
             for batch in batches(
                 rows, frame, max_rows=job.batch.size, max_bytes=job.batch.max_bytes
             ):
                 if stop.is_set():
                     return "interrupted"
+                if job.source.cursor is not None and not self.full_refresh:
+                    start = encode_position(after) if after is not None else "start"
+                    scope = f"{job.fingerprint()}:{start}"
+                else:
+                    scope = f"run:{self.run_id}:{batch.seq}"
+                after = batch.position
                 if dry_run:
                     if len(self.counters.preview) < preview:
-                        key = idempotency_key(job.name, batch.body)
+                        key = idempotency_key(job.name, scope, batch.body)
                         self.counters.preview.append(sink.prepare(batch.body, key))
                     continue
                 try:
-                    rejected = sender.send(batch.rows, batch.body)
+                    rejected = sender.send(batch.rows, batch.body, scope)
                 except Interrupted:
                     return "interrupted"
                 assert lease is not None
@@ -374,14 +383,15 @@ class _Sender:
         self.sleep = sleep
         self.policy = RetryPolicy.from_config(job.retry)
 
-    def send(self, rows: list[bytes], body: bytes) -> list[tuple[bytes, RejectedError]]:
+    def send(self, rows: list[bytes], body: bytes, scope: str) -> list[tuple[bytes, RejectedError]]:
         """Deliver ``rows``; return the rows the endpoint rejected, with the rejection.
 
+        ``scope`` keys the idempotency keys (see :func:`loader.sink.idempotency_key`).
         Raises :class:`RejectedError` when rejections are not row-specific (401, 403...)
         or ``on_reject: fail``, and :class:`TooManyRejectionsError` past ``max_rejected``.
         """
         try:
-            self.attempt(body)
+            self.attempt(body, scope)
             return []
         except RejectedError as exc:
             if exc.status in NOT_ROW_STATUSES or self.job.on_reject == "fail":
@@ -389,21 +399,29 @@ class _Sender:
             if len(rows) == 1:
                 return self.reject(rows[0], exc, 0)
         rejected: list[tuple[bytes, RejectedError]] = []
-        self.bisect(rows, rejected)
+        self.bisect(rows, 0, scope, rejected)
         return rejected
 
-    def bisect(self, rows: list[bytes], rejected: list[tuple[bytes, RejectedError]]) -> None:
+    def bisect(
+        self,
+        rows: list[bytes],
+        offset: int,
+        scope: str,
+        rejected: list[tuple[bytes, RejectedError]],
+    ) -> None:
+        """Send each half of ``rows`` (at ``offset`` in the batch) on its own, recursing
+        into rejected halves until the rejected rows stand alone."""
         middle = len(rows) // 2
-        for half in (rows[:middle], rows[middle:]):
+        for start, half in ((offset, rows[:middle]), (offset + middle, rows[middle:])):
             try:
-                self.attempt(self.frame.body(half))
+                self.attempt(self.frame.body(half), f"{scope}/{start}+{len(half)}")
             except RejectedError as exc:
                 if exc.status in NOT_ROW_STATUSES:
                     raise
                 if len(half) == 1:
                     rejected.extend(self.reject(half[0], exc, len(rejected)))
                 else:
-                    self.bisect(half, rejected)
+                    self.bisect(half, start, scope, rejected)
 
     def reject(
         self, row: bytes, error: RejectedError, earlier: int
@@ -421,8 +439,8 @@ class _Sender:
             ) from error
         return [(row, error)]
 
-    def attempt(self, body: bytes) -> None:
-        key = idempotency_key(self.job.name, body)
+    def attempt(self, body: bytes, scope: str) -> None:
+        key = idempotency_key(self.job.name, scope, body)
 
         def once() -> None:
             self.counters.requests += 1

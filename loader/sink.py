@@ -15,7 +15,7 @@ import email.utils
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -30,18 +30,22 @@ RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 @dataclass(frozen=True)
 class Request:
-    """A request as it would be sent: what ``--dry-run`` prints (headers masked)."""
+    """A request as it would be sent: what ``--dry-run`` prints (headers masked; the
+    body is left out of ``repr`` as it may hold secret envelope fields)."""
 
     method: str
     url: str
     headers: dict[str, str]
-    body: bytes
+    body: bytes = field(repr=False)
 
 
-def idempotency_key(job_name: str, body: bytes) -> str:
-    """A key derived from the job and the body: every retry and re-send of the same
-    batch carries the same key, so an endpoint that honours it can drop duplicates."""
-    digest = hashlib.sha256(job_name.encode() + b"\0" + body).hexdigest()
+def idempotency_key(job_name: str, scope: str, body: bytes) -> str:
+    """A key for one body: the same on every retry, and on every re-send of the same
+    batch from the same ``scope``. The scope names where the batch sits: for a cursor
+    job, the checkpoint it starts after (so a run resumed after a crash re-sends the
+    in-flight batch under its first key); otherwise the run and the batch's number (so
+    identical bodies in one run, or in two runs, are never mistaken for duplicates)."""
+    digest = hashlib.sha256(job_name.encode() + b"\0" + scope.encode() + b"\0" + body).hexdigest()
     return f"{job_name}-{digest[:32]}"
 
 
@@ -50,7 +54,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -110,24 +114,36 @@ class Sink:
         what = f"{method} {self.safe_url}"
         headers = {**self._headers, "Idempotency-Key": key}
         try:
-            response = self._client.request(method, self._target.url, content=body, headers=headers)
+            with self._client.stream(
+                method, self._target.url, content=body, headers=headers
+            ) as response:
+                # Acknowledged: the body of a 2xx is not needed, and is not read.
+                if not 200 <= response.status_code < 300:
+                    self._classify(response, what, self._read_excerpt(response))
         except httpx.TimeoutException as exc:
             raise RetryableSinkError(
                 f"{what}: no response within target.timeout "
                 f"({format_duration(self._target.timeout)}): {type(exc).__name__}",
                 url=self.safe_url,
             ) from exc
+        except httpx.LocalProtocolError as exc:
+            # Its message quotes the offending header, value included: never show it.
+            raise SinkError(
+                f"{what}: the request could not be built ({type(exc).__name__}); "
+                "check target.headers for characters HTTP does not allow",
+                url=self.safe_url,
+            ) from None
         except httpx.TransportError as exc:
             raise RetryableSinkError(
                 f"{what}: {self._redactor.text(_transport_reason(exc))}", url=self.safe_url
             ) from exc
-        self._classify(response, what)
+        except httpx.HTTPError as exc:
+            raise SinkError(
+                f"{what}: {self._redactor.text(_transport_reason(exc))}", url=self.safe_url
+            ) from exc
 
-    def _classify(self, response: httpx.Response, what: str) -> None:
+    def _classify(self, response: httpx.Response, what: str, excerpt: str) -> None:
         status = response.status_code
-        if 200 <= status < 300:
-            return
-        excerpt = self._excerpt(response)
         detail = f"{what} answered {status} {response.reason_phrase}"
         if status in RETRYABLE_STATUSES:
             retry_after = parse_retry_after(
@@ -157,14 +173,22 @@ class Sink:
             )
         raise SinkError(f"{detail}: {excerpt}", url=self.safe_url, status=status)
 
-    def _excerpt(self, response: httpx.Response) -> str:
-        text = " ".join(response.text.split())
+    def _read_excerpt(self, response: httpx.Response) -> str:
+        """The start of an error response's body, secrets masked, on one line."""
+        try:
+            raw = b""
+            for chunk in response.iter_bytes():
+                raw += chunk
+                if len(raw) > 64 * 1024:
+                    break
+        except httpx.HTTPError:
+            return "(the response body could not be read)"
+        text = self._redactor.text(" ".join(raw.decode("utf-8", "replace").split()))
         limit = defaults.BODY_EXCERPT_CHARS
-        text = text if len(text) <= limit else text[:limit] + "..."
-        return self._redactor.text(text)
+        return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _transport_reason(exc: httpx.TransportError) -> str:
+def _transport_reason(exc: httpx.HTTPError) -> str:
     """What went wrong below HTTP, e.g. ``ConnectError: [Errno 111] Connection refused``."""
     reason = str(exc) or type(exc.__cause__).__name__
     return f"{type(exc).__name__}: {reason}"

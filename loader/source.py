@@ -36,7 +36,7 @@ def engine_url(url: str) -> sa.URL:
         url = "postgresql://" + url[len("postgres://") :]
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
         raise JobConfigError(
             [f"source.url: cannot parse {mask_url(url)!r} as an SQLAlchemy URL"]
         ) from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from email.utils import formatdate
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 from loader import (
     RejectedError,
     RetriesExhaustedError,
+    RetryableSinkError,
+    SinkError,
     SourceError,
     build_job,
     run_job,
@@ -114,16 +117,37 @@ def test_requests_carry_headers_and_a_stable_idempotency_key(
     assert (result.requests, result.retries, result.rows_posted) == (4, 2, 4)
 
 
-def test_the_same_batch_gets_the_same_key_in_a_later_run(
+def test_identical_bodies_are_never_taken_for_duplicates(
     schema: Schema, endpoint: Endpoint
 ) -> None:
-    """A re-run that re-sends a batch (e.g. after a crash) carries the same key."""
-    job = build_job(make_job(schema, endpoint.url, numbers(schema, 3)))
+    """Two identical batches in a run, or the same batch in two runs, get distinct keys."""
+    schema.execute("CREATE TABLE same AS SELECT 'x' AS v FROM generate_series(1, 4)")
+    job = build_job(
+        make_job(schema, endpoint.url, f"SELECT v FROM {schema.table('same')}", batch={"size": 2})
+    )
     run_job(job)
     run_job(job)
 
-    first, second = endpoint.requests
-    assert first.headers["Idempotency-Key"] == second.headers["Idempotency-Key"]
+    keys = [r.headers["Idempotency-Key"] for r in endpoint.requests]
+    assert len(endpoint.requests) == 4 and len(set(keys)) == 4
+
+
+def test_a_resent_batch_keeps_its_key_across_runs(schema: Schema, endpoint: Endpoint) -> None:
+    """With a cursor, the batch a failed run could not deliver is re-sent by the next run
+    under the same Idempotency-Key (so the endpoint can drop it if it did arrive)."""
+    endpoint.script("/", 200, (400, {}, b"not now"))
+    query = numbers(schema, 6)
+    job = build_job(
+        make_job(schema, endpoint.url + "/", query, batch={"size": 2}, on_reject="fail",
+                 source={"cursor": {"column": "id"}})
+    )  # fmt: skip
+    with pytest.raises(RejectedError):
+        run_job(job)
+    run_job(job)
+
+    keys = [r.headers["Idempotency-Key"] for r in endpoint.requests]
+    assert [r.rows()[0]["id"] for r in endpoint.requests] == [1, 3, 3, 5]
+    assert keys[1] == keys[2] and len(set(keys)) == 3
 
 
 def test_503_503_200_is_retried_with_backoff(schema: Schema, endpoint: Endpoint) -> None:
@@ -168,8 +192,6 @@ def test_429_retry_after_http_date_is_honoured_and_capped(
     schema: Schema, endpoint: Endpoint
 ) -> None:
     """Retry-After as an HTTP-date is converted to seconds, capped at max_retry_after."""
-    import time
-
     endpoint.script(
         "/",
         (429, {"Retry-After": formatdate(time.time() + 3600, usegmt=True)}),
@@ -225,8 +247,10 @@ def test_a_redirect_is_not_followed(schema: Schema, endpoint: Endpoint) -> None:
     endpoint.script("/", (301, {"Location": endpoint.url + "/elsewhere"}))
     job = build_job(make_job(schema, endpoint.url + "/", numbers(schema, 1)))
 
-    with pytest.raises(Exception, match="redirects are not followed"):
+    with pytest.raises(SinkError, match="redirects are not followed") as caught:
         run_job(job)
+    assert f"redirecting to {endpoint.url}/elsewhere" in str(caught.value)
+    assert caught.value.status == 301
     assert [r.path for r in endpoint.requests] == ["/"]
 
 
@@ -310,7 +334,7 @@ def test_an_empty_result_sends_nothing(schema: Schema, endpoint: Endpoint) -> No
 
 
 def test_stop_event_ends_the_run_between_batches(schema: Schema, endpoint: Endpoint) -> None:
-    """Setting the stop event during a retry back-off ends the run as interrupted."""
+    """Setting the stop event during a retry back-off ends the run as interrupted at once."""
     endpoint.script("/", 200, 503)
     stop = threading.Event()
     job = build_job(make_job(schema, endpoint.url + "/", numbers(schema, 10), batch={"size": 2}))
@@ -319,3 +343,59 @@ def test_stop_event_ends_the_run_between_batches(schema: Schema, endpoint: Endpo
 
     assert result.status == "interrupted"
     assert result.rows_posted == 2 and len(endpoint.requests) == 2
+
+
+def test_a_header_the_client_refuses_is_not_echoed(endpoint: Endpoint) -> None:
+    """A header value HTTP cannot carry fails once, without quoting the value."""
+    from loader.sink import Sink
+
+    job = build_job(
+        {"name": "j", "source": {"url": "sqlite://", "query": "SELECT 1"},
+         "target": {"url": endpoint.url}}
+    )  # fmt: skip
+    sink = Sink(job.target, job.redactor(), user_agent="t", content_type="application/json")
+    sink._headers["X-Bad"] = "tok-SECRET\n"
+    with pytest.raises(SinkError) as caught:
+        sink.send(b"[]", "k")
+    sink.close()
+    assert "tok-SECRET" not in str(caught.value)
+    assert not isinstance(caught.value, RetryableSinkError)
+    assert endpoint.requests == []
+
+
+def test_undecodable_response_bodies(schema: Schema, endpoint: Endpoint) -> None:
+    """A broken gzip body on a 2xx still acknowledges; on a 4xx the excerpt says so."""
+    endpoint.script(
+        "/",
+        (200, {"Content-Encoding": "gzip"}, b"junk"),
+        (400, {"Content-Encoding": "gzip"}, b"junk"),
+    )
+    job = build_job(
+        make_job(schema, endpoint.url + "/", numbers(schema, 4), batch={"size": 2},
+                 on_reject="fail")
+    )  # fmt: skip
+
+    with pytest.raises(RejectedError) as caught:
+        run_job(job)
+    assert caught.value.body_excerpt == "(the response body could not be read)"
+    assert caught.value.result is not None and caught.value.result.rows_posted == 2
+
+
+def test_stop_between_batches_finishes_the_batch_in_flight(
+    schema: Schema, endpoint: Endpoint
+) -> None:
+    """A stop set while a request is in flight lets it finish, then sends nothing more."""
+    endpoint.script("/", Delay(0.5, 200))
+    stop = threading.Event()
+    job = build_job(make_job(schema, endpoint.url + "/", numbers(schema, 10), batch={"size": 2}))
+    results = []
+    worker = threading.Thread(target=lambda: results.append(run_job(job, stop=stop)))
+    worker.start()
+    while not endpoint.requests:
+        time.sleep(0.01)
+    stop.set()
+    worker.join()
+
+    (result,) = results
+    assert result.status == "interrupted"
+    assert result.rows_posted == 2 and len(endpoint.requests) == 1

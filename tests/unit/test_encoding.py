@@ -105,3 +105,16 @@ def test_framings() -> None:
     wrapped = framing("json", "events", {"api_key": "k", "n": Decimal("1.5")})
     assert wrapped.prefix == b'{"api_key":"k","n":1.5,"events":['
     assert framing("json", "users").prefix == b'{"users":['
+
+
+def test_json_text_with_line_breaks_stays_on_one_line() -> None:
+    """json columns keep their text, minus raw line breaks (NDJSON needs one line)."""
+    from loader.encoding import json_fragment
+
+    row = RowEncoder(["j"]).encode([json_fragment(b'{\n  "a": 1\r\n}')])
+    assert row == b'{"j":{   "a": 1  }}'
+
+
+def test_envelope_fields_may_hold_big_integers() -> None:
+    """Static envelope fields past 64 bits encode with every digit."""
+    assert framing("json", "e", {"n": 2**70}).prefix == b'{"n":1180591620717411303424,"e":['

@@ -183,8 +183,9 @@ def test_query_parameters_must_match_params() -> None:
         "  query: SELECT 1", "  query: SELECT * FROM t WHERE plan = :plan\n  params: {plam: pro}"
     )
     assert problems(text) == [
-        "jobs/x.yml:1: source: the query uses :plan but params has no 'plan'; "
-        "params.plam is not used by the query (no :plam in it)"
+        "jobs/x.yml:1: source: the query uses :plan but params has no 'plan' (write \\:plan "
+        "for a literal colon, e.g. in JSON text); params.plam is not used by the query "
+        "(no :plam in it)"
     ]
 
 
@@ -221,11 +222,43 @@ def test_secrets_interpolated_from_secret_named_variables_are_masked() -> None:
     assert job.redactor().text("x hunter22 y") == "x *** y"
 
 
-def test_errors_never_show_a_password() -> None:
-    """A password in a wrongly placed URL does not leak into the problem text."""
-    text = MINIMAL.replace("https://api.example.com/import", "postgres://u:sekrit-pw@h/db")
+def test_errors_never_show_a_secret_value() -> None:
+    """Wrongly typed header and field values are not echoed back in problems."""
+    text = MINIMAL + (
+        "  headers:\n    X-Api-Key: 12345678901234\n"
+        "  envelope: {key: e, fields: {api_key: {nested: 98765432109}}}\n"
+    )
+    found = problems(text)
 
-    assert all("sekrit-pw" not in p for p in problems(text))
+    assert len(found) == 1
+    assert "12345678901234" not in found[0] and "(value hidden)" in found[0]
+
+
+def test_header_values_must_be_sendable() -> None:
+    """A trailing newline (or non-ASCII) in a header is refused, naming only the header."""
+    found = problems(MINIMAL + "  headers:\n    Authorization: ${TOKEN}\n", {"TOKEN": "tok\n"})
+
+    assert found == [
+        "jobs/x.yml:6: target.headers: header 'Authorization' contains a line break "
+        "(a trailing newline from a secret file?); remove it"
+    ]
+
+
+def test_envelope_fields_are_masked_in_repr() -> None:
+    """repr() of a job never shows secret envelope fields."""
+    job = parse(MINIMAL + "  envelope: {key: e, fields: {api_key: sekrit-value}}\n")
+
+    assert "sekrit-value" not in repr(job)
+
+
+def test_bind_parameters_follow_sqlalchemy_rules() -> None:
+    """A ':word' inside quotes is a parameter to SQLAlchemy too; the hint says how to
+    write a literal colon."""
+    text = MINIMAL.replace("SELECT 1", "SELECT 1 WHERE doc @> '{\"a\":true}'")
+    (problem,) = problems(text)
+    assert "the query uses :true" in problem and "\\:true" in problem
+
+    parse(MINIMAL.replace("SELECT 1", "SELECT 1 WHERE doc @> '{\"a\"\\:true}'"))
 
 
 def test_load_job_reads_a_file_and_names_it(tmp_path: Path) -> None:

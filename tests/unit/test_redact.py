@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from loader.redact import Redactor, is_secret_name, mask_url, url_password
+from loader.redact import Redactor, is_secret_name, mask_url, url_passwords
 
 
 def test_url_passwords_and_secret_query_values_are_masked() -> None:
     """The user info password and key/token query values become ***."""
     assert mask_url("postgresql://app:p%40ss@db:5432/app") == "postgresql://app:***@db:5432/app"
     assert mask_url("https://h/x?api_key=abc&page=2") == "https://h/x?api_key=***&page=2"
-    assert url_password("postgres://app:p%40ss@db/app") == "p@ss"
-    assert url_password("sqlite:///file.db") is None
+    assert url_passwords("postgres://app:p%40ss@db/app")[0] == "p@ss"
+    assert url_passwords("sqlite:///file.db") == []
+
+
+def test_a_raw_at_sign_in_a_password_is_masked_whole() -> None:
+    """An unencoded '@' in a password does not leave its tail to look like a host."""
+    url = "postgresql://u:p@ss-secret@h/db"
+    assert "ss-secret" in url_passwords(url)
+    assert mask_url(url) == "postgresql://u:***@h/db"
+    redactor = Redactor(url_passwords(url))
+    assert "ss-secret" not in redactor.text("failed to resolve host 'ss-secret@127.0.0.1'")
 
 
 def test_secret_names() -> None:

@@ -125,8 +125,23 @@ def test_prepared_request_masks_secrets() -> None:
     assert request.url == "https://user:***@api.example.com/in?token=***"
 
 
-def test_idempotency_key_is_stable_per_job_and_body() -> None:
-    """The same job and body give the same key; another body or job, another key."""
-    assert idempotency_key("j", b"[1]") == idempotency_key("j", b"[1]")
-    assert idempotency_key("j", b"[1]") != idempotency_key("j", b"[2]")
-    assert idempotency_key("j", b"[1]") != idempotency_key("k", b"[1]")
+def test_idempotency_key_is_stable_per_job_scope_and_body() -> None:
+    """Same job, scope and body: same key. Identical bodies in other scopes (another
+    batch of the run, another run) get other keys, so none is taken for a duplicate."""
+    assert idempotency_key("j", "s", b"[1]") == idempotency_key("j", "s", b"[1]")
+    assert idempotency_key("j", "s", b"[1]") != idempotency_key("j", "s", b"[2]")
+    assert idempotency_key("j", "s", b"[1]") != idempotency_key("k", "s", b"[1]")
+    assert idempotency_key("j", "run:a:1", b"[1]") != idempotency_key("j", "run:a:2", b"[1]")
+
+
+def test_retry_after_with_non_ascii_digits_is_ignored() -> None:
+    """A Retry-After of Unicode digits is not a number of seconds (and does not crash)."""
+    assert parse_retry_after("²") is None
+
+
+def test_secrets_are_masked_before_the_excerpt_is_cut() -> None:
+    """A token that straddles the excerpt's cut is still masked entirely."""
+    body = "x" * 495 + f"Bearer {TOKEN}" + "y" * 100
+    with pytest.raises(RejectedError) as caught:
+        sink_answering(httpx.Response(400, text=body)).send(b"[]", "k")
+    assert "tok-" not in caught.value.body_excerpt
