@@ -1,9 +1,16 @@
-"""Encoded rows to request bodies, bounded by a row count and a byte size. Pure."""
+"""Encoded rows to request bodies, bounded by a row count and a byte size. Pure.
+
+Rows arrive in chunks (one database fetch each); cut points are found per chunk with
+running sums, so the per-row Python work is a ``len`` and nothing else.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate, repeat
+from operator import add
 from typing import Any
 
 from loader.encoding import Framing
@@ -15,7 +22,7 @@ class Batch:
     """One request body and the encoded rows in it.
 
     ``first_row`` is the 1-based number of its first row in the run; ``position`` is the
-    marker that came with its last row (the cursor position, for checkpoints).
+    marker of its last row (the cursor position, for checkpoints).
     """
 
     seq: int
@@ -25,44 +32,70 @@ class Batch:
     position: Any = None
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Encoded rows and, for any of them, its marker: ``marker(i)`` for ``rows[i]``."""
+
+    rows: list[bytes]
+    marker: Callable[[int], Any] = lambda _index: None
+
+
 def batches(
-    rows: Iterable[tuple[bytes, Any]], framing: Framing, *, max_rows: int, max_bytes: int
+    chunks: Iterable[Chunk], framing: Framing, *, max_rows: int, max_bytes: int
 ) -> Iterator[Batch]:
-    """Group ``(encoded row, marker)`` pairs into bodies of at most ``max_rows`` rows and
+    """Group the rows of ``chunks`` into bodies of at most ``max_rows`` rows and
     ``max_bytes`` bytes.
 
     Rows keep their order. A row that cannot fit in a body on its own raises
     :class:`EncodingError` naming its number; the rows before it were already yielded.
     """
-    pending: list[bytes] = []
-    marker: Any = None
-    size = framing.overhead()
-    row_number = 0
-    seq = 0
     sep = len(framing.separator)
-    for row, next_marker in rows:
-        row_number += 1
-        added = len(row) + (sep if pending else 0)
-        if pending and (len(pending) >= max_rows or size + added > max_bytes):
-            seq += 1
-            yield Batch(seq, row_number - len(pending), pending, framing.body(pending), marker)
-            pending = []
-            size = framing.overhead()
-            added = len(row)
-        if size + added > max_bytes:
-            raise EncodingError(
-                f"row {row_number} ({_first_field(row)}...) is "
-                f"{len(row) + framing.overhead():,} bytes as a request, "
-                f"more than batch.max_bytes ({max_bytes:,} bytes); raise batch.max_bytes "
-                "or select fewer or smaller columns"
-            )
-        pending.append(row)
-        marker = next_marker
-        size += added
+    overhead = framing.overhead()
+    pending: list[bytes] = []
+    size = overhead
+    marker: Any = None
+    seq = 0
+    row_number = 0  # rows consumed before the current chunk position
+    for chunk in chunks:
+        rows = chunk.rows
+        start = 0
+        while start < len(rows):
+            room = max_rows - len(pending)
+            window = rows[start : start + room]
+            # The body size after adding the first k rows of the window, minus `size`:
+            # each row brings its separator, except the first row of an empty body.
+            grown = list(accumulate(map(add, map(len, window), repeat(sep))))
+            limit = max_bytes - size + (0 if pending else sep)
+            fits = bisect_right(grown, limit)
+            if fits == 0:
+                if pending:
+                    seq += 1
+                    yield _batch(seq, row_number, pending, framing, marker)
+                    pending, size = [], overhead
+                    continue
+                row = rows[start]
+                raise EncodingError(
+                    f"row {row_number + 1} ({_first_field(row)}...) is "
+                    f"{len(row) + overhead:,} bytes as a request, more than batch.max_bytes "
+                    f"({max_bytes:,} bytes); raise batch.max_bytes or select fewer or "
+                    "smaller columns"
+                )
+            pending.extend(window[:fits])
+            size += grown[fits - 1] - (0 if len(pending) > fits else sep)
+            start += fits
+            row_number += fits
+            marker = chunk.marker(start - 1)
+            if len(pending) >= max_rows or fits < len(window):
+                seq += 1
+                yield _batch(seq, row_number, pending, framing, marker)
+                pending, size = [], overhead
     if pending:
         seq += 1
-        first = row_number - len(pending) + 1
-        yield Batch(seq, first, pending, framing.body(pending), marker)
+        yield _batch(seq, row_number, pending, framing, marker)
+
+
+def _batch(seq: int, last_row: int, rows: list[bytes], framing: Framing, marker: Any) -> Batch:
+    return Batch(seq, last_row - len(rows) + 1, rows, framing.body(rows), marker)
 
 
 def _first_field(row: bytes) -> str:

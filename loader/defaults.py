@@ -20,8 +20,10 @@ RETRY_MAX_BACKOFF: Final = 60.0
 RETRY_MAX_RETRY_AFTER: Final = 300.0
 #: Seconds one database statement (each fetch of a streaming cursor) may run; 0 disables.
 STATEMENT_TIMEOUT: Final = 300.0
+#: Requests in flight at once (``concurrency:``).
+CONCURRENCY: Final = 4
 #: Rows fetched from the database per round trip.
-FETCH_SIZE: Final = 2000
+FETCH_SIZE: Final = 5000
 #: Characters of a response body kept in errors.
 BODY_EXCERPT_CHARS: Final = 500
 #: Requests ``--dry-run`` prints.

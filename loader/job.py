@@ -312,6 +312,12 @@ class Job(_Model):
         description="deadletter: isolate rejected rows, keep them in the state store, go on; "
         "fail: stop the run at the first rejection.",
     )
+    concurrency: int = Field(
+        default=defaults.CONCURRENCY,
+        ge=1,
+        le=64,
+        description="Requests in flight at once. A crash can re-send up to this many batches.",
+    )
     max_rejected: int = Field(
         default=defaults.MAX_REJECTED,
         ge=0,

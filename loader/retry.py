@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import tenacity
 
@@ -23,6 +23,13 @@ T = TypeVar("T")
 
 #: ``on_retry(attempt, wait_seconds, error)``: called before each back-off sleep.
 RetryHook = Callable[[int, float, RetryableSinkError], None]
+
+
+class StopSignal(Protocol):
+    """What a stop signal offers: a ``threading.Event``, or anything shaped like one."""
+
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 class Interrupted(Exception):  # noqa: N818 - a signal to unwind, not an error
@@ -60,7 +67,7 @@ class RetryPolicy:
         fn: Callable[[], T],
         *,
         sleep: Callable[[float], None] | None = None,
-        stop: threading.Event | None = None,
+        stop: StopSignal | None = None,
         on_retry: RetryHook | None = None,
     ) -> T:
         """Call ``fn`` under this policy.
@@ -68,7 +75,7 @@ class RetryPolicy:
         ``sleep`` defaults to waiting on ``stop`` (or ``time.sleep`` without one). When
         ``stop`` is set during a back-off, :class:`Interrupted` is raised.
         """
-        stop_event = stop or threading.Event()
+        stop_event: StopSignal = stop or threading.Event()
         base_sleep = sleep or stop_event.wait
 
         def before_sleep(state: tenacity.RetryCallState) -> None:

@@ -10,10 +10,12 @@ A batch is done when the endpoint acknowledged it, or when its rejected rows are
 from __future__ import annotations
 
 import logging
+import operator
+import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from loader import defaults
 from loader._version import __version__
-from loader.batching import batches
+from loader.batching import Batch, Chunk, batches
 from loader.encoding import Framing, RowEncoder, framing
 from loader.errors import (
     CursorOrderError,
@@ -260,14 +262,11 @@ class _Run:
         transport: httpx.BaseTransport | None,
     ) -> Status:
         job = self.job
-        envelope = job.target.envelope
-        frame = framing(
-            job.target.format,
-            envelope.key if envelope else None,
-            dict(envelope.fields) if envelope else None,
-        )
+        frame = framing_for(job)
         with (
-            open_stream(job.source, self.redactor, position=position) as stream,
+            open_stream(
+                job.source, self.redactor, position=position, decimals=job.target.decimals
+            ) as stream,
             Sink(
                 job.target,
                 self.redactor,
@@ -276,93 +275,267 @@ class _Run:
                 transport=transport,
             ) as sink,
         ):
-            sender = _Sender(job, sink, frame, self.counters, self.redactor, stop, sleep)
-            rows = self.encoded_rows(stream, limit)
-            after = position
-            for batch in batches(
-                rows, frame, max_rows=job.batch.size, max_bytes=job.batch.max_bytes
-            ):
-                if stop.is_set():
-                    return "interrupted"
-                if job.source.cursor is not None and not self.full_refresh:
-                    start = encode_position(after) if after is not None else "start"
-                    scope = f"{job.fingerprint()}:{start}"
-                else:
-                    scope = f"run:{self.run_id}:{batch.seq}"
-                after = batch.position
-                if dry_run:
+            produced = self.scoped(
+                batches(
+                    self.chunks(stream, limit),
+                    frame,
+                    max_rows=job.batch.size,
+                    max_bytes=job.batch.max_bytes,
+                ),
+                position,
+            )
+            if dry_run:
+                for batch, scope in produced:
                     if len(self.counters.preview) < preview:
                         key = idempotency_key(job.name, scope, batch.body)
                         self.counters.preview.append(sink.prepare(batch.body, key))
-                    continue
-                try:
-                    rejected = sender.send(batch.rows, batch.body, scope)
-                except Interrupted:
-                    return "interrupted"
-                assert lease is not None
-                self.store.record_batch(
-                    lease,
-                    self.run_id,
-                    fingerprint=job.fingerprint(),
-                    position=batch.position,
-                    dead_letters=[
-                        (row, error.status, error.body_excerpt) for row, error in rejected
-                    ],
-                    ttl=self.lock_ttl,
-                )
-                self.counters.rows_posted += len(batch.rows) - len(rejected)
-                self.counters.rows_rejected += len(rejected)
-                if batch.position is not None:
-                    self.counters.checkpoint = batch.position
-        if dry_run:
-            return "dry-run"
+                return "dry-run"
+            assert lease is not None
+            sender = _Sender(job, sink, frame, self.counters, self.redactor, sleep)
+            interrupted = _Pipeline(self, lease, sender, stop).run(produced)
+        if interrupted:
+            return "interrupted"
         return "partial" if self.counters.rows_rejected else "succeeded"
 
-    def encoded_rows(
-        self, stream: RowStream, limit: int | None
-    ) -> Iterator[tuple[bytes, Position | None]]:
-        """Encoded rows with their cursor positions, checked for NULLs and order."""
+    def scoped(
+        self, produced: Iterator[Batch], position: Position | None
+    ) -> Iterator[tuple[Batch, str]]:
+        """Each batch with the scope of its idempotency key (see ``idempotency_key``)."""
+        after = position
+        incremental = self.job.source.cursor is not None and not self.full_refresh
+        for batch in produced:
+            if incremental:
+                start = encode_position(after) if after is not None else "start"
+                yield batch, f"{self.job.fingerprint()}:{start}"
+            else:
+                yield batch, f"run:{self.run_id}:{batch.seq}"
+            after = batch.position
+
+    def chunks(self, stream: RowStream, limit: int | None) -> Iterator[Chunk]:
+        """Each fetched chunk of rows, encoded, checked (cursor NULLs and order) and
+        cut at ``limit``. The per-row work is one encode call, or none on the fast path."""
         encoder = RowEncoder(
             stream.columns, decimals=self.job.target.decimals, utc_datetimes=stream.utc_datetimes
         )
         indexes = stream.cursor_indexes
-        previous: Any = None
         counters = self.counters
-        for chunk in stream.chunks:
-            for row in chunk:
-                if limit is not None and counters.rows_read >= limit:
+        previous: Any = None
+        for raw in stream.chunks:
+            if limit is not None:
+                room = limit - counters.rows_read
+                if room <= 0:
                     return
-                counters.rows_read += 1
-                if not indexes:
-                    yield encoder.encode(row), None
-                    continue
-                position = tuple(row[i] for i in indexes)
-                self.check_cursor(position, previous, counters.rows_read)
-                previous = position[0]
-                yield encoder.encode(row), position
+                raw = raw[:room]
+            if indexes:
+                previous = self.check_cursor(raw, indexes, previous, counters.rows_read)
+            if stream.json_rows:
+                rows = [row[0] for row in raw]
+            else:
+                encode = encoder.encode
+                rows = [encode(row) for row in raw]
+            counters.rows_read += len(raw)
+            yield Chunk(rows, _position_of(raw, indexes) if indexes else _no_position)
 
-    def check_cursor(self, position: Position, previous: Any, row_number: int) -> None:
+    def check_cursor(
+        self, raw: Sequence[Sequence[Any]], indexes: tuple[int, ...], previous: Any, before: int
+    ) -> Any:
+        """Refuse NULL cursor values and a column that goes backwards; return the last
+        column value seen, for the next chunk's check."""
         cursor = self.job.source.cursor
         assert cursor is not None
         names = [cursor.column] + ([cursor.key] if cursor.key else [])
-        for name, item in zip(names, position, strict=True):
-            if item is None:
+        last = previous
+        for name, index in zip(names, indexes, strict=True):
+            values = [row[index] for row in raw]
+            if None in values:
                 raise CursorOrderError(
-                    f"row {row_number}: cursor column {name!r} is NULL; loader cannot place "
-                    "it after the checkpoint. Fix the data, or set source.cursor.on_null: "
-                    "skip to leave such rows out"
+                    f"row {before + values.index(None) + 1}: cursor column {name!r} is NULL; "
+                    "loader cannot place it after the checkpoint. Fix the data, or set "
+                    "source.cursor.on_null: skip to leave such rows out"
                 )
-        value: Any = position[0]
-        # Only types whose Python order is the database's order; text collations differ.
-        if type(value) in _ORDERED_TYPES and type(value) is type(previous) and value < previous:
-            raise CursorOrderError(
-                f"row {row_number}: cursor column {cursor.column!r} went backwards "
-                f"({previous!r} then {value!r}); is it non-decreasing?"
+            if index != indexes[0] or not values:
+                continue
+            last = values[-1]
+            # Only types whose Python order is the database's order; text collations differ.
+            if type(values[0]) not in _ORDERED_TYPES:
+                continue
+            series = values if previous is None else [previous, *values]
+            if not all(map(operator.le, series, series[1:])):
+                at = next(i for i in range(1, len(series)) if series[i] < series[i - 1])
+                row_number = before + at + (1 if previous is None else 0)
+                raise CursorOrderError(
+                    f"row {row_number}: cursor column {name!r} went backwards "
+                    f"({series[at - 1]!r} then {series[at]!r}); is it non-decreasing?"
+                )
+        return last
+
+
+def framing_for(job: Job) -> Framing:
+    """The body framing a job's target asks for."""
+    envelope = job.target.envelope
+    return framing(
+        job.target.format,
+        envelope.key if envelope else None,
+        dict(envelope.fields) if envelope else None,
+    )
+
+
+def _position_of(raw: Sequence[Sequence[Any]], indexes: tuple[int, ...]) -> Callable[[int], Any]:
+    return lambda i: tuple(raw[i][j] for j in indexes)
+
+
+def _no_position(_index: int) -> None:
+    return None
+
+
+class _AnyEvent:
+    """Set when either event is: the run's stop signal or the pipeline's own halt."""
+
+    def __init__(self, first: threading.Event, second: threading.Event) -> None:
+        self._events = (first, second)
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self._events)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            remaining = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if remaining <= 0:
+                return False
+            self._events[1].wait(remaining)
+        return True
+
+
+_DONE = object()
+Rejected = list[tuple[bytes, RejectedError]]
+
+
+class _Pipeline:
+    """Reading, sending and committing overlap: one reader thread builds batches, up to
+    ``concurrency`` sender threads post them, and this thread commits acknowledged
+    batches in order. At most ``concurrency`` batches are between read and committed, so
+    a crash re-sends at most that many."""
+
+    def __init__(self, run: _Run, lease: Lease, sender: _Sender, stop: threading.Event) -> None:
+        self.run_ = run
+        self.lease = lease
+        self.sender = sender
+        self.stop = stop
+        self.halt = threading.Event()
+        self.signal = _AnyEvent(stop, self.halt)
+        self.concurrency = run.job.concurrency
+        self.window = threading.Semaphore(self.concurrency)
+        self.todo: queue.Queue[tuple[Batch, str] | None] = queue.Queue()
+        self.done: queue.Queue[Any] = queue.Queue()
+        self.interrupted = False
+
+    def run(self, produced: Iterator[tuple[Batch, str]]) -> bool:
+        """Deliver every batch; return True if stopped early. Raises the first error."""
+        threads = [threading.Thread(target=self.read, args=(produced,), name="loader-read")]
+        threads += [
+            threading.Thread(target=self.send, name=f"loader-send-{i}")
+            for i in range(self.concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        error: BaseException | None = None
+        finished: dict[int, tuple[Batch, Rejected]] = {}
+        next_seq, running = 1, len(threads)
+        try:
+            while running:
+                item = self.done.get()
+                if item is _DONE:
+                    running -= 1
+                    continue
+                if isinstance(item, BaseException):
+                    error = error or item
+                    self.halt.set()
+                    continue
+                finished[item[0].seq] = item
+                group = []
+                while next_seq in finished:
+                    group.append(finished.pop(next_seq))
+                    next_seq += 1
+                if group and error is None:
+                    try:
+                        self.commit(group)
+                    except BaseException as exc:
+                        error = exc
+                        self.halt.set()
+                for _ in group:
+                    self.window.release()
+        finally:
+            self.halt.set()
+            for thread in threads:
+                thread.join()
+        if error is not None:
+            raise error
+        return self.interrupted
+
+    def read(self, produced: Iterator[tuple[Batch, str]]) -> None:
+        try:
+            for item in produced:
+                while not self.window.acquire(timeout=0.05):
+                    if self.signal.is_set():
+                        break
+                if self.signal.is_set():
+                    self.interrupted = self.interrupted or self.stop.is_set()
+                    break
+                self.todo.put(item)
+        except BaseException as exc:
+            self.done.put(exc)
+        finally:
+            for _ in range(self.concurrency):
+                self.todo.put(None)
+            self.done.put(_DONE)
+
+    def send(self) -> None:
+        while (item := self.todo.get()) is not None:
+            batch, scope = item
+            if self.signal.is_set():
+                self.interrupted = self.interrupted or self.stop.is_set()
+                continue
+            try:
+                rejected = self.sender.send(batch.rows, batch.body, scope, self.signal)
+            except Interrupted:
+                self.interrupted = True
+                continue
+            except BaseException as exc:
+                self.done.put(exc)
+                continue
+            self.done.put((batch, rejected))
+        self.done.put(_DONE)
+
+    def commit(self, group: list[tuple[Batch, Rejected]]) -> None:
+        """Record batches acknowledged in order: their dead letters and the checkpoint
+        after the last one, in one transaction."""
+        run, counters = self.run_, self.run_.counters
+        dead_letters = [
+            (row, error.status, error.body_excerpt)
+            for _, rejected in group
+            for row, error in rejected
+        ]
+        position = group[-1][0].position
+        if position is not None or dead_letters:
+            run.store.record_batch(
+                self.lease,
+                run.run_id,
+                fingerprint=run.job.fingerprint(),
+                position=position,
+                dead_letters=dead_letters,
+                ttl=run.lock_ttl,
             )
+        for batch, rejected in group:
+            counters.rows_posted += len(batch.rows) - len(rejected)
+            counters.rows_rejected += len(rejected)
+        if position is not None:
+            counters.checkpoint = position
 
 
 class _Sender:
-    """Delivers one batch: retries, then bisects a rejected batch to isolate bad rows."""
+    """Delivers one batch: retries, then bisects a rejected batch to isolate bad rows.
+    Used from several threads at once."""
 
     def __init__(
         self,
@@ -371,7 +544,6 @@ class _Sender:
         frame: Framing,
         counters: _Counters,
         redactor: Redactor,
-        stop: threading.Event,
         sleep: Callable[[float], None] | None,
     ) -> None:
         self.job = job
@@ -379,11 +551,12 @@ class _Sender:
         self.frame = frame
         self.counters = counters
         self.redactor = redactor
-        self.stop = stop
         self.sleep = sleep
         self.policy = RetryPolicy.from_config(job.retry)
+        self.lock = threading.Lock()
+        self.rejected_seen = 0
 
-    def send(self, rows: list[bytes], body: bytes, scope: str) -> list[tuple[bytes, RejectedError]]:
+    def send(self, rows: list[bytes], body: bytes, scope: str, stop: _AnyEvent) -> Rejected:
         """Deliver ``rows``; return the rows the endpoint rejected, with the rejection.
 
         ``scope`` keys the idempotency keys (see :func:`loader.sink.idempotency_key`).
@@ -391,42 +564,38 @@ class _Sender:
         or ``on_reject: fail``, and :class:`TooManyRejectionsError` past ``max_rejected``.
         """
         try:
-            self.attempt(body, scope)
+            self.attempt(body, scope, stop)
             return []
         except RejectedError as exc:
             if exc.status in NOT_ROW_STATUSES or self.job.on_reject == "fail":
                 raise
             if len(rows) == 1:
-                return self.reject(rows[0], exc, 0)
-        rejected: list[tuple[bytes, RejectedError]] = []
-        self.bisect(rows, 0, scope, rejected)
+                return self.reject(rows[0], exc)
+        rejected: Rejected = []
+        self.bisect(rows, 0, scope, rejected, stop)
         return rejected
 
     def bisect(
-        self,
-        rows: list[bytes],
-        offset: int,
-        scope: str,
-        rejected: list[tuple[bytes, RejectedError]],
+        self, rows: list[bytes], offset: int, scope: str, rejected: Rejected, stop: _AnyEvent
     ) -> None:
         """Send each half of ``rows`` (at ``offset`` in the batch) on its own, recursing
         into rejected halves until the rejected rows stand alone."""
         middle = len(rows) // 2
         for start, half in ((offset, rows[:middle]), (offset + middle, rows[middle:])):
             try:
-                self.attempt(self.frame.body(half), f"{scope}/{start}+{len(half)}")
+                self.attempt(self.frame.body(half), f"{scope}/{start}+{len(half)}", stop)
             except RejectedError as exc:
                 if exc.status in NOT_ROW_STATUSES:
                     raise
                 if len(half) == 1:
-                    rejected.extend(self.reject(half[0], exc, len(rejected)))
+                    rejected.extend(self.reject(half[0], exc))
                 else:
-                    self.bisect(half, start, scope, rejected)
+                    self.bisect(half, start, scope, rejected, stop)
 
-    def reject(
-        self, row: bytes, error: RejectedError, earlier: int
-    ) -> list[tuple[bytes, RejectedError]]:
-        total = self.counters.rows_rejected + earlier + 1
+    def reject(self, row: bytes, error: RejectedError) -> Rejected:
+        with self.lock:
+            self.rejected_seen += 1
+            total = self.rejected_seen
         log.warning("row rejected (%d so far this run): %s", total, error)
         if total > self.job.max_rejected:
             raise TooManyRejectionsError(
@@ -439,21 +608,23 @@ class _Sender:
             ) from error
         return [(row, error)]
 
-    def attempt(self, body: bytes, scope: str) -> None:
+    def attempt(self, body: bytes, scope: str, stop: _AnyEvent) -> None:
         key = idempotency_key(self.job.name, scope, body)
 
         def once() -> None:
-            self.counters.requests += 1
+            with self.lock:
+                self.counters.requests += 1
             self.sink.send(body, key)
 
         def on_retry(attempt: int, wait: float, error: Exception) -> None:
-            self.counters.retries += 1
+            with self.lock:
+                self.counters.retries += 1
             log.warning(
                 "attempt %d/%d failed: %s; retrying in %.2fs",
                 attempt, self.policy.attempts, self.redactor.text(str(error)), wait,
             )  # fmt: skip
 
-        self.policy.call(once, sleep=self.sleep, stop=self.stop, on_retry=on_retry)
+        self.policy.call(once, sleep=self.sleep, stop=stop, on_retry=on_retry)
 
 
 class _LockKeeper:

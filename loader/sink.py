@@ -11,8 +11,10 @@ otherwise:
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +67,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 class Sink:
-    """An HTTP client for one target: keep-alive, no redirects, no ambient proxies."""
+    """An HTTP client for one target: keep-alive, no redirects, no ambient proxies.
+    :meth:`send` may be called from several threads at once, each with its connection."""
 
     def __init__(
         self,
@@ -86,12 +89,28 @@ class Sink:
             "User-Agent": user_agent,
             **target.headers,
         }
-        self._client = httpx.Client(
-            timeout=target.timeout,
-            follow_redirects=False,
-            trust_env=False,
-            transport=transport,
-        )
+        self._transport = transport
+        # One client, so one keep-alive connection, per sending thread: no pool to share
+        # (and to contend for) between threads.
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+        self._clients_lock = threading.Lock()
+
+    @property
+    def _client(self) -> httpx.Client:
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = httpx.Client(
+                timeout=self._target.timeout,
+                follow_redirects=False,
+                trust_env=False,
+                transport=self._transport,
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            )
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
 
     def __enter__(self) -> Sink:
         return self
@@ -100,8 +119,11 @@ class Sink:
         self.close()
 
     def close(self) -> None:
-        """Close the connections."""
-        self._client.close()
+        """Close the connections of every thread."""
+        with self._clients_lock:
+            for client in self._clients:
+                client.close()
+            self._clients.clear()
 
     def prepare(self, body: bytes, key: str) -> Request:
         """The request for ``body``, with secret headers masked (for display)."""
@@ -117,9 +139,14 @@ class Sink:
             with self._client.stream(
                 method, self._target.url, content=body, headers=headers
             ) as response:
-                # Acknowledged: the body of a 2xx is not needed, and is not read.
                 if not 200 <= response.status_code < 300:
                     self._classify(response, what, self._read_excerpt(response))
+                # Acknowledged. Drain the raw body (never decoded: a broken one cannot fail
+                # a delivered batch) so the connection goes back to the pool for reuse.
+                if not response.is_stream_consumed:
+                    with contextlib.suppress(httpx.HTTPError, httpx.StreamError):
+                        for _ in response.iter_raw():
+                            pass
         except httpx.TimeoutException as exc:
             raise RetryableSinkError(
                 f"{what}: no response within target.timeout "

@@ -6,11 +6,16 @@ memory is bounded by the fetch size whatever the size of the result.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+import itertools
+import queue
+import threading
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
@@ -50,13 +55,85 @@ class RowStream:
     """An open query result: its column names and an iterator over chunks of rows.
 
     ``cursor_indexes`` are the positions of the cursor's column and key in each row
-    (empty without a cursor).
+    (empty without a cursor). When ``json_rows`` is true (the PostgreSQL fast path), each
+    row's first item is the row already encoded as a JSON object (bytes) and the cursor
+    values follow it.
     """
 
     columns: tuple[str, ...]
     chunks: Iterator[Sequence[Sequence[Any]]]
     utc_datetimes: bool
     cursor_indexes: tuple[int, ...] = ()
+    json_rows: bool = False
+
+
+# PostgreSQL types whose JSON the database can write itself, exactly as loader's encoding
+# table says (with the expression below where its own JSON differs). Any other type in
+# a result (timestamptz[], bytea[], money, geometric types...) takes the generic path.
+_FAST_TYPES = {
+    16: "bool", 17: "bytea", 19: "name", 20: "int8", 21: "int2", 23: "int4", 25: "text",
+    26: "oid", 114: "json", 650: "cidr", 700: "float4", 701: "float8", 869: "inet",
+    1042: "bpchar", 1043: "varchar", 1082: "date", 1083: "time", 1114: "timestamp",
+    1184: "timestamptz", 1186: "interval", 1700: "numeric", 2950: "uuid", 3802: "jsonb",
+    1000: "bool[]", 1005: "int2[]", 1007: "int4[]", 1009: "text[]", 1015: "varchar[]",
+    1016: "int8[]", 1182: "date[]", 1231: "numeric[]", 1022: "float8[]", 2951: "uuid[]",
+    3807: "jsonb[]",
+}  # fmt: skip
+
+
+def _fast_expression(column: str, type_name: str, decimals: str) -> str:
+    """SQL for one column's value, such that ``row_to_json`` writes loader's JSON."""
+    if type_name == "timestamptz":
+        # The session is in UTC; the text form trims trailing zeros of the fraction.
+        return (
+            f"CASE WHEN isfinite({column}) THEN "
+            f"replace(({column} AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z' END"
+        )
+    if type_name == "numeric":
+        # x * 0 = 0 holds for every finite value and fails for NaN and ±Infinity.
+        value = f"{column}::text" if decimals == "string" else column
+        return f"CASE WHEN {column} * 0 = 0 THEN {value} END"
+    if type_name in ("float4", "float8"):
+        return f"CASE WHEN {column} * 0 = 0 THEN {column} END"
+    if type_name == "bytea":
+        return f"translate(encode({column}, 'base64'), E'\\n', '')"
+    if type_name == "json":
+        return f"translate({column}::text, E'\\r\\n', '  ')::json"
+    return column
+
+
+def fast_query(
+    config: jobmodel.Source,
+    dialect: sa.Dialect,
+    position: tuple[Any, ...] | None,
+    columns: Sequence[tuple[str, int]],
+    decimals: str,
+) -> tuple[str, dict[str, Any]] | None:
+    """The query rewritten so PostgreSQL writes each row's JSON object itself, followed by
+    the cursor's values; ``None`` when a column's type is not one it can write exactly."""
+    quote = dialect.identifier_preparer.quote
+    expressions = []
+    for name, oid in columns:
+        type_name = _FAST_TYPES.get(oid)
+        if type_name is None:
+            return None
+        expressions.append(
+            f"{_fast_expression('s.' + quote(name), type_name, decimals)} AS {quote(name)}"
+        )
+    where, order, params = _cursor_clauses(config, dialect, position, "s")
+    keys = "".join(f", {column}" for column in order)
+    inner = config.query.strip().rstrip(";").strip()
+    # UTF-8 bytes, fetched in binary: psycopg hands them over without a Python call per row.
+    sql = (
+        f"SELECT convert_to(row_to_json(loader_row)::text, 'UTF8') AS loader_json{keys}\n"
+        f"FROM (\n{inner}\n) AS s\n"
+        f"CROSS JOIN LATERAL (SELECT {', '.join(expressions)}) AS loader_row"
+    )
+    if where:
+        sql += f"\nWHERE {where}"
+    if order:
+        sql += f"\nORDER BY {', '.join(order)}"
+    return sql, params
 
 
 def cursor_query(
@@ -68,12 +145,26 @@ def cursor_query(
     Keyset pagination: no OFFSET, and rows sharing the column's value are told apart by
     the key, so none is skipped or re-sent at a boundary.
     """
+    where, order, params = _cursor_clauses(config, dialect, position, "loader_source")
+    inner = config.query.strip().rstrip(";").strip()
+    sql = f"SELECT * FROM (\n{inner}\n) AS loader_source"
+    if where:
+        sql += f"\nWHERE {where}"
+    return sql + f"\nORDER BY {', '.join(order)}", params
+
+
+def _cursor_clauses(
+    config: jobmodel.Source, dialect: sa.Dialect, position: tuple[Any, ...] | None, alias: str
+) -> tuple[str, list[str], dict[str, Any]]:
+    """The cursor's WHERE condition, ORDER BY columns and parameters (all empty without
+    a cursor), over the query aliased as ``alias``."""
     cursor = config.cursor
-    assert cursor is not None
+    if cursor is None:
+        return "", [], {}
     quote = dialect.identifier_preparer.quote
-    columns = [f"loader_source.{quote(cursor.column)}"]
+    columns = [f"{alias}.{quote(cursor.column)}"]
     if cursor.key:
-        columns.append(f"loader_source.{quote(cursor.key)}")
+        columns.append(f"{alias}.{quote(cursor.key)}")
     params: dict[str, Any] = {}
     conditions: list[str] = []
     if position is not None:
@@ -101,11 +192,7 @@ def cursor_query(
         where = f"({where}) OR {nulls}" if where else ""
     else:
         where = f"({where}) AND NOT ({nulls})" if where else f"NOT ({nulls})"
-    inner = config.query.strip().rstrip(";").strip()
-    sql = f"SELECT * FROM (\n{inner}\n) AS loader_source"
-    if where:
-        sql += f"\nWHERE {where}"
-    return sql + f"\nORDER BY {', '.join(columns)}", params
+    return where, columns, params
 
 
 def create_engine(config: jobmodel.Source, redactor: Redactor) -> sa.Engine:
@@ -132,10 +219,18 @@ def create_engine(config: jobmodel.Source, redactor: Redactor) -> sa.Engine:
 
 @contextmanager
 def open_stream(
-    config: jobmodel.Source, redactor: Redactor, *, position: tuple[Any, ...] | None = None
+    config: jobmodel.Source,
+    redactor: Redactor,
+    *,
+    position: tuple[Any, ...] | None = None,
+    decimals: str = "number",
+    fast: bool = True,
 ) -> Iterator[RowStream]:
     """Connect, start a read-only transaction and execute the query; with a cursor,
     only the rows after ``position`` (see :func:`cursor_query`).
+
+    On PostgreSQL (psycopg), when every column has a type it can write exactly, the
+    database builds each row's JSON (:func:`fast_query`); ``fast=False`` forbids that.
 
     Raises :class:`SourceError` (connection or query failed) or :class:`QueryError`
     (two columns share a name) before any row is yielded.
@@ -151,12 +246,22 @@ def open_stream(
                 "and that the database is up"
             ) from exc
         with connection:
+            try:
+                _begin_read_only(connection, config)
+            except SQLAlchemyError as exc:
+                raise SourceError(f"cannot start a read-only transaction on {where}: "
+                                  f"{_reason(exc, redactor)}") from exc  # fmt: skip
+            if fast and connection.dialect.driver == "psycopg":
+                fast_stream = _open_fast(connection, config, position, decimals, where, redactor)
+                if fast_stream is not None:
+                    with fast_stream as stream:
+                        yield stream
+                    return
             query, params = config.query, dict(config.params)
             if config.cursor is not None:
                 query, extra = cursor_query(config, connection.dialect, position)
                 params.update(extra)
             try:
-                _begin_read_only(connection, config)
                 result = connection.execution_options(
                     stream_results=True, yield_per=config.fetch_size
                 ).execute(sa.text(query), params)
@@ -179,6 +284,141 @@ def open_stream(
         engine.dispose()
 
 
+def _open_fast(
+    connection: Connection,
+    config: jobmodel.Source,
+    position: tuple[Any, ...] | None,
+    decimals: str,
+    where: str,
+    redactor: Redactor,
+) -> contextlib.AbstractContextManager[RowStream] | None:
+    """Describe the query; when the database can write its JSON, run :func:`fast_query`
+    on a psycopg server-side cursor. ``None`` when the generic path must be used."""
+    params = dict(config.params)
+    inner = config.query.strip().rstrip(";").strip()
+    try:
+        probe = connection.execute(sa.text(f"SELECT * FROM (\n{inner}\n) AS s LIMIT 0"), params)
+        description = probe.cursor.description or []
+        probe.close()
+    except SQLAlchemyError as exc:
+        raise SourceError(
+            f"query failed on {where}: {_reason(exc, redactor)}; check source.query"
+        ) from exc
+    columns = tuple(column[0] for column in description)
+    _refuse_duplicates(columns)
+    _cursor_indexes(config, columns)
+    built = fast_query(
+        config, connection.dialect, position,
+        [(column[0], cast(int, column[1])) for column in description], decimals,
+    )  # fmt: skip
+    if built is None:
+        return None
+    sql, extra = built
+    statement = sa.text(sql).bindparams(**params, **extra).compile(dialect=connection.dialect)
+    raw = connection.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    cursor_count = 1 + (1 if config.cursor and config.cursor.key else 0) if config.cursor else 0
+
+    @contextlib.contextmanager
+    def stream() -> Iterator[RowStream]:
+        # Streamed (not a DECLAREd cursor) so PostgreSQL may use a parallel plan, and
+        # asked to: row_to_json is the costly part, and workers share it. The statement
+        # timeout is then watched here, per chunk, as it is per FETCH on the other path.
+        raw.execute("SET LOCAL statement_timeout = 0")
+        raw.execute("SET LOCAL IntervalStyle = 'iso_8601'")  # ISO 8601 durations in JSON
+        raw.execute("SET LOCAL parallel_setup_cost = 0")
+        raw.execute("SET LOCAL parallel_tuple_cost = 0")
+        cursor = raw.cursor(binary=True)
+        rows = cursor.stream(str(statement), statement.params, size=config.fetch_size)
+        chunks = _streamed_chunks(
+            raw, rows, config.fetch_size, config.statement_timeout, where, redactor
+        )
+        try:
+            yield RowStream(
+                columns=columns,
+                chunks=chunks,
+                utc_datetimes=True,
+                cursor_indexes=tuple(range(1, 1 + cursor_count)),
+                json_rows=True,
+            )
+        finally:
+            chunks.close()
+            cursor.close()
+
+    return stream()
+
+
+def _streamed_chunks(
+    connection: psycopg.Connection[Any],
+    rows: Iterator[Any],
+    size: int,
+    timeout: float,
+    where: str,
+    redactor: Redactor,
+) -> Generator[list[Any], None, None]:
+    """Chunks of ``size`` rows, the next one read in a thread while this one is
+    processed, so the database never waits for Python; at most two chunks wait in
+    memory. Waiting longer than ``timeout`` for a chunk cancels the query."""
+    ready: queue.Queue[Any] = queue.Queue(maxsize=2)
+    done, timed_out = threading.Event(), threading.Event()
+
+    def cancel() -> None:
+        timed_out.set()
+        connection.cancel_safe()
+
+    def put(item: Any) -> None:
+        while not done.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def fetch() -> None:
+        try:
+            while not done.is_set():
+                watchdog = threading.Timer(timeout, cancel) if timeout else None
+                if watchdog is not None:
+                    watchdog.daemon = True
+                    watchdog.start()
+                try:
+                    chunk = list(itertools.islice(rows, size))
+                finally:
+                    if watchdog is not None:
+                        watchdog.cancel()
+                put(chunk)
+                if not chunk:
+                    return
+        except psycopg.Error as exc:
+            put(exc)
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                rows.close()  # type: ignore[attr-defined]  # cancels an unfinished query
+
+    fetcher = threading.Thread(target=fetch, name="loader-fetch", daemon=True)
+    fetcher.start()
+    try:
+        while True:
+            item = ready.get()
+            if isinstance(item, psycopg.Error):
+                if timed_out.is_set():
+                    raise SourceError(
+                        f"reading rows from {where} failed: canceling statement due to "
+                        f"statement timeout (no rows for {timeout:g}s; source.statement_timeout)"
+                    ) from item
+                reason = redactor.text(" ".join(str(item).split()))
+                raise SourceError(f"reading rows from {where} failed: {reason}") from item
+            if not item:
+                return
+            yield item
+    finally:
+        done.set()
+        fetcher.join(timeout=1)
+        if fetcher.is_alive():  # still waiting for rows nobody wants: stop the query
+            connection.cancel_safe()
+            fetcher.join()
+
+
 def _begin_read_only(connection: Connection, config: jobmodel.Source) -> None:
     dialect = connection.dialect.name
     if dialect == "postgresql":
@@ -186,6 +426,7 @@ def _begin_read_only(connection: Connection, config: jobmodel.Source) -> None:
         connection.exec_driver_sql("SET TRANSACTION READ ONLY")
         connection.exec_driver_sql(f"SET LOCAL statement_timeout = {timeout_ms}")
         connection.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
+        connection.exec_driver_sql("SET LOCAL DateStyle = 'ISO, YMD'")
     elif dialect == "sqlite":
         connection.exec_driver_sql("PRAGMA query_only = ON")
 

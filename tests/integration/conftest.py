@@ -98,4 +98,6 @@ def make_job(schema: Schema, endpoint_url: str, query: str, **sections: Any) -> 
     source = {"url": schema.url, "query": query, **sections.pop("source", {})}
     target = {"url": endpoint_url, **sections.pop("target", {})}
     retry = {"attempts": 3, "backoff": "10ms", "max_backoff": "50ms", **sections.pop("retry", {})}
+    # One request at a time unless a test asks for more: scripted answers stay in order.
+    sections.setdefault("concurrency", 1)
     return {"name": "test_job", "source": source, "target": target, "retry": retry, **sections}

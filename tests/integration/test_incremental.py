@@ -82,13 +82,16 @@ def cli(path: Path, *args: str, cwd: Path) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
 def test_rows_sharing_a_cursor_value_are_neither_skipped_nor_resent(
-    schema: Schema, endpoint: Endpoint, state_url: str
+    schema: Schema, endpoint: Endpoint, state_url: str, concurrency: int
 ) -> None:
     """1,000 rows with one updated_at cross batch and run boundaries exactly once; rows
     added later with that same timestamp and a higher key go in the next run."""
     query = events(schema, 1000, same_time=True)
-    job = build_job(incremental(schema, endpoint, query, batch={"size": 64}))
+    job = build_job(
+        incremental(schema, endpoint, query, batch={"size": 64}, concurrency=concurrency)
+    )
     state = open_state(state_url)
 
     first = run_job(job, state=state, limit=550)
@@ -274,10 +277,12 @@ def test_the_lock_of_a_live_run_is_not_taken(schema: Schema, state_url: str) -> 
 def test_sigterm_checkpoints_and_exits_within_the_grace_period(
     tmp_path: Path, schema: Schema, endpoint: Endpoint, state_url: str
 ) -> None:
-    """SIGTERM mid-run: exit 130 quickly, the rerun completes, nothing lost."""
+    """SIGTERM mid-run: exit 130 quickly, the rerun completes, nothing lost, at most the
+    batches in flight (concurrency 4) sent twice."""
     query = events(schema, 2000)
     endpoint.reject_when(lambda body: True, Delay(0.1, 200))
-    path = job_file(tmp_path, incremental(schema, endpoint, query, batch={"size": 50}))
+    spec = incremental(schema, endpoint, query, batch={"size": 50}, concurrency=4)
+    path = job_file(tmp_path, spec)
 
     process = cli(path, cwd=tmp_path)
     while len(endpoint.requests) < 5:
@@ -292,6 +297,7 @@ def test_sigterm_checkpoints_and_exits_within_the_grace_period(
     assert "interrupted" in out and "SIGTERM" in err
     sent_before = len(endpoint.requests)
     assert sent_before < 40
+    assert "checkpoint" in out
 
     endpoint.clear_rejections()
     rerun = cli(path, cwd=tmp_path)
@@ -299,18 +305,21 @@ def test_sigterm_checkpoints_and_exits_within_the_grace_period(
     assert rerun.returncode == 0, out + err
     ids = endpoint.accepted_ids()
     assert sorted(set(ids)) == list(range(1, 2001))
-    assert len(ids) - 2000 <= 50  # at most the batch in flight
+    assert len(ids) - 2000 <= 4 * 50  # at most the batches in flight
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
 def test_kill_9_loop_loses_nothing(
-    tmp_path: Path, schema: Schema, endpoint: Endpoint, state_url: str
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, state_url: str, concurrency: int
 ) -> None:
     """Five kill -9 at random moments over a 20,000-row load, then a final run: every row
-    arrives, duplicates stay within one batch per kill, the next run sends nothing."""
+    arrives, duplicates stay within `concurrency` batches per kill, the next run sends
+    nothing."""
     batch = 200
     query = events(schema, 20_000)
-    endpoint.reject_when(lambda body: True, Delay(0.01, 200))
-    path = job_file(tmp_path, incremental(schema, endpoint, query, batch={"size": batch}))
+    endpoint.reject_when(lambda body: True, Delay(0.01 * concurrency, 200))
+    spec = incremental(schema, endpoint, query, batch={"size": batch}, concurrency=concurrency)
+    path = job_file(tmp_path, spec)
     rng = random.Random(20_000)
     for _ in range(5):
         process = cli(path, cwd=tmp_path)
@@ -328,7 +337,7 @@ def test_kill_9_loop_loses_nothing(
     ids = endpoint.accepted_ids()
     counts = collections.Counter(ids)
     assert sorted(counts) == list(range(1, 20_001))
-    assert len(ids) - 20_000 <= 5 * batch, len(ids) - 20_000
+    assert len(ids) - 20_000 <= 5 * concurrency * batch, len(ids) - 20_000
     state = open_state(state_url)
     history = state.history("test_job", limit=10)
     state.close()
@@ -420,3 +429,25 @@ def test_sqlite_sources_are_incremental_too(tmp_path: Path, endpoint: Endpoint) 
     conn.close()
     assert run_job(job).rows_posted == 6
     assert sorted(endpoint.accepted_ids()) == list(range(1, 12))
+
+
+def test_poison_rows_with_concurrent_requests(
+    schema: Schema, endpoint: Endpoint, state_url: str
+) -> None:
+    """With four requests in flight, two poison rows in different batches are isolated
+    and every other row is delivered; the checkpoint ends after the last row."""
+    query = events(schema, 1000)
+    endpoint.reject_when(lambda body: b'"id":250,' in body or b'"id":777,' in body, 422)
+    job = build_job(incremental(schema, endpoint, query, batch={"size": 100}, concurrency=4))
+    state = open_state(state_url)
+
+    result = run_job(job, state=state)
+
+    assert (result.rows_posted, result.rows_rejected) == (998, 2)
+    assert sorted(endpoint.accepted_ids()) == [i for i in range(1, 1001) if i not in (250, 777)]
+    assert sorted(int(d.row.split(b",")[0][6:]) for d in state.dead_letters(job.name)) == [
+        250, 777,
+    ]  # fmt: skip
+    checkpoint = state.checkpoint(job.name)
+    assert checkpoint is not None and checkpoint.position[1] == 1000
+    state.close()

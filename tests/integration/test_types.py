@@ -9,7 +9,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from hashlib import md5
 
-from loader import build_job, run_job
+import pytest
+
+from loader import SourceError, build_job, run_job
 from loader.encoding import iso_duration
 from tests.integration.conftest import Schema, make_job
 from tests.support.server import Endpoint
@@ -151,3 +153,74 @@ def test_timestamps_are_utc_whatever_the_session_time_zone(
     run_job(job)
 
     assert endpoint.rows() == [{"t": "2024-03-10T07:59:58Z"}]
+
+
+def test_the_fast_path_and_the_generic_path_agree(schema: Schema, endpoint: Endpoint) -> None:
+    """PostgreSQL's own JSON (the fast path) equals loader's encoder (the generic path,
+    taken when a column has a type the database cannot write exactly)."""
+    from loader.redact import Redactor
+    from loader.source import open_stream
+
+    schema.execute(EVERY_TYPE.replace(f"generate_series(1, {ROWS})", "generate_series(1, 500)"))
+    table = schema.table("every_type")
+    fast = build_job(make_job(schema, endpoint.url + "/fast", f"SELECT * FROM {table}"))
+    generic = build_job(
+        make_job(
+            schema,
+            endpoint.url + "/generic",
+            f"SELECT *, ARRAY[now()] AS forces_generic FROM {table}",
+        )
+    )
+    with open_stream(fast.source, Redactor()) as stream:
+        assert stream.json_rows
+    with open_stream(generic.source, Redactor()) as stream:
+        assert not stream.json_rows
+
+    run_job(fast)
+    run_job(generic)
+
+    by_id = {row["id"]: row for row in endpoint.rows("/generic")}
+    fast_rows = endpoint.rows("/fast")
+    assert len(fast_rows) == len(by_id) == 500
+    for row in fast_rows:
+        other = dict(by_id[row["id"]])
+        del other["forces_generic"]
+        # Same instant; the database trims the fraction's trailing zeros, orjson does not.
+        assert datetime.fromisoformat(row.pop("at_tz")) == datetime.fromisoformat(
+            other.pop("at_tz")
+        )
+        assert row == other
+
+
+def test_fast_path_edge_values(schema: Schema, endpoint: Endpoint) -> None:
+    """Long bytea stays on one base64 line; json with line breaks stays on one NDJSON line;
+    non-finite numbers are null; infinite timestamps are null."""
+    query = (
+        "SELECT decode(repeat('ab', 200), 'hex') AS blob, "
+        "E'{\\n  \"a\": [1,\\n 2]\\n}'::json AS doc, "
+        "'NaN'::numeric AS n, '-Infinity'::float8 AS f, 'infinity'::timestamptz AS t"
+    )
+    job = build_job(make_job(schema, endpoint.url, query, target={"format": "ndjson"}))
+    run_job(job)
+
+    (request,) = endpoint.requests
+    assert request.body.count(b"\n") == 1
+    (row,) = request.rows()
+    assert base64.b64decode(row["blob"]) == bytes.fromhex("ab" * 200)
+    assert row["doc"] == {"a": [1, 2]}
+    assert (row["n"], row["f"], row["t"]) == (None, None, None)
+
+
+def test_fast_path_statement_timeout(schema: Schema, endpoint: Endpoint) -> None:
+    """On the fast path, waiting longer than statement_timeout for rows cancels the query."""
+    job = build_job(
+        make_job(schema, endpoint.url, "SELECT 1 AS x FROM pg_sleep(3)",
+                 source={"statement_timeout": "300ms"})
+    )  # fmt: skip
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(SourceError, match="statement timeout"):
+        run_job(job)
+    assert time.monotonic() - started < 2.5
+    assert endpoint.requests == []

@@ -1,0 +1,1 @@
+"""Benchmarks: loader against a naive baseline. Never run as tests (see README.md)."""

@@ -1,0 +1,151 @@
+"""Run loader and the naive baseline on the same table and endpoint, in turn, and print
+rows/s, CPU seconds and peak RSS for each, with the ratio.
+
+    python -m bench.run --rows 1000000 [--concurrency 4] [--only loader] [--cursor]
+
+The database comes from ``--database`` or ``LOADER_BENCH_DATABASE_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/postgres``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.generate import COLUMNS, ensure_table
+
+DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass
+class Measure:
+    name: str
+    seconds: float
+    cpu: float
+    peak_rss_mb: float
+    rows: int
+    distinct: int
+    requests: int
+    endpoint_cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(url: str, method: str = "GET") -> dict[str, int]:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(request) as response:
+        body = response.read()
+    return json.loads(body) if body.startswith(b"{\"requests") else {}
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds a process used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    name: str, command: list[str], endpoint: str, env: dict[str, str], server_pid: int
+) -> Measure:
+    """Run ``command`` to completion; wall time, its CPU time and peak RSS (wait4)."""
+    http(f"{endpoint}/reset", "POST")
+    server_cpu = cpu_of(server_pid)
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{name} failed with exit code {os.waitstatus_to_exitcode(status)}")
+    stats = http(f"{endpoint}/stats")
+    return Measure(
+        name, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
+        stats["rows"], stats["distinct_ids"], stats["requests"], cpu_of(server_pid) - server_cpu,
+    )  # fmt: skip
+
+
+def loader_job(db: str, table: str, target: str, args: argparse.Namespace) -> Path:
+    cursor = "  cursor: {column: id}\n" if args.cursor else ""
+    text = (
+        f"name: bench_{table}\n"
+        f"source:\n  url: {db}\n  query: SELECT {COLUMNS} FROM {table}\n{cursor}"
+        f"target:\n  url: {target}\n"
+        f"batch:\n  size: {args.batch}\n"
+        f"concurrency: {args.concurrency}\n"
+    )
+    path = Path(tempfile.mkdtemp()) / "bench.yml"
+    path.write_text(text)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--database", default=os.environ.get("LOADER_BENCH_DATABASE_URL", DEFAULT_DB))
+    parser.add_argument("--only", choices=["loader", "baseline"])
+    parser.add_argument("--cursor", action="store_true", help="run loader with cursor: {column: id}")
+    args = parser.parse_args()
+
+    table = ensure_table(args.database, args.rows)
+    port = free_port()
+    endpoint_url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.endpoint", str(port)], stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    state_dir = tempfile.mkdtemp()
+    env = {**os.environ, "LOADER_STATE_URL": f"sqlite:///{state_dir}/state.db"}
+    results = []
+    try:
+        if args.only in (None, "baseline"):
+            results.append(measure(
+                "baseline",
+                [sys.executable, "-m", "bench.baseline", args.database, table, endpoint_url + "/in"],
+                endpoint_url, env, server.pid,
+            ))  # fmt: skip
+        if args.only in (None, "loader"):
+            job = loader_job(args.database, table, endpoint_url + "/in", args)
+            results.append(measure(
+                "loader",
+                [sys.executable, "-m", "loader", "run", "--full-refresh", str(job)],
+                endpoint_url, env, server.pid,
+            ))  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait()
+
+    print(f"\n{args.rows:,} rows, batch {args.batch}, loader concurrency {args.concurrency}")
+    print(f"{'':10}{'rows/s':>12}{'seconds':>10}{'CPU s':>8}{'CPU s/M':>9}{'peak RSS':>10}"
+          f"{'requests':>10}{'distinct':>10}{'endpoint CPU s':>16}")  # fmt: skip
+    for m in results:
+        print(
+            f"{m.name:10}{m.rate:>12,.0f}{m.seconds:>10.2f}{m.cpu:>8.2f}"
+            f"{m.cpu / m.rows * 1e6 if m.rows else 0:>9.2f}{m.peak_rss_mb:>8.0f}MB"
+            f"{m.requests:>10,}{m.distinct:>10,}{m.endpoint_cpu:>16.2f}"
+        )
+        if m.distinct != args.rows:
+            print(f"  !! {m.name}: {m.distinct:,} distinct ids received, expected {args.rows:,}")
+    if len(results) == 2:
+        print(f"loader / baseline: {results[1].rate / results[0].rate:.2f}x rows/s")
+
+
+if __name__ == "__main__":
+    main()
