@@ -16,9 +16,9 @@ def main(db_url: str, table: str, target: str, batch: int = 1000) -> None:
         cursor.execute(f"SELECT * FROM {table}")
         names = [column.name for column in cursor.description or []]
         while rows := cursor.fetchmany(batch):
-            body = json.dumps([dict(zip(names, row)) for row in rows], default=str)
+            body = json.dumps([dict(zip(names, row, strict=True)) for row in rows], default=str)
             client.post(target, content=body, headers={"Content-Type": "application/json"})
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

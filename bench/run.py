@@ -52,7 +52,7 @@ def http(url: str, method: str = "GET") -> dict[str, int]:
     request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
     with urllib.request.urlopen(request) as response:
         body = response.read()
-    return json.loads(body) if body.startswith(b"{\"requests") else {}
+    return json.loads(body) if body.startswith(b'{"requests') else {}
 
 
 def cpu_of(pid: int) -> float:
@@ -95,13 +95,19 @@ def loader_job(db: str, table: str, target: str, args: argparse.Namespace) -> Pa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--database", default=os.environ.get("LOADER_BENCH_DATABASE_URL", DEFAULT_DB))
+    parser.add_argument(
+        "--database", default=os.environ.get("LOADER_BENCH_DATABASE_URL", DEFAULT_DB)
+    )
     parser.add_argument("--only", choices=["loader", "baseline"])
-    parser.add_argument("--cursor", action="store_true", help="run loader with cursor: {column: id}")
+    parser.add_argument(
+        "--cursor", action="store_true", help="run loader with cursor: {column: id}"
+    )
     args = parser.parse_args()
 
     table = ensure_table(args.database, args.rows)
@@ -116,11 +122,12 @@ def main() -> None:
     results = []
     try:
         if args.only in (None, "baseline"):
-            results.append(measure(
-                "baseline",
-                [sys.executable, "-m", "bench.baseline", args.database, table, endpoint_url + "/in"],
-                endpoint_url, env, server.pid,
-            ))  # fmt: skip
+            baseline = [sys.executable, "-m", "bench.baseline", args.database, table]
+            results.append(
+                measure(
+                    "baseline", [*baseline, endpoint_url + "/in"], endpoint_url, env, server.pid
+                )
+            )
         if args.only in (None, "loader"):
             job = loader_job(args.database, table, endpoint_url + "/in", args)
             results.append(measure(

@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import hashlib
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import certifi
 import httpx
 
 from loader import defaults
@@ -90,6 +92,13 @@ class Sink:
             **target.headers,
         }
         self._transport = transport
+        # One TLS context for all threads (each costs a read of the CA bundle), none for
+        # plain HTTP.
+        self._verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=certifi.where())
+            if target.url.startswith("https:")
+            else False
+        )
         # One client, so one keep-alive connection, per sending thread: no pool to share
         # (and to contend for) between threads.
         self._local = threading.local()
@@ -105,6 +114,7 @@ class Sink:
                 follow_redirects=False,
                 trust_env=False,
                 transport=self._transport,
+                verify=self._verify,
                 limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             )
             self._local.client = client

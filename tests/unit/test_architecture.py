@@ -31,6 +31,7 @@ HOMES = {
     "sqlalchemy": {"source", "state"},
     "psycopg": {"source"},
     "httpx": {"sink"},
+    "certifi": {"sink"},
     "tenacity": {"retry"},
     "typer": {"cli"},
     "rich": {"cli"},
