@@ -11,6 +11,7 @@ The front door::
 Everything public is importable from here; submodules are implementation details.
 """
 
+from loader import defaults
 from loader._version import __version__
 from loader.errors import (
     CursorOrderError,
@@ -28,8 +29,9 @@ from loader.errors import (
     TooManyRejectionsError,
 )
 from loader.job import Batch, Cursor, Envelope, Job, Retry, Source, Target
-from loader.jobfile import build_job, load_job, parse_job
+from loader.jobfile import build_job, environment, find_job_files, load_job, parse_job
 from loader.runner import RunResult, run_job
+from loader.schedule import Schedule
 from loader.state import StateStore, open_state
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "Retry",
     "RetryableSinkError",
     "RunResult",
+    "Schedule",
     "SinkError",
     "Source",
     "SourceError",
@@ -57,6 +60,9 @@ __all__ = [
     "TooManyRejectionsError",
     "__version__",
     "build_job",
+    "defaults",
+    "environment",
+    "find_job_files",
     "load_job",
     "open_state",
     "parse_job",

@@ -88,6 +88,14 @@ def _main(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """httpx logs each request's full URL at INFO, query string (and any key in it)
+    included: loader reports requests itself, redacted."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @app.command(epilog=_EXIT_CODES_HELP)
@@ -261,6 +269,73 @@ def deadletter_purge(job_file: JobFile, yes: Yes = False, env_file: EnvFile = Pa
         removed = store.purge_dead_letters(job.name)
         store.close()
         typer.echo(f"{job.name}: {removed} dead letters deleted")
+
+
+@app.command(epilog="Exit codes: 0 stopped by a signal, 2 bad job files with --strict.")
+def clock(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Job files or directories (default: jobs/).")
+    ] = None,
+    max_parallel: Annotated[int, typer.Option(min=1, help="Runs at once.")] = (
+        defaults.CLOCK_MAX_PARALLEL
+    ),
+    grace: Annotated[
+        str, typer.Option(help="On SIGTERM, time for running jobs to checkpoint and end.")
+    ] = "25s",
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Refuse to start if any job file is bad.")
+    ] = False,
+    env_file: EnvFile = Path(".env"),
+) -> None:
+    """Run the job files on their schedules until SIGTERM (a Heroku clock dyno)."""
+    from scheduler import Clock  # the clock is a separate package: loaded only here
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+        force=True,
+    )
+    _quiet_libraries()
+    with _exit_codes(Redactor()):
+        grace_seconds = _duration("--grace", grace)
+        env = environment(env_file)
+        roots = list(paths or [Path("jobs")])
+        if strict:
+            bad = [p for path in find_job_files(roots) for p in _problems(path, env)]
+            if bad:
+                for problem in bad:
+                    typer.echo(problem, err=True)
+                _fail(defaults.EXIT_CONFIG, "bad job files (--strict): not starting")
+        stop, reload = threading.Event(), threading.Event()
+        _clock_signals(stop, reload, grace_seconds)
+        Clock(roots, max_parallel=max_parallel, grace=grace_seconds, env=env).run(stop, reload)
+
+
+def _problems(path: Path, env: dict[str, str]) -> list[str]:
+    try:
+        load_job(path, env=env)
+    except JobConfigError as exc:
+        return exc.problems
+    return []
+
+
+def _clock_signals(stop: threading.Event, reload: threading.Event, grace: float) -> None:
+    """SIGTERM/SIGINT stop the clock (a second one, or the end of the grace period plus a
+    margin, exits at once); SIGHUP reloads the job files."""
+
+    def handle_stop(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            os._exit(defaults.EXIT_INTERRUPTED)
+        stop.set()
+        typer.echo(f"{signal.Signals(signum).name}: stopping the clock", err=True)
+        timer = threading.Timer(grace + 3, os._exit, args=(defaults.EXIT_INTERRUPTED,))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, handle_stop)
+    signal.signal(signal.SIGINT, handle_stop)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload.set())
 
 
 @app.command()

@@ -37,6 +37,14 @@ STATE_URL_ENV: Final = "LOADER_STATE_URL"
 LOCK_TTL: Final = 60.0
 #: Seconds a stopped run (SIGTERM, SIGINT) gets to finish its in-flight request.
 GRACE_PERIOD: Final = 20.0
+#: How old a missed slot may be for the clock to catch up on it after downtime (1 hour).
+CATCH_UP: Final = 3600.0
+#: Runs the clock executes at once.
+CLOCK_MAX_PARALLEL: Final = 4
+#: Seconds the clock gives running jobs to stop after SIGTERM (Heroku kills at 30).
+CLOCK_GRACE: Final = 25.0
+#: Seconds between checks of the job files for changes.
+CLOCK_RELOAD_POLL: Final = 5.0
 #: Rows one run may have rejected before the circuit breaker stops it.
 MAX_REJECTED: Final = 100
 

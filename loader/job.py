@@ -37,6 +37,7 @@ from pydantic import (
 
 from loader import defaults
 from loader.redact import MASK, Redactor, is_secret_name, mask_url, url_passwords
+from loader.schedule import Schedule
 from loader.units import format_duration, format_size, parse_duration, parse_size
 
 
@@ -318,6 +319,17 @@ class Job(_Model):
         le=64,
         description="Requests in flight at once. A crash can re-send up to this many batches.",
     )
+    schedule: str | None = Field(
+        default=None,
+        description="When the clock runs the job: a cron expression ('*/15 * * * *'), "
+        "an alias (@hourly) or an interval ('every 30s'). Without it the clock ignores it.",
+    )
+    timezone: str = Field(default="UTC", description="IANA time zone of a cron schedule.")
+    catch_up: Duration = Field(
+        default=defaults.CATCH_UP,
+        description="After the clock was down, one run for the latest missed slot if it is "
+        "at most this old; 0s disables catch-up.",
+    )
     max_rejected: int = Field(
         default=defaults.MAX_REJECTED,
         ge=0,
@@ -335,6 +347,23 @@ class Job(_Model):
                 f"got {value!r}"
             )
         return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str | None) -> str | None:
+        if value is not None:
+            Schedule(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        Schedule("@daily", value)
+        return value
+
+    def schedule_spec(self) -> Schedule | None:
+        """The parsed :class:`~loader.schedule.Schedule`, or ``None`` without one."""
+        return None if self.schedule is None else Schedule(self.schedule, self.timezone)
 
     def fingerprint(self) -> str:
         """A digest of what makes a checkpoint meaningful: the query, its parameters and

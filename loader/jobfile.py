@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,7 @@ def _validate(
     return job.with_secrets(frozenset(secrets))
 
 
-def find_job_files(paths: list[str | Path]) -> list[Path]:
+def find_job_files(paths: Sequence[str | Path]) -> list[Path]:
     """Job files named by ``paths``: files as given, directories searched for ``*.yml``."""
     found: list[Path] = []
     for raw in paths:
@@ -239,14 +239,3 @@ def _line_of(loc: KeyPath, lines: dict[KeyPath, int]) -> int:
         if loc[:end] in lines:
             return lines[loc[:end]]
     return 1
-
-
-def iter_job_problems(
-    paths: list[str | Path], env: Mapping[str, str]
-) -> Iterator[tuple[Path, Job | None, list[str]]]:
-    """For each job file under ``paths``: the job, or ``None`` and its problems."""
-    for path in find_job_files(paths):
-        try:
-            yield path, load_job(path, env=env), []
-        except JobConfigError as exc:
-            yield path, None, exc.problems

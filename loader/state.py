@@ -14,6 +14,7 @@ when its process is known dead (same host, PID gone).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -88,6 +89,17 @@ _dead_letters = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
+_slots = sa.Table(
+    "loader_slots",
+    _metadata,
+    sa.Column("job", sa.String(200), primary_key=True),
+    sa.Column("slot_at", sa.Float, primary_key=True),
+    sa.Column("run_id", sa.String(255), nullable=False, unique=True),
+    sa.Column("clock", sa.String(255), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("claimed_at", sa.Float, nullable=False),
+    sa.Column("detail", sa.Text),
+)
 _locks = sa.Table(
     "loader_locks",
     _metadata,
@@ -142,6 +154,19 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class SlotRecord:
+    """One scheduled slot of a job, as the clock recorded it."""
+
+    job: str
+    slot_at: float
+    run_id: str
+    clock: str
+    status: str
+    claimed_at: float
+    detail: str | None
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     """A row the endpoint rejected, kept for inspection and replay."""
 
@@ -182,6 +207,13 @@ class StateStore(Protocol):
     def update_dead_letter(self, letter_id: int, status: int | None, excerpt: str) -> None: ...
     def delete_dead_letters(self, ids: Sequence[int]) -> None: ...
     def purge_dead_letters(self, job: str) -> int: ...
+    def claim_slot(self, job: str, slot_at: float, run_id: str, clock: str) -> bool: ...
+    def finish_slot(
+        self, job: str, slot_at: float, status: str, detail: str | None = ...
+    ) -> None: ...
+    def record_missed(self, job: str, slots: Sequence[float], clock: str, detail: str) -> None: ...
+    def last_slot(self, job: str) -> float | None: ...
+    def slots(self, job: str, limit: int = ...) -> list[SlotRecord]: ...
     def close(self) -> None: ...
 
 
@@ -544,6 +576,67 @@ class SqlStateStore:
         with self._transaction("purging dead letters") as conn:
             result = conn.execute(sa.delete(_dead_letters).where(_dead_letters.c.job == job))
         return int(result.rowcount)
+
+    # Scheduled slots (the clock)
+
+    def claim_slot(self, job: str, slot_at: float, run_id: str, clock: str) -> bool:
+        """Claim ``job``'s slot for ``clock``; ``False`` if another clock already did.
+
+        The primary key makes this at most once per slot, however many clocks run."""
+        try:
+            with self._transaction("claiming a slot") as conn:
+                conn.execute(
+                    sa.insert(_slots).values(
+                        job=job, slot_at=slot_at, run_id=run_id, clock=clock,
+                        status="claimed", claimed_at=self._clock(),
+                    )
+                )  # fmt: skip
+        except StateError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                return False
+            raise
+        return True
+
+    def finish_slot(self, job: str, slot_at: float, status: str, detail: str | None = None) -> None:
+        """Record how a claimed slot ended (the run's status, or ``skipped``)."""
+        with self._transaction("recording a slot") as conn:
+            conn.execute(
+                sa.update(_slots)
+                .where(_slots.c.job == job, _slots.c.slot_at == slot_at)
+                .values(status=status, detail=detail)
+            )
+
+    def record_missed(self, job: str, slots: Sequence[float], clock: str, detail: str) -> None:
+        """Record slots that passed while no clock ran (never run, never dropped silently)."""
+        now = self._clock()
+        for slot_at in slots:
+            run_id = f"{job}@missed@{slot_at!r}"
+            with contextlib.suppress(StateError), self._transaction("recording a slot") as conn:
+                conn.execute(
+                    sa.insert(_slots).values(
+                        job=job, slot_at=slot_at, run_id=run_id, clock=clock,
+                        status="missed", claimed_at=now, detail=detail,
+                    )
+                )  # fmt: skip
+
+    def last_slot(self, job: str) -> float | None:
+        """The latest slot of ``job`` any clock claimed or recorded."""
+        with self._transaction("reading slots") as conn:
+            value = conn.execute(
+                sa.select(sa.func.max(_slots.c.slot_at)).where(_slots.c.job == job)
+            ).scalar()
+        return None if value is None else float(value)
+
+    def slots(self, job: str, limit: int = 50) -> list[SlotRecord]:
+        """``job``'s most recent slots, newest first."""
+        with self._transaction("reading slots") as conn:
+            rows = conn.execute(
+                sa.select(_slots)
+                .where(_slots.c.job == job)
+                .order_by(_slots.c.slot_at.desc())
+                .limit(limit)
+            ).all()
+        return [SlotRecord(**row._asdict()) for row in rows]
 
 
 def _when(timestamp: float) -> str:

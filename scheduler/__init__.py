@@ -1,7 +1,18 @@
 """The clock: the long-running process that decides when job runs happen.
 
-It will load job files, compute each job's next fire time from its ``schedule:`` and
-hand due runs to an executor (inline threads by default, Procrastinate workers to scale
-out). It uses loader's public API only (``loader.load_job``, ``loader.run_job``).
-Not implemented yet: ``loader run`` covers one-off runs and scheduled one-off dynos.
+``loader clock jobs/`` (the Procfile's ``clock:`` line) runs :class:`Clock`; it can also
+run inside another app::
+
+    from scheduler import Clock
+
+    clock = Clock(["jobs/"])
+    clock.start()          # a background thread
+    ...
+    clock.stop()           # nothing new starts; running jobs checkpoint and end
+
+It uses loader's public API only (``import loader``).
 """
+
+from scheduler.clock import Clock, slot_run_id
+
+__all__ = ["Clock", "slot_run_id"]

@@ -1,0 +1,307 @@
+"""The clock: runs job files on their schedules, built for dynos.
+
+* **At most once per slot.** Each slot of each job gets a deterministic run id
+  (``job@20261126T054000Z``), claimed in the state store under a primary key before it
+  runs: two clocks alive at once (a deploy) never run the same slot twice.
+* **No overlap.** A slot whose job is still running (here, or anywhere: the job's run
+  lock) is skipped and recorded as ``skipped``.
+* **Catch-up.** After downtime, the latest missed slot runs once if it is at most
+  ``catch_up`` old; every other missed slot is recorded as ``missed``.
+* **Isolation.** Runs go to an executor (threads, ``max_parallel`` at once); a slow or
+  failing job never delays the others, and an exception in a run never stops the clock.
+* **Shutdown.** When ``stop`` is set, nothing new starts; running jobs see the same event,
+  finish their requests in flight and keep their checkpoints; the clock waits for them
+  up to ``grace`` seconds.
+* **Reload.** Setting ``reload`` (SIGHUP in ``loader clock``), or changing a job file,
+  reloads the job files without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import loader
+from loader import Job, JobConfigError, JobLockedError, LoaderError, Schedule, StateStore
+
+log = logging.getLogger("loader.clock")
+
+#: Missed slots recorded one by one after downtime; more are counted in the detail.
+MAX_MISSED_RECORDS = 100
+
+
+def slot_run_id(job: str, slot: float) -> str:
+    """The deterministic run id of ``job``'s slot: every clock derives the same one."""
+    stamp = datetime.fromtimestamp(slot, UTC).strftime("%Y%m%dT%H%M%S")
+    millis = round((slot % 1) * 1000)
+    return f"{job}@{stamp}{f'.{millis:03d}' if millis else ''}Z"
+
+
+def _when(slot: float) -> str:
+    return datetime.fromtimestamp(slot, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Scheduled:
+    """A job the clock runs: its file, schedule and next slot."""
+
+    path: Path
+    job: Job
+    schedule: Schedule
+    next_at: float
+
+
+class Clock:
+    """Runs the job files under ``paths`` on their schedules until stopped.
+
+    ``now`` is the wall clock (Unix seconds); ``run`` the function that runs one job
+    (``loader.run_job``). Both are seams for tests.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        state: StateStore | None = None,
+        max_parallel: int = loader.defaults.CLOCK_MAX_PARALLEL,
+        grace: float = loader.defaults.CLOCK_GRACE,
+        reload_poll: float = loader.defaults.CLOCK_RELOAD_POLL,
+        env: Mapping[str, str] | None = None,
+        now: Callable[[], float] = time.time,
+        run: Callable[..., loader.RunResult] = loader.run_job,
+    ) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.state = state if state is not None else loader.open_state()
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.max_parallel = max_parallel
+        self.grace = grace
+        self.reload_poll = reload_poll
+        self.env = env
+        self.now = now
+        self.run_job = run
+        self.jobs: dict[str, Scheduled] = {}
+        self.problems: dict[Path, list[str]] = {}
+        self.running: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._files: dict[Path, float] = {}
+
+    # Running
+
+    def run(
+        self, stop: threading.Event | None = None, reload: threading.Event | None = None
+    ) -> None:
+        """Run in this thread until ``stop`` is set (or :meth:`stop` is called)."""
+        stop = stop or self._stop
+        reload = reload or self._reload
+        executor = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="loader-clock")
+        self.load(catch_up=True, stop=stop, executor=executor)
+        next_poll = self.now() + self.reload_poll
+        try:
+            while not stop.is_set() and not self._stop.is_set():
+                now = self.now()
+                if reload.is_set() or (now >= next_poll and self._files_changed()):
+                    reload.clear()
+                    log.info("reloading job files")
+                    self.load(catch_up=False, stop=stop, executor=executor)
+                if now >= next_poll:
+                    next_poll = now + self.reload_poll
+                for scheduled in list(self.jobs.values()):
+                    if scheduled.next_at <= now:
+                        self._due(scheduled, now, stop, executor)
+                upcoming = min((s.next_at for s in self.jobs.values()), default=now + 1)
+                stop.wait(max(0.0, min(upcoming - self.now(), next_poll - now, 0.5)))
+        finally:
+            self._shutdown(executor)
+
+    def start(self) -> threading.Thread:
+        """Run in a background thread; :meth:`stop` ends it."""
+        self._thread = threading.Thread(target=self.run, name="loader-clock", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop (from any thread): nothing new starts; wait for the clock to return."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def reload(self) -> None:
+        """Reload the job files at the next tick."""
+        self._reload.set()
+
+    # Loading
+
+    def load(self, *, catch_up: bool, stop: threading.Event, executor: ThreadPoolExecutor) -> None:
+        """(Re)load every job file. Bad files are logged and left out; the rest run."""
+        env = self.env if self.env is not None else loader.environment()
+        loaded: dict[str, Scheduled] = {}
+        self.problems = {}
+        files = loader.find_job_files(self.paths)
+        self._files = {path: _mtime(path) for path in files}
+        for path in files:
+            try:
+                job = loader.load_job(path, env=env)
+            except JobConfigError as exc:
+                self.problems[path] = exc.problems
+                for problem in exc.problems:
+                    log.error("bad job file, not scheduled: %s", problem)
+                continue
+            schedule = job.schedule_spec()
+            if schedule is None:
+                log.info("job=%s file=%s has no schedule: ignored by the clock", job.name, path)
+                continue
+            if job.name in loaded:
+                log.error("job=%s is defined twice (%s and %s); keeping the first",
+                          job.name, loaded[job.name].path, path)  # fmt: skip
+                continue
+            previous = self.jobs.get(job.name)
+            if previous is not None and previous.schedule == schedule:
+                next_at = previous.next_at
+            else:
+                next_at = schedule.next_after(self.now())
+            loaded[job.name] = Scheduled(path, job, schedule, next_at)
+        self.jobs = loaded
+        for scheduled in loaded.values():
+            if catch_up:
+                self._catch_up(scheduled, stop, executor)
+            log.info("job=%s schedule=%r timezone=%s next=%s", scheduled.job.name,
+                     scheduled.schedule.text, scheduled.schedule.timezone,
+                     _when(scheduled.next_at))  # fmt: skip
+        if not loaded:
+            log.warning("no scheduled jobs in %s", ", ".join(map(str, self.paths)))
+
+    def _files_changed(self) -> bool:
+        files = loader.find_job_files(self.paths)
+        return {path: _mtime(path) for path in files} != self._files
+
+    def _catch_up(
+        self, scheduled: Scheduled, stop: threading.Event, executor: ThreadPoolExecutor
+    ) -> None:
+        """After downtime: run the latest missed slot if recent enough, record the rest."""
+        job, schedule = scheduled.job, scheduled.schedule
+        last = self.state.last_slot(job.name)
+        now = self.now()
+        if last is None:
+            return  # a job this clock never ran: nothing was missed
+        latest = schedule.latest_at_or_before(now)
+        if latest <= last:
+            return
+        missed_count = schedule.count(last, latest)
+        recent = now - latest <= job.catch_up
+        older = list(schedule.slots(last, latest))
+        if recent:
+            older = older[:-1]
+        if older:
+            detail = f"{missed_count - (1 if recent else 0)} slot(s) missed while no clock ran"
+            self.state.record_missed(job.name, older[-MAX_MISSED_RECORDS:], self.name, detail)
+            log.warning("job=%s missed %d slot(s) from %s to %s while no clock ran",
+                        job.name, len(older), _when(older[0]), _when(older[-1]))  # fmt: skip
+        if recent:
+            log.info("job=%s catching up on slot %s", job.name, _when(latest))
+            self._fire(scheduled, latest, stop, executor)
+
+    # Firing
+
+    def _due(
+        self, scheduled: Scheduled, now: float, stop: threading.Event, executor: ThreadPoolExecutor
+    ) -> None:
+        """Fire the latest due slot; slots passed over (the clock was stalled) are missed."""
+        schedule = scheduled.schedule
+        latest = schedule.latest_at_or_before(now)
+        passed = [
+            slot for slot in schedule.slots(scheduled.next_at - 1e-6, latest) if slot < latest
+        ]
+        if passed:
+            self.state.record_missed(
+                scheduled.job.name, passed[-MAX_MISSED_RECORDS:], self.name,
+                "the clock was stalled past these slots",
+            )  # fmt: skip
+        scheduled.next_at = schedule.next_after(max(now, latest))
+        self._fire(scheduled, latest, stop, executor)
+
+    def _fire(
+        self, scheduled: Scheduled, slot: float, stop: threading.Event, executor: ThreadPoolExecutor
+    ) -> None:
+        job = scheduled.job
+        run_id = slot_run_id(job.name, slot)
+        try:
+            if not self.state.claim_slot(job.name, slot, run_id, self.name):
+                log.info("job=%s run=%s slot claimed by another clock", job.name, run_id)
+                return
+            with self._lock:
+                busy = job.name in self.running
+            if busy:
+                self.state.finish_slot(job.name, slot, "skipped", "the previous run is still going")
+                log.warning("job=%s run=%s skipped: the previous run is still going",
+                            job.name, run_id)  # fmt: skip
+                return
+        except LoaderError as exc:
+            log.error("job=%s run=%s not started: %s", job.name, run_id, exc)
+            return
+        with self._lock:
+            future = executor.submit(self._run_one, job, run_id, slot, stop)
+            self.running[job.name] = future
+        future.add_done_callback(self._finished(job.name))
+
+    def _finished(self, name: str) -> Callable[[Future[None]], None]:
+        def forget(_future: Future[None]) -> None:
+            with self._lock:
+                self.running.pop(name, None)
+
+        return forget
+
+    def _run_one(self, job: Job, run_id: str, slot: float, stop: threading.Event) -> None:
+        """Run one slot; never raises (a failing job must not stop the clock)."""
+        started = time.monotonic()
+        log.info("run started job=%s run=%s slot=%s", job.name, run_id, _when(slot))
+        status, rows, detail = "failed", 0, None
+        try:
+            result = self.run_job(job, state=self.state, stop=stop, run_id=run_id)
+            status, rows = result.status, result.rows_posted
+        except JobLockedError as exc:
+            status, detail = "skipped", str(exc)
+        except LoaderError as exc:
+            status, detail = "failed", job.redactor().text(str(exc))
+            if exc.result is not None:
+                rows = exc.result.rows_posted
+        except Exception as exc:  # a bug in a run must not stop the clock
+            status, detail = "failed", job.redactor().text(f"{type(exc).__name__}: {exc}")
+            log.exception("run crashed job=%s run=%s", job.name, run_id)
+        duration = time.monotonic() - started
+        log.info("run ended job=%s run=%s status=%s rows=%d duration=%.2fs%s", job.name,
+                 run_id, status, rows, duration, f" error={detail}" if detail else "")  # fmt: skip
+        try:
+            self.state.finish_slot(job.name, slot, status, detail)
+        except LoaderError as exc:
+            log.error("job=%s run=%s could not record its slot: %s", job.name, run_id, exc)
+
+    def _shutdown(self, executor: ThreadPoolExecutor) -> None:
+        with self._lock:
+            running = list(self.running.values())
+        if running:
+            log.info(
+                "stopping: waiting up to %.0fs for %d running job(s)", self.grace, len(running)
+            )
+            done, pending = wait(running, timeout=self.grace)
+            if pending:
+                log.warning("%d job(s) still running after the grace period", len(pending))
+        executor.shutdown(wait=False, cancel_futures=True)
+        log.info("clock stopped")
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
