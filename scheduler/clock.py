@@ -95,6 +95,8 @@ class Clock:
         self._reload = threading.Event()
         self._thread: threading.Thread | None = None
         self._files: dict[Path, float] = {}
+        self._signal = self._stop  # what running jobs watch; run() may be given another
+        self._executor = ThreadPoolExecutor(max_parallel, thread_name_prefix="loader-clock")
 
     # Running
 
@@ -102,10 +104,9 @@ class Clock:
         self, stop: threading.Event | None = None, reload: threading.Event | None = None
     ) -> None:
         """Run in this thread until ``stop`` is set (or :meth:`stop` is called)."""
-        stop = stop or self._stop
+        stop = self._signal = stop or self._stop
         reload = reload or self._reload
-        executor = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="loader-clock")
-        self.load(catch_up=True, stop=stop, executor=executor)
+        self.load(catch_up=True)
         next_poll = self.now() + self.reload_poll
         try:
             while not stop.is_set() and not self._stop.is_set():
@@ -113,16 +114,27 @@ class Clock:
                 if reload.is_set() or (now >= next_poll and self._files_changed()):
                     reload.clear()
                     log.info("reloading job files")
-                    self.load(catch_up=False, stop=stop, executor=executor)
+                    self.load(catch_up=False)
                 if now >= next_poll:
                     next_poll = now + self.reload_poll
-                for scheduled in list(self.jobs.values()):
-                    if scheduled.next_at <= now:
-                        self._due(scheduled, now, stop, executor)
+                self.tick(now)
                 upcoming = min((s.next_at for s in self.jobs.values()), default=now + 1)
                 stop.wait(max(0.0, min(upcoming - self.now(), next_poll - now, 0.5)))
         finally:
-            self._shutdown(executor)
+            self._shutdown()
+
+    def tick(self, now: float) -> None:
+        """Start the runs due at ``now`` (the body of the clock's loop)."""
+        for scheduled in list(self.jobs.values()):
+            if scheduled.next_at <= now:
+                self._due(scheduled, now)
+
+    def idle(self, timeout: float | None = None) -> bool:
+        """Wait until no run is going; ``False`` if some still are after ``timeout``."""
+        with self._lock:
+            running = list(self.running.values())
+        _done, pending = wait(running, timeout=timeout)
+        return not pending
 
     def start(self) -> threading.Thread:
         """Run in a background thread; :meth:`stop` ends it."""
@@ -131,8 +143,10 @@ class Clock:
         return self._thread
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop (from any thread): nothing new starts; wait for the clock to return."""
+        """Stop (from any thread): nothing new starts, running jobs are told to end; wait
+        for the clock to return."""
         self._stop.set()
+        self._signal.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -142,7 +156,7 @@ class Clock:
 
     # Loading
 
-    def load(self, *, catch_up: bool, stop: threading.Event, executor: ThreadPoolExecutor) -> None:
+    def load(self, *, catch_up: bool) -> None:
         """(Re)load every job file. Bad files are logged and left out; the rest run."""
         env = self.env if self.env is not None else loader.environment()
         loaded: dict[str, Scheduled] = {}
@@ -174,7 +188,7 @@ class Clock:
         self.jobs = loaded
         for scheduled in loaded.values():
             if catch_up:
-                self._catch_up(scheduled, stop, executor)
+                self._catch_up(scheduled)
             log.info("job=%s schedule=%r timezone=%s next=%s", scheduled.job.name,
                      scheduled.schedule.text, scheduled.schedule.timezone,
                      _when(scheduled.next_at))  # fmt: skip
@@ -185,9 +199,7 @@ class Clock:
         files = loader.find_job_files(self.paths)
         return {path: _mtime(path) for path in files} != self._files
 
-    def _catch_up(
-        self, scheduled: Scheduled, stop: threading.Event, executor: ThreadPoolExecutor
-    ) -> None:
+    def _catch_up(self, scheduled: Scheduled) -> None:
         """After downtime: run the latest missed slot if recent enough, record the rest."""
         job, schedule = scheduled.job, scheduled.schedule
         last = self.state.last_slot(job.name)
@@ -209,13 +221,11 @@ class Clock:
                         job.name, len(older), _when(older[0]), _when(older[-1]))  # fmt: skip
         if recent:
             log.info("job=%s catching up on slot %s", job.name, _when(latest))
-            self._fire(scheduled, latest, stop, executor)
+            self._fire(scheduled, latest)
 
     # Firing
 
-    def _due(
-        self, scheduled: Scheduled, now: float, stop: threading.Event, executor: ThreadPoolExecutor
-    ) -> None:
+    def _due(self, scheduled: Scheduled, now: float) -> None:
         """Fire the latest due slot; slots passed over (the clock was stalled) are missed."""
         schedule = scheduled.schedule
         latest = schedule.latest_at_or_before(now)
@@ -228,11 +238,9 @@ class Clock:
                 "the clock was stalled past these slots",
             )  # fmt: skip
         scheduled.next_at = schedule.next_after(max(now, latest))
-        self._fire(scheduled, latest, stop, executor)
+        self._fire(scheduled, latest)
 
-    def _fire(
-        self, scheduled: Scheduled, slot: float, stop: threading.Event, executor: ThreadPoolExecutor
-    ) -> None:
+    def _fire(self, scheduled: Scheduled, slot: float) -> None:
         job = scheduled.job
         run_id = slot_run_id(job.name, slot)
         try:
@@ -250,7 +258,7 @@ class Clock:
             log.error("job=%s run=%s not started: %s", job.name, run_id, exc)
             return
         with self._lock:
-            future = executor.submit(self._run_one, job, run_id, slot, stop)
+            future = self._executor.submit(self._run_one, job, run_id, slot, self._signal)
             self.running[job.name] = future
         future.add_done_callback(self._finished(job.name))
 
@@ -286,7 +294,7 @@ class Clock:
         except LoaderError as exc:
             log.error("job=%s run=%s could not record its slot: %s", job.name, run_id, exc)
 
-    def _shutdown(self, executor: ThreadPoolExecutor) -> None:
+    def _shutdown(self) -> None:
         with self._lock:
             running = list(self.running.values())
         if running:
@@ -296,7 +304,7 @@ class Clock:
             done, pending = wait(running, timeout=self.grace)
             if pending:
                 log.warning("%d job(s) still running after the grace period", len(pending))
-        executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("clock stopped")
 
 

@@ -1,0 +1,267 @@
+"""The clock's decisions, with an injected time and run function (no network, no waits
+beyond a test's own events): slots, overlap, catch-up, missed slots, reload, isolation."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loader import JobLockedError, RunResult, SourceError, open_state
+from loader.state import SqlStateStore
+from scheduler import Clock, slot_run_id
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp()
+
+
+class Fake:
+    """A settable wall clock and a run function that records its calls."""
+
+    def __init__(self) -> None:
+        self.time = T0
+        self.calls: list[str] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.fail_with: Exception | None = None
+
+    def now(self) -> float:
+        return self.time
+
+    def run(self, job: Any, *, state: Any, stop: Any, run_id: str) -> RunResult:
+        self.calls.append(run_id)
+        self.release.wait(5)
+        if self.fail_with is not None:
+            raise self.fail_with
+        return RunResult(job.name, run_id, "succeeded", 3, 3, 1, 0, 0.1)
+
+
+@pytest.fixture
+def fake() -> Fake:
+    return Fake()
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[SqlStateStore]:
+    store = open_state(f"sqlite:///{tmp_path / 'state.db'}")
+    yield store
+    store.close()
+
+
+def write_job(directory: Path, name: str, schedule: str | None, **extra: str) -> Path:
+    lines = [
+        "source: {url: 'sqlite:///x.db', query: SELECT 1 AS id}",
+        "target: {url: 'http://127.0.0.1:9/in'}",
+    ]
+    if schedule:
+        lines.append(f"schedule: '{schedule}'")
+    lines += [f"{key}: {value}" for key, value in extra.items()]
+    path = directory / f"{name}.yml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_clock(tmp_path: Path, state: SqlStateStore, fake: Fake) -> Clock:
+    return Clock([tmp_path / "jobs"], state=state, now=fake.now, run=fake.run, env={})
+
+
+@pytest.fixture
+def jobs(tmp_path: Path) -> Path:
+    directory = tmp_path / "jobs"
+    directory.mkdir()
+    return directory
+
+
+def test_slots_run_once_each_with_deterministic_ids(
+    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+) -> None:
+    """Each due slot runs once, under the run id every clock derives for it."""
+    write_job(jobs, "a", "every 10s")
+    clock = make_clock(tmp_path, state, fake)
+    clock.load(catch_up=True)
+    assert clock.jobs["a"].next_at == T0 + 10
+
+    for step in (5, 10, 12, 20):
+        fake.time = T0 + step
+        clock.tick(fake.time)
+        assert clock.idle(5)
+
+    assert fake.calls == [slot_run_id("a", T0 + 10), slot_run_id("a", T0 + 20)]
+    assert slot_run_id("a", T0 + 10) == "a@20260101T120010Z"
+    assert [s.status for s in state.slots("a")] == ["succeeded", "succeeded"]
+
+
+def test_a_slot_claimed_by_another_clock_is_not_run(
+    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+) -> None:
+    """Two clocks on one state store: each slot runs on one of them only."""
+    write_job(jobs, "a", "every 10s")
+    first, second = make_clock(tmp_path, state, fake), make_clock(tmp_path, state, fake)
+    first.load(catch_up=True)
+    second.load(catch_up=True)
+    fake.time = T0 + 10
+    first.tick(fake.time)
+    second.tick(fake.time)
+    assert first.idle(5) and second.idle(5)
+
+    assert fake.calls == [slot_run_id("a", T0 + 10)]
+
+
+def test_a_slot_is_skipped_while_the_previous_run_goes_on(
+    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+) -> None:
+    """No overlap: the next slot of a job still running is skipped and recorded."""
+    write_job(jobs, "slow", "every 10s")
+    clock = make_clock(tmp_path, state, fake)
+    clock.load(catch_up=True)
+    fake.release.clear()
+    fake.time = T0 + 10
+    clock.tick(fake.time)
+    fake.time = T0 + 20
+    clock.tick(fake.time)
+    fake.release.set()
+    assert clock.idle(5)
+
+    assert fake.calls == [slot_run_id("slow", T0 + 10)]
+    statuses = {s.slot_at: (s.status, s.detail) for s in state.slots("slow")}
+    assert statuses[T0 + 20] == ("skipped", "the previous run is still going")
+    assert statuses[T0 + 10][0] == "succeeded"
+
+
+def test_one_failing_job_does_not_stop_the_others(
+    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+) -> None:
+    """A run raising any error is recorded as failed; the clock goes on."""
+    write_job(jobs, "a", "every 10s")
+    clock = make_clock(tmp_path, state, fake)
+    clock.load(catch_up=True)
+    fake.fail_with = RuntimeError("boom")
+    fake.time = T0 + 10
+    clock.tick(fake.time)
+    assert clock.idle(5)
+    fake.fail_with = SourceError("db down")
+    fake.time = T0 + 20
+    clock.tick(fake.time)
+    assert clock.idle(5)
+    fake.fail_with = JobLockedError("locked", holder="x")
+    fake.time = T0 + 30
+    clock.tick(fake.time)
+    assert clock.idle(5)
+
+    statuses = [(s.status, s.detail) for s in reversed(state.slots("a"))]
+    assert statuses == [
+        ("failed", "RuntimeError: boom"), ("failed", "db down"), ("skipped", "locked"),
+    ]  # fmt: skip
+
+
+def test_after_downtime_the_latest_missed_slot_runs_once(
+    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+) -> None:
+    """A restart runs one catch-up for the latest missed slot; older ones are recorded."""
+    write_job(jobs, "a", "every 10s", catch_up="1m")
+    clock = make_clock(tmp_path, state, fake)
+    clock.load(catch_up=True)
+    fake.time = T0 + 10
+    clock.tick(fake.time)
+    assert clock.idle(5)
+
+    fake.time = T0 + 55  # down for slots 20, 30, 40, 50
+    restarted = make_clock(tmp_path, state, fake)
+    restarted.load(catch_up=True)
+    assert restarted.idle(5)
+
+    assert fake.calls[-1] == slot_run_id("a", T0 + 50)
+    assert len(fake.calls) == 2
+    slots = {s.slot_at: s.status for s in state.slots("a")}
+    assert slots == {
+        T0 + 10: "succeeded", T0 + 20: "missed", T0 + 30: "missed", T0 + 40: "missed",
+        T0 + 50: "succeeded",
+    }  # fmt: skip
+    assert restarted.jobs["a"].next_at == T0 + 60
+
+
+def test_a_missed_slot_older_than_the_window_is_recorded_not_run(
+    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+) -> None:
+    """Beyond the catch-up window nothing runs at start; every missed slot is recorded."""
+    write_job(jobs, "a", "@hourly", catch_up="10m")
+    clock = make_clock(tmp_path, state, fake)
+    clock.load(catch_up=True)
+    fake.time = T0 + 3600
+    clock.tick(fake.time)
+    assert clock.idle(5)
+
+    fake.time = T0 + 3 * 3600 + 20 * 60  # 14:20: 14:00 is 20 minutes old
+    make_clock(tmp_path, state, fake).load(catch_up=True)
+
+    assert len(fake.calls) == 1
+    assert [s.status for s in state.slots("a")] == ["missed", "missed", "succeeded"]
+
+
+def test_a_job_never_run_has_nothing_to_catch_up(
+    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+) -> None:
+    """The first start of a job does not run it for slots before the clock knew it."""
+    write_job(jobs, "a", "every 10s")
+    make_clock(tmp_path, state, fake).load(catch_up=True)
+    assert fake.calls == [] and state.slots("a") == []
+
+
+def test_bad_files_and_unscheduled_jobs_are_left_out(
+    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+) -> None:
+    """A bad job file is reported and left out; jobs without a schedule are ignored."""
+    write_job(jobs, "good", "every 10s")
+    write_job(jobs, "manual", None)
+    (jobs / "bad.yml").write_text("source: {url: 'sqlite://'}\n")
+    clock = make_clock(tmp_path, state, fake)
+    clock.load(catch_up=True)
+
+    assert set(clock.jobs) == {"good"}
+    assert list(clock.problems) == [jobs / "bad.yml"]
+    assert clock.problems[jobs / "bad.yml"][0].endswith("source.query: required key is missing")
+
+
+def test_reload_picks_up_new_and_changed_jobs(
+    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+) -> None:
+    """Reloading adds new jobs, drops removed ones and reschedules changed ones."""
+    write_job(jobs, "a", "every 10s")
+    clock = make_clock(tmp_path, state, fake)
+    clock.load(catch_up=True)
+    write_job(jobs, "b", "every 20s")
+    write_job(jobs, "a", "every 30s")
+    assert clock._files_changed()
+
+    clock.load(catch_up=False)
+
+    assert {name: s.next_at for name, s in clock.jobs.items()} == {"a": T0 + 30, "b": T0 + 20}
+    (jobs / "b.yml").unlink()
+    clock.load(catch_up=False)
+    assert set(clock.jobs) == {"a"}
+
+
+def test_the_clock_runs_in_a_thread_and_stops_on_request(
+    tmp_path: Path, jobs: Path, state: SqlStateStore
+) -> None:
+    """Usable inside another app: start() in a thread, stop() ends it and its runs."""
+    write_job(jobs, "a", "every 1s")
+    calls: list[str] = []
+    started = threading.Event()
+
+    def run(job: Any, *, state: Any, stop: threading.Event, run_id: str) -> RunResult:
+        calls.append(run_id)
+        started.set()
+        stop.wait(10)  # a long run that ends when the clock stops
+        return RunResult(job.name, run_id, "interrupted", 0, 0, 0, 0, 0.1)
+
+    clock = Clock([jobs], state=state, run=run, env={})
+    clock.start()
+    assert started.wait(5)
+    clock.stop(timeout=10)
+
+    assert len(calls) == 1
+    assert state.slots("a")[0].status == "interrupted"
