@@ -242,26 +242,3 @@ def test_reload_picks_up_new_and_changed_jobs(
     (jobs / "b.yml").unlink()
     clock.load(catch_up=False)
     assert set(clock.jobs) == {"a"}
-
-
-def test_the_clock_runs_in_a_thread_and_stops_on_request(
-    tmp_path: Path, jobs: Path, state: SqlStateStore
-) -> None:
-    """Usable inside another app: start() in a thread, stop() ends it and its runs."""
-    write_job(jobs, "a", "every 1s")
-    calls: list[str] = []
-    started = threading.Event()
-
-    def run(job: Any, *, state: Any, stop: threading.Event, run_id: str) -> RunResult:
-        calls.append(run_id)
-        started.set()
-        stop.wait(10)  # a long run that ends when the clock stops
-        return RunResult(job.name, run_id, "interrupted", 0, 0, 0, 0, 0.1)
-
-    clock = Clock([jobs], state=state, run=run, env={})
-    clock.start()
-    assert started.wait(5)
-    clock.stop(timeout=10)
-
-    assert len(calls) == 1
-    assert state.slots("a")[0].status == "interrupted"

@@ -1,0 +1,271 @@
+"""The clock as an operator runs it: real processes, real PostgreSQL, real HTTP endpoint,
+schedules of one second."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from loader import RunResult, open_state
+from tests.integration.conftest import Schema, make_job
+from tests.support.server import Delay, Endpoint
+
+
+@pytest.fixture
+def pg_state(schema: Schema, monkeypatch: pytest.MonkeyPatch) -> str:
+    """State in PostgreSQL (as on Heroku), in the test's schema; exported to the clocks."""
+    separator = "&" if "?" in schema.url else "?"
+    url = f"{schema.url}{separator}options=-csearch_path%3D{schema.name}"
+    monkeypatch.setenv("LOADER_STATE_URL", url)
+    return url
+
+
+def events_table(schema: Schema, count: int) -> str:
+    schema.execute(
+        f"CREATE TABLE events AS SELECT g AS id, now() AS at FROM generate_series(1, {count}) g"
+    )
+    return f"SELECT id, at FROM {schema.table('events')}"
+
+
+def write_job(directory: Path, name: str, spec: dict[str, Any]) -> Path:
+    directory.mkdir(exist_ok=True)
+    path = directory / f"{name}.yml"
+    path.write_text(yaml.safe_dump({**spec, "name": name}))
+    return path
+
+
+def start_clock(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "loader", "clock", "jobs", *args],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def stop_clock(process: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, float]:
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=timeout)
+    return process.returncode, out, time.monotonic() - started
+
+
+def scheduled(schema: Schema, endpoint: Endpoint, query: str, **extra: Any) -> dict[str, Any]:
+    spec = make_job(schema, endpoint.url, query, source={"cursor": {"column": "id"}}, **extra)
+    spec.setdefault("schedule", "every 1s")
+    return spec
+
+
+def test_runs_happen_on_time_and_are_incremental(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """Every second a run sends the rows added since the last one, each row once."""
+    query = events_table(schema, 10)
+    write_job(tmp_path / "jobs", "ticks", scheduled(schema, endpoint, query))
+
+    clock = start_clock(tmp_path)
+    time.sleep(2.5)
+    schema.execute("INSERT INTO events SELECT g, now() FROM generate_series(11, 15) g")
+    time.sleep(2.0)
+    code, out, _ = stop_clock(clock)
+
+    assert code == 0, out
+    assert sorted(endpoint.accepted_ids()) == list(range(1, 16))
+    state = open_state(pg_state)
+    slots = [s for s in state.slots("ticks") if s.status == "succeeded"]
+    state.close()
+    assert len(slots) >= 3
+    assert all(slot.slot_at == int(slot.slot_at) for slot in slots)  # on whole seconds
+    assert "run started job=ticks" in out and "run ended job=ticks" in out
+
+
+def test_a_slow_job_is_not_overlapped(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """A run longer than the interval makes the next slots skip, never run alongside."""
+    query = events_table(schema, 3)
+    endpoint.reject_when(lambda body: True, Delay(2.2, 200))
+    spec = scheduled(schema, endpoint, query, batch={"size": 1})
+    write_job(tmp_path / "jobs", "slow", spec)
+
+    clock = start_clock(tmp_path)
+    time.sleep(5)
+    code, out, _ = stop_clock(clock)
+
+    assert code == 0, out
+    arrivals = sorted(r.at for r in endpoint.requests)
+    assert all(b - a >= 2.0 for a, b in zip(arrivals, arrivals[1:], strict=False))
+    state = open_state(pg_state)
+    statuses = collections.Counter(s.status for s in state.slots("slow"))
+    state.close()
+    assert statuses["skipped"] >= 1
+    assert "skipped: the previous run is still going" in out
+
+
+def test_two_clocks_run_each_slot_once(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """Two clocks alive at once (a deploy): every slot runs on exactly one of them."""
+    query = events_table(schema, 5)
+    write_job(tmp_path / "jobs", "twice", scheduled(schema, endpoint, query))
+    clocks = [start_clock(tmp_path), start_clock(tmp_path)]
+    for second in range(4):
+        time.sleep(1)
+        schema.execute(f"INSERT INTO events VALUES ({100 + second}, now())")
+    time.sleep(1.5)  # a slot after the last insert
+    outputs = [stop_clock(clock) for clock in clocks]
+
+    assert all(code == 0 for code, _, _ in outputs), outputs
+    ids = endpoint.accepted_ids()
+    assert sorted(ids) == sorted(set(ids)) == [1, 2, 3, 4, 5, 100, 101, 102, 103]
+    state = open_state(pg_state)
+    slots = state.slots("twice")
+    runs = state.history("twice", limit=100)
+    state.close()
+    assert len({s.run_id for s in slots}) == len(slots)
+    assert len(runs) == len([s for s in slots if s.status != "missed"])
+    ran_on = {s.clock for s in slots}
+    assert len(ran_on) >= 1
+    started = sum(out.count("run started job=twice") for _, out, _ in outputs)
+    assert started == len(runs)
+
+
+def test_sigterm_stops_within_the_grace_period_with_state_consistent(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """SIGTERM during a long run: the run stops after its request in flight, keeps its
+    checkpoint, the clock exits 0 quickly; the next start delivers the rest."""
+    query = events_table(schema, 400)
+    endpoint.reject_when(lambda body: True, Delay(0.2, 200))
+    spec = scheduled(schema, endpoint, query, batch={"size": 10}, schedule="every 1s")
+    write_job(tmp_path / "jobs", "long", spec)
+
+    clock = start_clock(tmp_path)
+    while len(endpoint.requests) < 3:
+        time.sleep(0.05)
+    code, out, took = stop_clock(clock)
+
+    assert code == 0, out
+    assert took < 5, out
+    assert "status=interrupted" in out
+    state = open_state(pg_state)
+    checkpoint = state.checkpoint("long")
+    assert checkpoint is not None
+    sent = len(endpoint.accepted_ids())
+    assert checkpoint.position[0] <= sent < 400
+
+    endpoint.clear_rejections()
+    clock = start_clock(tmp_path)
+    deadline = time.monotonic() + 30
+    while len(set(endpoint.accepted_ids())) < 400 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop_clock(clock)
+    state.close()
+    ids = endpoint.accepted_ids()
+    assert sorted(set(ids)) == list(range(1, 401))
+    assert len(ids) - 400 <= 10  # the batch in flight at most
+
+
+def test_a_restart_after_missed_slots_makes_one_catch_up_run(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """Down for several slots: on restart, one run for the latest, the rest recorded."""
+    query = events_table(schema, 2)
+    write_job(tmp_path / "jobs", "gap", scheduled(schema, endpoint, query, schedule="every 1s"))
+
+    clock = start_clock(tmp_path)
+    time.sleep(1.6)
+    stop_clock(clock)
+    state = open_state(pg_state)
+    before = {s.slot_at for s in state.slots("gap")}
+    time.sleep(3.2)
+    clock = start_clock(tmp_path)
+    time.sleep(0.5)
+    code, out, _ = stop_clock(clock)
+
+    assert code == 0, out
+    assert "catching up on slot" in out
+    after = state.slots("gap", limit=100)
+    state.close()
+    new = [s for s in after if s.slot_at not in before]
+    missed = [s for s in new if s.status == "missed"]
+    caught_up = [s for s in new if s.status != "missed"]
+    assert len(missed) >= 2
+    # One catch-up run at start, then possibly a regular slot within the half second.
+    assert 1 <= len(caught_up) <= 2
+    assert max(s.slot_at for s in missed) < min(s.slot_at for s in caught_up)
+
+
+def test_a_bad_job_file_is_reported_and_the_rest_run(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """The clock logs a bad file with its problems and runs the good jobs; --strict
+    refuses to start."""
+    query = events_table(schema, 2)
+    write_job(tmp_path / "jobs", "good", scheduled(schema, endpoint, query))
+    (tmp_path / "jobs" / "broken.yml").write_text("source: {url: 'sqlite://'}\nschedul: x\n")
+
+    clock = start_clock(tmp_path)
+    time.sleep(1.5)
+    code, out, _ = stop_clock(clock)
+    assert code == 0
+    assert "broken.yml:2: schedul: unknown key; did you mean 'schedule'?" in out
+    assert sorted(endpoint.accepted_ids()) == [1, 2]
+
+    strict = subprocess.run(
+        [sys.executable, "-m", "loader", "clock", "jobs", "--strict"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert strict.returncode == 2 and "not starting" in strict.stderr
+
+
+def test_sighup_reloads_job_files(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """A job added while the clock runs is scheduled after SIGHUP, without a restart."""
+    query = events_table(schema, 2)
+    (tmp_path / "jobs").mkdir()
+    clock = start_clock(tmp_path)
+    time.sleep(0.8)
+    write_job(tmp_path / "jobs", "late", scheduled(schema, endpoint, query))
+    clock.send_signal(signal.SIGHUP)
+    time.sleep(2)
+    code, out, _ = stop_clock(clock)
+
+    assert code == 0, out
+    assert "reloading job files" in out
+    assert sorted(endpoint.accepted_ids()) == [1, 2]
+
+
+def test_the_clock_runs_inside_another_app(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """Clock.start() runs in a thread of the host app; stop() ends it and its runs."""
+    from scheduler import Clock
+
+    query = events_table(schema, 3)
+    write_job(tmp_path / "jobs", "embedded", scheduled(schema, endpoint, query))
+    state = open_state(pg_state)
+    done = threading.Event()
+
+    def run(job: Any, **options: Any) -> RunResult:
+        from loader import run_job
+
+        result = run_job(job, **options)
+        done.set()
+        return result
+
+    clock = Clock([tmp_path / "jobs"], state=state, run=run, env=dict(os.environ))
+    clock.start()
+    assert done.wait(5)
+    clock.stop(timeout=10)
+    state.close()
+    assert sorted(endpoint.accepted_ids()) == [1, 2, 3]
