@@ -339,27 +339,39 @@ class _Run:
     def check_cursor(
         self, raw: Sequence[Sequence[Any]], indexes: tuple[int, ...], previous: Any, before: int
     ) -> Any:
-        """Refuse NULL cursor values and a column that goes backwards; return the last
-        column value seen, for the next chunk's check."""
+        """Refuse NULL cursor values, a column that goes backwards, repeated values of a
+        column without a key, and values the state store cannot keep. Returns the last
+        column value, for the next chunk's check."""
         cursor = self.job.source.cursor
         assert cursor is not None
         names = [cursor.column] + ([cursor.key] if cursor.key else [])
+        if previous is None and raw:
+            # A checkpoint that cannot be saved would make every run re-send this batch.
+            encode_position(tuple(raw[0][i] for i in indexes))
         last = previous
         for name, index in zip(names, indexes, strict=True):
             values = [row[index] for row in raw]
             if None in values:
                 raise CursorOrderError(
                     f"row {before + values.index(None) + 1}: cursor column {name!r} is NULL; "
-                    "loader cannot place it after the checkpoint. Fix the data, or set "
+                    "loader cannot place it after a checkpoint. Give it a value (later than "
+                    "the checkpoint, or run once with --full-refresh), or set "
                     "source.cursor.on_null: skip to leave such rows out"
                 )
             if index != indexes[0] or not values:
                 continue
             last = values[-1]
+            series = values if previous is None else [previous, *values]
+            if not cursor.key and any(map(operator.eq, series, series[1:])):
+                at = next(i for i in range(1, len(series)) if series[i] == series[i - 1])
+                raise CursorOrderError(
+                    f"cursor column {name!r} repeats the value {series[at]!r}: without a "
+                    "key, a run that stops inside such a tie would skip the rest of it. "
+                    "Set source.cursor.key to a unique column"
+                )
             # Only types whose Python order is the database's order; text collations differ.
             if type(values[0]) not in _ORDERED_TYPES:
                 continue
-            series = values if previous is None else [previous, *values]
             if not all(map(operator.le, series, series[1:])):
                 at = next(i for i in range(1, len(series)) if series[i] < series[i - 1])
                 row_number = before + at + (1 if previous is None else 0)

@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from loader import job as jobmodel
 from loader.encoding import json_fragment
-from loader.errors import JobConfigError, QueryError, SourceError
+from loader.errors import CursorOrderError, JobConfigError, QueryError, SourceError
 from loader.redact import Redactor, mask_url
 
 _DRIVER_HINTS = {
@@ -106,21 +106,21 @@ def fast_query(
     config: jobmodel.Source,
     dialect: sa.Dialect,
     position: tuple[Any, ...] | None,
-    columns: Sequence[tuple[str, int]],
+    described: Described,
     decimals: str,
 ) -> tuple[str, dict[str, Any]] | None:
     """The query rewritten so PostgreSQL writes each row's JSON object itself, followed by
     the cursor's values; ``None`` when a column's type is not one it can write exactly."""
     quote = dialect.identifier_preparer.quote
     expressions = []
-    for name, oid in columns:
-        type_name = _FAST_TYPES.get(oid)
+    for name in described.columns:
+        type_name = _FAST_TYPES.get(described.types[name])
         if type_name is None:
             return None
         expressions.append(
             f"{_fast_expression('s.' + quote(name), type_name, decimals)} AS {quote(name)}"
         )
-    where, order, params = _cursor_clauses(config, dialect, position, "s")
+    where, order, params = _cursor_clauses(config, dialect, position, "s", described)
     keys = "".join(f", {column}" for column in order)
     inner = config.query.strip().rstrip(";").strip()
     # UTF-8 bytes, fetched in binary: psycopg hands them over without a Python call per row.
@@ -137,7 +137,10 @@ def fast_query(
 
 
 def cursor_query(
-    config: jobmodel.Source, dialect: sa.Dialect, position: tuple[Any, ...] | None
+    config: jobmodel.Source,
+    dialect: sa.Dialect,
+    position: tuple[Any, ...] | None,
+    described: Described | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The job's query wrapped so rows come in ``(column, key)`` order, strictly after
     ``position`` (or from ``cursor.start``), within the lag horizon.
@@ -145,7 +148,7 @@ def cursor_query(
     Keyset pagination: no OFFSET, and rows sharing the column's value are told apart by
     the key, so none is skipped or re-sent at a boundary.
     """
-    where, order, params = _cursor_clauses(config, dialect, position, "loader_source")
+    where, order, params = _cursor_clauses(config, dialect, position, "loader_source", described)
     inner = config.query.strip().rstrip(";").strip()
     sql = f"SELECT * FROM (\n{inner}\n) AS loader_source"
     if where:
@@ -153,11 +156,41 @@ def cursor_query(
     return sql + f"\nORDER BY {', '.join(order)}", params
 
 
+@dataclass(frozen=True)
+class Described:
+    """What PostgreSQL says about the query before it runs: its columns, their type
+    OIDs, and the session's own time zone (loader reads in UTC)."""
+
+    columns: tuple[str, ...]
+    types: dict[str, int]
+    zone: str
+
+
+_INTEGER_TYPES = {20: "bigint", 21: "smallint", 23: "integer", 1700: "numeric"}
+_TIME_TYPES = {1184: "timestamptz", 1114: "timestamp", 1082: "date"}
+
+
+def _type_name(oid: int | None) -> str:
+    if oid is None:
+        return "unknown"
+    return _INTEGER_TYPES.get(oid) or _TIME_TYPES.get(oid) or _FAST_TYPES.get(oid) or f"oid {oid}"
+
+
 def _cursor_clauses(
-    config: jobmodel.Source, dialect: sa.Dialect, position: tuple[Any, ...] | None, alias: str
+    config: jobmodel.Source,
+    dialect: sa.Dialect,
+    position: tuple[Any, ...] | None,
+    alias: str,
+    described: Described | None = None,
 ) -> tuple[str, list[str], dict[str, Any]]:
     """The cursor's WHERE condition, ORDER BY columns and parameters (all empty without
-    a cursor), over the query aliased as ``alias``."""
+    a cursor), over the query aliased as ``alias``.
+
+    On PostgreSQL (``described``), timestamp and date columns also get an upper bound,
+    the database's ``now() - lag`` (a date column: days that ended before it), so rows
+    stamped later, or in the future, wait for a later run instead of moving the
+    checkpoint past rows that have not committed yet.
+    """
     cursor = config.cursor
     if cursor is None:
         return "", [], {}
@@ -177,22 +210,55 @@ def _cursor_clauses(
     elif cursor.start is not None:
         conditions.append(f"{columns[0]} >= :loader_start")
         params["loader_start"] = cursor.start
-    if cursor.lag:
-        if dialect.name != "postgresql":
-            raise JobConfigError(
-                [f"source.cursor.lag: needs PostgreSQL (the database's clock); {dialect.name} "
-                 "has none loader can use. Remove lag or use a PostgreSQL source"]
-            )  # fmt: skip
-        conditions.append(f"{columns[0]} <= now() - make_interval(secs => :loader_lag)")
-        params["loader_lag"] = cursor.lag
-    where = " AND ".join(conditions)
-    nulls = " OR ".join(f"{column} IS NULL" for column in columns)
-    if cursor.on_null == "fail":
-        # NULL rows are selected so the run can stop on them instead of skipping them.
-        where = f"({where}) OR {nulls}" if where else ""
-    else:
-        where = f"({where}) AND NOT ({nulls})" if where else f"NOT ({nulls})"
-    return where, columns, params
+    if described is not None:
+        bound = _upper_bound(config, described, columns[0])
+        if bound:
+            conditions.append(bound)
+            params["loader_lag"] = cursor.lag
+            if ":loader_zone" in bound:
+                params["loader_zone"] = described.zone
+    elif cursor.lag:
+        raise JobConfigError(
+            [f"source.cursor.lag: needs PostgreSQL (the database's clock); {dialect.name} "
+             "has none loader can use. Remove lag or use a PostgreSQL source"]
+        )  # fmt: skip
+    # NULL cursor values never compare: with on_null: fail, open_stream refuses the
+    # query before anything is sent; with skip, they are simply left out.
+    conditions += [f"{column} IS NOT NULL" for column in columns]
+    return " AND ".join(conditions), columns, params
+
+
+def _upper_bound(config: jobmodel.Source, described: Described, column: str) -> str:
+    """The upper-bound condition for the cursor column's type; refuses cursor columns and
+    keys whose order cannot make a checkpoint safe."""
+    cursor = config.cursor
+    assert cursor is not None
+    column_type = described.types.get(cursor.column)
+    key_type = described.types.get(cursor.key) if cursor.key else None
+    if column_type in _INTEGER_TYPES and cursor.lag:
+        raise JobConfigError(
+            [f"source.cursor.lag: applies to timestamp and date cursor columns; "
+             f"{cursor.column!r} is {_type_name(column_type)}. Remove lag"]
+        )  # fmt: skip
+    if column_type not in _INTEGER_TYPES and column_type not in _TIME_TYPES:
+        raise QueryError(
+            f"source.cursor.column {cursor.column!r} is {_type_name(column_type)}; a cursor "
+            "column must be a timestamp, a date or an integer that never decreases"
+        )
+    if cursor.key and key_type not in _INTEGER_TYPES and not cursor.lag:
+        raise QueryError(
+            f"source.cursor.key {cursor.key!r} is {_type_name(key_type)}: among rows that "
+            f"share a {cursor.column!r}, one committed later may get a lower key and be "
+            "skipped. Use an increasing key (a sequence or identity column), or set "
+            "source.cursor.lag (e.g. 30s) so rows are read only once they have settled"
+        )
+    now = "now()" if column_type == 1184 else "(now() AT TIME ZONE :loader_zone)"
+    horizon = f"{now} - make_interval(secs => :loader_lag)"
+    if column_type == 1082:
+        return f"{column} < ({horizon})::date"
+    if column_type in _TIME_TYPES:
+        return f"{column} <= {horizon}"
+    return ""
 
 
 def create_engine(config: jobmodel.Source, redactor: Redactor) -> sa.Engine:
@@ -247,19 +313,25 @@ def open_stream(
             ) from exc
         with connection:
             try:
-                _begin_read_only(connection, config)
+                zone = _begin_read_only(connection, config)
             except SQLAlchemyError as exc:
                 raise SourceError(f"cannot start a read-only transaction on {where}: "
                                   f"{_reason(exc, redactor)}") from exc  # fmt: skip
-            if fast and connection.dialect.driver == "psycopg":
-                fast_stream = _open_fast(connection, config, position, decimals, where, redactor)
+            described = None
+            if connection.dialect.name == "postgresql":
+                described = _describe(connection, config, zone or "UTC", where, redactor)
+            _refuse_nulls(connection, config, where, redactor)
+            if fast and described is not None and connection.dialect.driver == "psycopg":
+                fast_stream = _open_fast(
+                    connection, config, position, decimals, described, where, redactor
+                )
                 if fast_stream is not None:
                     with fast_stream as stream:
                         yield stream
                     return
             query, params = config.query, dict(config.params)
             if config.cursor is not None:
-                query, extra = cursor_query(config, connection.dialect, position)
+                query, extra = cursor_query(config, connection.dialect, position, described)
                 params.update(extra)
             try:
                 result = connection.execution_options(
@@ -284,20 +356,15 @@ def open_stream(
         engine.dispose()
 
 
-def _open_fast(
-    connection: Connection,
-    config: jobmodel.Source,
-    position: tuple[Any, ...] | None,
-    decimals: str,
-    where: str,
-    redactor: Redactor,
-) -> contextlib.AbstractContextManager[RowStream] | None:
-    """Describe the query; when the database can write its JSON, run :func:`fast_query`
-    on a psycopg server-side cursor. ``None`` when the generic path must be used."""
-    params = dict(config.params)
+def _describe(
+    connection: Connection, config: jobmodel.Source, zone: str, where: str, redactor: Redactor
+) -> Described:
+    """Ask PostgreSQL for the query's columns and types (``LIMIT 0``: nothing runs)."""
     inner = config.query.strip().rstrip(";").strip()
     try:
-        probe = connection.execute(sa.text(f"SELECT * FROM (\n{inner}\n) AS s LIMIT 0"), params)
+        probe = connection.execute(
+            sa.text(f"SELECT * FROM (\n{inner}\n) AS s LIMIT 0"), dict(config.params)
+        )
         description = probe.cursor.description or []
         probe.close()
     except SQLAlchemyError as exc:
@@ -307,10 +374,56 @@ def _open_fast(
     columns = tuple(column[0] for column in description)
     _refuse_duplicates(columns)
     _cursor_indexes(config, columns)
-    built = fast_query(
-        config, connection.dialect, position,
-        [(column[0], cast(int, column[1])) for column in description], decimals,
-    )  # fmt: skip
+    types = {column[0]: cast(int, column[1]) for column in description}
+    return Described(columns, types, zone)
+
+
+def _refuse_nulls(
+    connection: Connection, config: jobmodel.Source, where: str, redactor: Redactor
+) -> None:
+    """With ``on_null: fail``, stop before anything is sent if any row of the query has a
+    NULL cursor column or key (such a row could never be placed after a checkpoint)."""
+    cursor = config.cursor
+    if cursor is None or cursor.on_null != "fail":
+        return
+    quote = connection.dialect.identifier_preparer.quote
+    names = [cursor.column] + ([cursor.key] if cursor.key else [])
+    inner = config.query.strip().rstrip(";").strip()
+    test = " OR ".join(f"s.{quote(name)} IS NULL" for name in names)
+    try:
+        found = connection.execute(
+            sa.text(f"SELECT {', '.join('s.' + quote(n) for n in names)} "
+                    f"FROM (\n{inner}\n) AS s WHERE {test} LIMIT 1"),
+            dict(config.params),
+        ).first()  # fmt: skip
+    except SQLAlchemyError as exc:
+        raise SourceError(
+            f"query failed on {where}: {_reason(exc, redactor)}; check source.query"
+        ) from exc
+    if found is not None:
+        name = next(n for n, value in zip(names, found, strict=True) if value is None)
+        raise CursorOrderError(
+            f"the query returns rows whose cursor column {name!r} is NULL; loader cannot "
+            "place them after a checkpoint, so nothing was sent. Give them a value (later "
+            "than the checkpoint, or run once with --full-refresh), filter them out in the "
+            "query, or set source.cursor.on_null: skip to leave them out"
+        )
+
+
+def _open_fast(
+    connection: Connection,
+    config: jobmodel.Source,
+    position: tuple[Any, ...] | None,
+    decimals: str,
+    described: Described,
+    where: str,
+    redactor: Redactor,
+) -> contextlib.AbstractContextManager[RowStream] | None:
+    """When the database can write the rows' JSON, run :func:`fast_query`, streamed.
+    ``None`` when the generic path must be used."""
+    params = dict(config.params)
+    columns = described.columns
+    built = fast_query(config, connection.dialect, position, described, decimals)
     if built is None:
         return None
     sql, extra = built
@@ -419,16 +532,21 @@ def _streamed_chunks(
             fetcher.join()
 
 
-def _begin_read_only(connection: Connection, config: jobmodel.Source) -> None:
+def _begin_read_only(connection: Connection, config: jobmodel.Source) -> str | None:
+    """Start the read-only transaction; on PostgreSQL return the session's own time zone
+    (the zone of its timestamps without time zone) before switching it to UTC."""
     dialect = connection.dialect.name
     if dialect == "postgresql":
         timeout_ms = int(config.statement_timeout * 1000)
         connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        zone = connection.exec_driver_sql("SHOW TimeZone").scalar()
         connection.exec_driver_sql(f"SET LOCAL statement_timeout = {timeout_ms}")
         connection.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
         connection.exec_driver_sql("SET LOCAL DateStyle = 'ISO, YMD'")
-    elif dialect == "sqlite":
+        return str(zone)
+    if dialect == "sqlite":
         connection.exec_driver_sql("PRAGMA query_only = ON")
+    return None
 
 
 def _chunks(

@@ -22,6 +22,7 @@ import pytest
 from loader import (
     CursorOrderError,
     JobLockedError,
+    LoaderError,
     RejectedError,
     StateError,
     TooManyRejectionsError,
@@ -451,3 +452,97 @@ def test_poison_rows_with_concurrent_requests(
     checkpoint = state.checkpoint(job.name)
     assert checkpoint is not None and checkpoint.position[1] == 1000
     state.close()
+
+
+def test_a_null_cursor_value_stops_the_run_before_anything_is_sent(
+    schema: Schema, endpoint: Endpoint
+) -> None:
+    """With on_null: fail, one NULL anywhere in the result means nothing is sent (rows
+    after it would otherwise move the checkpoint past where its fix would land)."""
+    query = events(schema, 20)
+    schema.execute("UPDATE events SET updated_at = NULL WHERE id = 3")
+
+    with pytest.raises(CursorOrderError, match="nothing was sent"):
+        run_job(build_job(incremental(schema, endpoint, query)))
+    assert endpoint.requests == []
+
+
+def test_cursor_columns_and_keys_must_make_checkpoints_safe(
+    schema: Schema, endpoint: Endpoint
+) -> None:
+    """Refused before sending: a text cursor column; a uuid key without lag (a later row
+    of a tie may get a lower key); lag on an integer column; a repeated value without a
+    key; a key type the state store cannot keep."""
+    schema.execute(
+        "CREATE TABLE t AS SELECT g AS id, 'x' || g AS name, gen_random_uuid() AS uid, "
+        "now() - interval '1 hour' AS at, (g / 2) AS bucket, '10.0.0.1'::inet AS addr "
+        "FROM generate_series(1, 6) g"
+    )
+    table = f"SELECT * FROM {schema.table('t')}"
+    cases = [
+        ({"column": "name"}, "must be a timestamp, a date or an integer"),
+        ({"column": "at", "key": "uid"}, "Use an increasing key"),
+        ({"column": "id", "lag": "5s"}, "lag: applies to timestamp and date"),
+        ({"column": "bucket"}, "repeats the value"),
+        ({"column": "at", "key": "addr", "lag": "1s"}, "cannot be stored"),
+    ]
+    for cursor, message in cases:
+        job = build_job(make_job(schema, endpoint.url, table, source={"cursor": cursor}))
+        with pytest.raises(LoaderError, match=message):
+            run_job(job)
+    assert endpoint.requests == []
+
+    uuid_with_lag = {"column": "at", "key": "uid", "lag": "1s"}
+    job = build_job(make_job(schema, endpoint.url, table, source={"cursor": uuid_with_lag}))
+    assert run_job(job).rows_posted == 6
+
+
+def test_rows_stamped_in_the_future_wait_for_their_time(schema: Schema, endpoint: Endpoint) -> None:
+    """A future timestamp does not move the checkpoint past rows written meanwhile."""
+    schema.execute(
+        "CREATE TABLE t (id int, at timestamptz);"
+        "INSERT INTO t VALUES (1, now() - interval '1 minute'), (2, '2099-01-01')"
+    )
+    job = build_job(incremental(schema, endpoint, f"SELECT * FROM {schema.table('t')}",
+                                cursor={"column": "at"}))  # fmt: skip
+    run_job(job)
+    schema.execute("INSERT INTO t VALUES (3, now() - interval '1 second')")
+    run_job(job)
+
+    assert sorted(endpoint.accepted_ids()) == [1, 3]
+
+
+def test_date_cursors_send_only_days_that_have_ended(schema: Schema, endpoint: Endpoint) -> None:
+    """With a date column, today's rows wait for tomorrow: a row added later today can
+    never fall behind the checkpoint."""
+    schema.execute(
+        "CREATE TABLE t (id int, day date);"
+        "INSERT INTO t VALUES (1, current_date - 2), (2, current_date - 1), (3, current_date)"
+    )
+    job = build_job(incremental(schema, endpoint, f"SELECT * FROM {schema.table('t')}",
+                                cursor={"column": "day", "key": "id"}))  # fmt: skip
+
+    assert run_job(job).rows_posted == 2
+    assert sorted(endpoint.accepted_ids()) == [1, 2]
+
+
+def test_lag_on_local_timestamps_uses_the_database_time_zone(
+    schema: Schema, endpoint: Endpoint
+) -> None:
+    """A timestamp without time zone is read in the database session's zone: a row
+    written a moment ago in New York time is held by a one-hour lag."""
+    url = (
+        schema.url
+        + ("&" if "?" in schema.url else "?")
+        + "options=-c%20timezone%3DAmerica/New_York"
+    )
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {schema.table('t')} (id int, at timestamp)")
+        conn.execute(f"INSERT INTO {schema.table('t')} VALUES (1, localtimestamp - interval "
+                     "'2 hours'), (2, localtimestamp)")  # fmt: skip
+    cursor = {"column": "at", "key": "id", "lag": "1h"}
+    spec = make_job(schema, endpoint.url, f"SELECT * FROM {schema.table('t')}",
+                    source={"url": url, "cursor": cursor})  # fmt: skip
+    run_job(build_job(spec))
+
+    assert endpoint.accepted_ids() == [1]
