@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 from loader.encoding import framing
 from loader.errors import RejectedError
 from loader.job import Job
-from loader.retry import RetryPolicy
+from loader.retry import Interrupted, RetryPolicy
 from loader.runner import USER_AGENT
 from loader.sink import Sink, idempotency_key
 from loader.state import StateStore, open_state
@@ -42,7 +43,9 @@ def replay_dead_letters(
 
     A row the endpoint accepts leaves the dead-letter table; one it rejects again stays,
     with the new status and excerpt. Retryable failures follow the job's retry policy;
-    when they run out, :class:`RetriesExhaustedError` stops the replay.
+    when they run out, :class:`RetriesExhaustedError` stops the replay. The job's lock is
+    held throughout (:class:`JobLockedError` if a run holds it), so two replays never
+    send a letter twice. ``stop`` ends the replay between letters and wakes retry waits.
     """
     store = state if state is not None else open_state()
     stop = stop or threading.Event()
@@ -55,7 +58,9 @@ def replay_dead_letters(
     )
     policy = RetryPolicy.from_config(job.retry)
     delivered = rejected = 0
+    lease = None
     try:
+        lease = store.acquire(job.name, f"replay-{uuid.uuid4().hex[:8]}")
         with Sink(
             job.target,
             redactor,
@@ -67,9 +72,14 @@ def replay_dead_letters(
                 if stop.is_set():
                     break
                 body = frame.body([letter.row])
-                key = idempotency_key(job.name, f"deadletter:{letter.id}", body)
+                # A new key per attempt: an endpoint that caches answers per key would
+                # otherwise repeat its old rejection.
+                scope = f"deadletter:{letter.id}:{letter.attempts}"
+                key = idempotency_key(job.name, scope, body)
                 try:
                     policy.call(lambda: sink.send(body, key), sleep=sleep, stop=stop)  # noqa: B023
+                except Interrupted:
+                    break
                 except RejectedError as exc:
                     rejected += 1
                     store.update_dead_letter(letter.id, exc.status, exc.body_excerpt)
@@ -78,6 +88,8 @@ def replay_dead_letters(
                 store.delete_dead_letters([letter.id])
                 delivered += 1
     finally:
+        if lease is not None:
+            store.release(lease)
         if state is None:
             store.close()
     return ReplayResult(delivered, rejected)

@@ -164,6 +164,8 @@ class _Run:
         self.lock_ttl = lock_ttl
         self.counters = _Counters()
         self.full_refresh = False
+        self.lost = threading.Event()  # set when the run's lock was lost: stop, and fail
+        self.epoch = 0
         self.redactor = job.redactor()
         self.started = monotonic()
 
@@ -197,7 +199,7 @@ class _Run:
                 raise
             return self.result(status)
         lease = self.store.acquire(job.name, self.run_id, ttl=self.lock_ttl)
-        keeper = _LockKeeper(self.store, lease, self.lock_ttl, options["stop"])
+        keeper = _LockKeeper(self.store, lease, self.lock_ttl, self.lost)
         try:
             position = self.start_position(full_refresh)
             self.counters.checkpoint = position
@@ -237,6 +239,7 @@ class _Run:
         job = self.job
         if job.source.cursor is None or full_refresh:
             return None
+        self.epoch = self.store.epoch(job.name)
         checkpoint = self.store.checkpoint(job.name)
         if checkpoint is None:
             return None
@@ -306,7 +309,7 @@ class _Run:
         for batch in produced:
             if incremental:
                 start = encode_position(after) if after is not None else "start"
-                yield batch, f"{self.job.fingerprint()}:{start}"
+                yield batch, f"{self.job.fingerprint()}:{self.epoch}:{start}"
             else:
                 yield batch, f"run:{self.run_id}:{batch.seq}"
             after = batch.position
@@ -401,10 +404,11 @@ def _no_position(_index: int) -> None:
 
 
 class _AnyEvent:
-    """Set when either event is: the run's stop signal or the pipeline's own halt."""
+    """Set when any of its events is: the run's stop signal, the pipeline's own halt, a
+    lost lock."""
 
-    def __init__(self, first: threading.Event, second: threading.Event) -> None:
-        self._events = (first, second)
+    def __init__(self, *events: threading.Event) -> None:
+        self._events = events
 
     def is_set(self) -> bool:
         return any(event.is_set() for event in self._events)
@@ -415,7 +419,7 @@ class _AnyEvent:
             remaining = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
             if remaining <= 0:
                 return False
-            self._events[1].wait(remaining)
+            self._events[-1].wait(remaining)
         return True
 
 
@@ -435,7 +439,7 @@ class _Pipeline:
         self.sender = sender
         self.stop = stop
         self.halt = threading.Event()
-        self.signal = _AnyEvent(stop, self.halt)
+        self.signal = _AnyEvent(stop, self.halt, run.lost)
         self.concurrency = run.job.concurrency
         self.window = threading.Semaphore(self.concurrency)
         self.todo: queue.Queue[tuple[Batch, str] | None] = queue.Queue()
@@ -640,26 +644,35 @@ class _Sender:
 
 
 class _LockKeeper:
-    """Renews a run's lease in the background; a lost lease stops the run."""
+    """Renews a run's lease in the background. A renewal that fails is retried until the
+    lease is about to expire; then ``lost`` is set and the run stops, and fails."""
 
-    def __init__(self, store: StateStore, lease: Lease, ttl: float, stop: threading.Event) -> None:
+    def __init__(self, store: StateStore, lease: Lease, ttl: float, lost: threading.Event) -> None:
         self._store = store
         self._lease = lease
         self._ttl = ttl
-        self._run_stop = stop
+        self._lost = lost
         self._done = threading.Event()
         self._error: StateError | None = None
         self._thread = threading.Thread(target=self._renew, name="loader-lock", daemon=True)
         self._thread.start()
 
     def _renew(self) -> None:
-        while not self._done.wait(self._ttl / 3):
+        renewed = time.monotonic()
+        pause = self._ttl / 3
+        while not self._done.wait(pause):
             try:
                 self._store.renew(self._lease, ttl=self._ttl)
             except StateError as exc:
-                self._error = exc
-                self._run_stop.set()
-                return
+                lost_for_sure = "lost the lock" in str(exc)
+                if lost_for_sure or time.monotonic() - renewed > self._ttl * 0.8:
+                    self._error = exc
+                    self._lost.set()
+                    return
+                log.warning("could not renew the lock (retrying): %s", exc)
+                pause = self._ttl / 12
+                continue
+            renewed, pause = time.monotonic(), self._ttl / 3
 
     def check(self) -> None:
         """Raise the renewal error, if the lease was lost."""

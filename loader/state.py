@@ -107,6 +107,7 @@ _locks = sa.Table(
     sa.Column("owner", sa.String(64), nullable=False),
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started", sa.BigInteger),
     sa.Column("token", sa.BigInteger, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
 )
@@ -199,6 +200,7 @@ class StateStore(Protocol):
         ttl: float = ...,
     ) -> None: ...
     def reset(self, job: str) -> bool: ...
+    def epoch(self, job: str) -> int: ...
     def start_run(self, run_id: str, job: str, cursor_from: Position | None) -> None: ...
     def finish_run(self, run_id: str, status: str, **counts: Any) -> None: ...
     def history(self, job: str, limit: int = ...) -> list[RunRecord]: ...
@@ -264,14 +266,43 @@ def _untag(item: dict[str, str]) -> Any:
     return parse[kind](value)
 
 
-def _pid_alive(pid: int) -> bool:
+def _read(path: str) -> str:
+    try:
+        with open(path) as file:
+            return file.read().strip()
+    except OSError:
+        return ""
+
+
+def _machine() -> str:
+    """Who can see whose processes: the host name, its boot and the PID namespace. Two
+    containers sharing a host name but not a PID namespace are different machines."""
+    boot = _read("/proc/sys/kernel/random/boot_id")[:8] or "-"
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = "-"
+    return f"{socket.gethostname()}|{boot}|{namespace}"
+
+
+def _started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), or ``None`` if unknown."""
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _process_gone(pid: int, started: int | None) -> bool:
+    """True when ``pid`` no longer runs, or now names another process than ``started``."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:
         return True
-    return True
+    except PermissionError:
+        pass
+    now = _started(pid)
+    return started is not None and now is not None and now != started
 
 
 def state_url(url: str | None = None, env: dict[str, str] | None = None) -> str:
@@ -290,8 +321,9 @@ class SqlStateStore:
 
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._host = socket.gethostname()
+        self._host = _machine()
         self._pid = os.getpid()
+        self._started = _started(self._pid)
         parsed = engine_url(url)
         self.url = mask_url(parsed.render_as_string(hide_password=False))
         try:
@@ -325,6 +357,9 @@ class SqlStateStore:
 
     def _migrate(self) -> None:
         with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Several processes may open a new store at once: one creates the tables.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7349561207349561)")
             _metadata.create_all(conn, checkfirst=True)
             row = conn.execute(
                 sa.select(_meta.c.value).where(_meta.c.key == "schema_version")
@@ -360,6 +395,7 @@ class SqlStateStore:
             "owner": owner,
             "host": self._host,
             "pid": self._pid,
+            "started": self._started,
             "expires_at": now + ttl,
         }
         try:
@@ -370,10 +406,10 @@ class SqlStateStore:
                 if row is None:
                     conn.execute(sa.insert(_locks).values(job=job, token=1, **values))
                     return Lease(job, owner, 1)
-                if row.expires_at > now and not self._dead(row.host, row.pid):
+                if row.expires_at > now and not self._dead(row.host, row.pid, row.started):
                     raise JobLockedError(
                         f"job {job!r} is locked by run {row.owner} (pid {row.pid} on "
-                        f"{row.host}) until {_when(row.expires_at)}; "
+                        f"{row.host.split('|')[0]}) until {_when(row.expires_at)}; "
                         "wait for it to finish, or for the lock to expire",
                         holder=f"{row.owner}@{row.host}:{row.pid}",
                     )
@@ -395,8 +431,8 @@ class SqlStateStore:
                 ) from exc
             raise
 
-    def _dead(self, host: str, pid: int) -> bool:
-        return host == self._host and not _pid_alive(pid)
+    def _dead(self, host: str, pid: int, started: int | None) -> bool:
+        return host == self._host and _process_gone(pid, started)
 
     def renew(self, lease: Lease, *, ttl: float = defaults.LOCK_TTL) -> None:
         """Extend ``lease``; raise :class:`StateError` if another run took the lock."""
@@ -486,10 +522,34 @@ class SqlStateStore:
                 conn.execute(sa.insert(_checkpoints).values(job=lease.job, **values))
 
     def reset(self, job: str) -> bool:
-        """Forget ``job``'s checkpoint; the next run starts from ``cursor.start``."""
-        with self._transaction("resetting the checkpoint") as conn:
-            deleted = conn.execute(sa.delete(_checkpoints).where(_checkpoints.c.job == job))
+        """Forget ``job``'s checkpoint: the next run starts from ``cursor.start``.
+
+        Takes the job's lock (raises :class:`JobLockedError` while a run holds it, which
+        would write its checkpoint back) and starts a new epoch, so the batches sent
+        again do not reuse the idempotency keys of their first sending."""
+        lease = self.acquire(job, f"reset-{uuid.uuid4().hex[:8]}")
+        try:
+            with self._transaction("resetting the checkpoint") as conn:
+                deleted = conn.execute(sa.delete(_checkpoints).where(_checkpoints.c.job == job))
+                key = f"epoch:{job}"
+                epoch = conn.execute(sa.select(_meta.c.value).where(_meta.c.key == key)).scalar()
+                if epoch is None:
+                    conn.execute(sa.insert(_meta).values(key=key, value="1"))
+                else:
+                    conn.execute(
+                        sa.update(_meta).where(_meta.c.key == key).values(value=str(int(epoch) + 1))
+                    )
+        finally:
+            self.release(lease)
         return bool(deleted.rowcount)
+
+    def epoch(self, job: str) -> int:
+        """How many times ``job``'s checkpoint was reset (part of idempotency keys)."""
+        with self._transaction("reading the checkpoint") as conn:
+            value = conn.execute(
+                sa.select(_meta.c.value).where(_meta.c.key == f"epoch:{job}")
+            ).scalar()
+        return int(value) if value is not None else 0
 
     # Run history
 

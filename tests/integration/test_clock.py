@@ -149,28 +149,29 @@ def test_sigterm_stops_within_the_grace_period_with_state_consistent(
     write_job(tmp_path / "jobs", "long", spec)
 
     clock = start_clock(tmp_path)
-    while len(endpoint.requests) < 3:
+    deadline = time.monotonic() + 30
+    while len(endpoint.requests) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     code, out, took = stop_clock(clock)
 
     assert code == 0, out
     assert took < 5, out
-    assert "status=interrupted" in out
+    assert "status=interrupted" in out, out
     state = open_state(pg_state)
     checkpoint = state.checkpoint("long")
-    assert checkpoint is not None
+    assert checkpoint is not None, out
     sent = len(endpoint.accepted_ids())
-    assert checkpoint.position[0] <= sent < 400
+    assert checkpoint.position[0] <= sent < 400, (checkpoint, sent, out)
 
     endpoint.clear_rejections()
     clock = start_clock(tmp_path)
     deadline = time.monotonic() + 30
     while len(set(endpoint.accepted_ids())) < 400 and time.monotonic() < deadline:
         time.sleep(0.2)
-    stop_clock(clock)
+    _, out, _ = stop_clock(clock)
     state.close()
     ids = endpoint.accepted_ids()
-    assert sorted(set(ids)) == list(range(1, 401))
+    assert sorted(set(ids)) == list(range(1, 401)), out
     assert len(ids) - 400 <= 10  # the batch in flight at most
 
 

@@ -148,26 +148,29 @@ def test_a_late_commit_within_lag_is_delivered(
     schema: Schema, endpoint: Endpoint, state_url: str
 ) -> None:
     """A row stamped before, but committed after, a later row is still sent with lag;
-    without lag the checkpoint would already be past it."""
+    the same job without lag checkpoints past it and never sends it (the control)."""
     schema.execute("CREATE TABLE events (id int PRIMARY KEY, updated_at timestamptz NOT NULL)")
-    job = build_job(
-        incremental(schema, endpoint, f"SELECT * FROM {schema.table('events')}",
-                    cursor={"lag": "1s"})
-    )  # fmt: skip
+    query = f"SELECT * FROM {schema.table('events')}"
+    lagged = incremental(schema, endpoint, query, cursor={"lag": "3s"})
+    lagged["target"]["url"] = endpoint.url + "/lag"
+    unlagged = incremental(schema, endpoint, query)
+    unlagged.update(name="no_lag", target={"url": endpoint.url + "/nolag"})
+    jobs = [build_job(lagged), build_job(unlagged)]
     state = open_state(state_url)
     with psycopg.connect(schema.url) as slow:
         slow.execute(f"INSERT INTO {schema.table('events')} VALUES (1, now())")  # not committed
         time.sleep(0.3)
         schema.execute(f"INSERT INTO {schema.table('events')} VALUES (2, now())")
-        first = run_job(job, state=state)  # row 2 is within the lag: left for later
+        first = [run_job(job, state=state) for job in jobs]
         slow.commit()
-    time.sleep(1.2)
-    second = run_job(job, state=state)
+    time.sleep(3.5)
+    second = [run_job(job, state=state) for job in jobs]
     state.close()
 
-    assert first.rows_read == 0
-    assert second.rows_posted == 2
-    assert sorted(endpoint.accepted_ids()) == [1, 2]
+    assert [r.rows_read for r in first] == [0, 1]  # with lag, row 2 waits for row 1
+    assert [r.rows_posted for r in second] == [2, 0]
+    assert sorted(row["id"] for row in endpoint.rows("/lag")) == [1, 2]
+    assert [row["id"] for row in endpoint.rows("/nolag")] == [2]  # row 1 was skipped
 
 
 def test_null_cursor_values_fail_unless_skipped(
@@ -318,15 +321,22 @@ def test_kill_9_loop_loses_nothing(
     nothing."""
     batch = 200
     query = events(schema, 20_000)
-    endpoint.reject_when(lambda body: True, Delay(0.01 * concurrency, 200))
+    endpoint.reject_when(lambda body: True, Delay(0.005 * concurrency, 200))
     spec = incremental(schema, endpoint, query, batch={"size": batch}, concurrency=concurrency)
     path = job_file(tmp_path, spec)
-    rng = random.Random(20_000)
-    for _ in range(5):
+    rng = random.Random(20_000 + concurrency)
+    # Kill mid-load, at random points of the delivery, each later than the last.
+    targets = sorted(rng.sample(range(1_000, 19_000), 5))
+    for target in targets:
         process = cli(path, cwd=tmp_path)
-        time.sleep(rng.uniform(0.8, 2.0))
+        deadline = time.monotonic() + 60
+        while len(set(endpoint.accepted_ids())) < target and process.poll() is None:
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.002)
         process.kill()
         process.communicate()
+        assert process.returncode == -signal.SIGKILL, "the run ended before it was killed"
+        assert len(set(endpoint.accepted_ids())) < 20_000
 
     final = cli(path, cwd=tmp_path)
     out, err = final.communicate(timeout=120)
@@ -343,7 +353,7 @@ def test_kill_9_loop_loses_nothing(
     history = state.history("test_job", limit=10)
     state.close()
     assert [r.status for r in history][:2] == ["succeeded", "succeeded"]
-    assert "abandoned" in {r.status for r in history} or len(history) < 7
+    assert [r.status for r in history][2:7] == ["abandoned"] * 5
 
 
 def test_history_state_and_deadletter_commands(
