@@ -129,6 +129,9 @@ class Endpoint:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if len(body) < length:  # the client went away mid-request (killed)
+                    self.close_connection = True
+                    return
                 path = self.path.split("?", 1)[0]
                 step = endpoint._next_step(path, body)
                 final = step.then if isinstance(step, Delay) else step
