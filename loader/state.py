@@ -579,13 +579,7 @@ class SqlStateStore:
 
     def history(self, job: str, limit: int = 20) -> list[RunRecord]:
         """``job``'s most recent runs, newest first."""
-        with self._transaction("reading the history") as conn:
-            rows = conn.execute(
-                sa.select(_runs)
-                .where(_runs.c.job == job)
-                .order_by(_runs.c.started_at.desc())
-                .limit(limit)
-            ).all()
+        rows = self._newest(_runs, _runs.c.started_at, job, limit, "reading the history")
         return [
             RunRecord(
                 **{
@@ -689,14 +683,16 @@ class SqlStateStore:
 
     def slots(self, job: str, limit: int = 50) -> list[SlotRecord]:
         """``job``'s most recent slots, newest first."""
-        with self._transaction("reading slots") as conn:
-            rows = conn.execute(
-                sa.select(_slots)
-                .where(_slots.c.job == job)
-                .order_by(_slots.c.slot_at.desc())
-                .limit(limit)
-            ).all()
+        rows = self._newest(_slots, _slots.c.slot_at, job, limit, "reading slots")
         return [SlotRecord(**row._asdict()) for row in rows]
+
+    def _newest(
+        self, table: sa.Table, order: sa.Column[Any], job: str, limit: int, what: str
+    ) -> Sequence[sa.Row[Any]]:
+        with self._transaction(what) as conn:
+            return conn.execute(
+                sa.select(table).where(table.c.job == job).order_by(order.desc()).limit(limit)
+            ).all()
 
 
 def _when(timestamp: float) -> str:
