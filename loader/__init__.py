@@ -30,6 +30,8 @@ from loader.errors import (
 )
 from loader.job import Batch, Cursor, Envelope, Job, Retry, Source, Target
 from loader.jobfile import build_job, environment, find_job_files, load_job, parse_job
+from loader.monitor import cursor_lag
+from loader.monitor import flush as flush_notifications
 from loader.runner import RunResult, run_job
 from loader.schedule import Schedule
 from loader.state import StateStore, open_state
@@ -60,9 +62,11 @@ __all__ = [
     "TooManyRejectionsError",
     "__version__",
     "build_job",
+    "cursor_lag",
     "defaults",
     "environment",
     "find_job_files",
+    "flush_notifications",
     "load_job",
     "open_state",
     "parse_job",

@@ -9,13 +9,14 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -36,10 +37,12 @@ from loader.errors import (
 from loader.example import create_example_database
 from loader.job import Job
 from loader.jobfile import environment, find_job_files, load_job
+from loader.monitor import cursor_lag
+from loader.monitor import flush as flush_notifications
 from loader.receiver import Received, Receiver
-from loader.redact import Redactor
+from loader.redact import Redactor, mask_registered
 from loader.replay import replay_dead_letters
-from loader.runner import RunResult, run_job
+from loader.runner import RUN_ID, RunResult, run_job
 from loader.state import Position, open_state
 from loader.units import parse_duration
 
@@ -82,12 +85,56 @@ def _main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log run progress.")] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            help="auto: JSON lines when the output is not a terminal, text when it is.",
+        ),
+    ] = "auto",
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    global _LOG_FORMAT
+    if log_format not in ("auto", "text", "json"):
+        raise typer.BadParameter("expected auto, text or json", param_hint="--log-format")
+    _LOG_FORMAT = log_format
+    _configure_logging(logging.INFO if verbose else logging.WARNING, sys.stderr)
+
+
+_LOG_FORMAT = "auto"
+
+
+class _LogFormatter(logging.Formatter):
+    """Text or JSON lines, each with the run id when there is one, secrets masked."""
+
+    def __init__(self, as_json: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.as_json = as_json
+
+    def format(self, record: logging.LogRecord) -> str:
+        run_id = RUN_ID.get()
+        if self.as_json:
+            data = {
+                "ts": datetime.fromtimestamp(record.created).astimezone().isoformat(),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+            if run_id:
+                data["run_id"] = run_id
+            if record.exc_info:
+                data["error"] = self.formatException(record.exc_info)
+            return mask_registered(json.dumps(data))
+        text = super().format(record)
+        if run_id and "run=" not in text:
+            text = text.replace(": ", f" [run {run_id}]: ", 1)
+        return mask_registered(text)
+
+
+def _configure_logging(level: int, stream: Any) -> None:
+    as_json = _LOG_FORMAT == "json" or (_LOG_FORMAT == "auto" and not stream.isatty())
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_LogFormatter(as_json))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     _quiet_libraries()
 
 
@@ -123,7 +170,14 @@ def run(
     redactor = job.redactor()
     with _exit_codes(redactor):
         stop = _stop_on_signals(grace_seconds)
-        result = run_job(job, limit=limit, dry_run=dry_run, full_refresh=full_refresh, stop=stop)
+        with _progress(sys.stderr.isatty() and not dry_run) as progress:
+            try:
+                result = run_job(
+                    job, limit=limit, dry_run=dry_run, full_refresh=full_refresh, stop=stop,
+                    progress=progress,
+                )  # fmt: skip
+            finally:
+                flush_notifications(timeout=15)
         _print_summary(result, redactor)
         if result.status == "interrupted":
             raise typer.Exit(defaults.EXIT_INTERRUPTED)
@@ -253,6 +307,7 @@ def deadletter_replay(job_file: JobFile, env_file: EnvFile = Path(".env")) -> No
         job = _load(job_file, env_file)
     with _exit_codes(job.redactor()):
         result = replay_dead_letters(job, stop=_stop_on_signals(defaults.GRACE_PERIOD))
+        flush_notifications(timeout=15)
         typer.echo(f"{job.name}: {result.delivered} delivered, {result.rejected} rejected again")
         if result.rejected:
             raise typer.Exit(defaults.EXIT_REJECTED_ROWS)
@@ -285,18 +340,16 @@ def clock(
     strict: Annotated[
         bool, typer.Option("--strict", help="Refuse to start if any job file is bad.")
     ] = False,
+    port: Annotated[
+        int | None,
+        typer.Option(envvar="PORT", help="Serve /metrics and /healthz on this port ($PORT)."),
+    ] = None,
     env_file: EnvFile = Path(".env"),
 ) -> None:
     """Run the job files on their schedules until SIGTERM (a Heroku clock dyno)."""
     from scheduler import Clock  # the clock is a separate package: loaded only here
 
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-        force=True,
-    )
-    _quiet_libraries()
+    _configure_logging(logging.INFO, sys.stdout)
     with _exit_codes(Redactor()):
         grace_seconds = _duration("--grace", grace)
         env = environment(env_file)
@@ -309,7 +362,9 @@ def clock(
                 _fail(defaults.EXIT_CONFIG, "bad job files (--strict): not starting")
         stop, reload = threading.Event(), threading.Event()
         _clock_signals(stop, reload, grace_seconds)
-        Clock(roots, max_parallel=max_parallel, grace=grace_seconds, env=env).run(stop, reload)
+        Clock(
+            roots, max_parallel=max_parallel, grace=grace_seconds, env=env, metrics_port=port
+        ).run(stop, reload)
 
 
 def _problems(path: Path, env: dict[str, str]) -> list[str]:
@@ -336,6 +391,68 @@ def _clock_signals(stop: threading.Event, reload: threading.Event, grace: float)
     signal.signal(signal.SIGTERM, handle_stop)
     signal.signal(signal.SIGINT, handle_stop)
     signal.signal(signal.SIGHUP, lambda _signum, _frame: reload.set())
+
+
+@app.command()
+def status(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Job files or directories (default: jobs/).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON document, for machines.")
+    ] = False,
+    env_file: EnvFile = Path(".env"),
+) -> None:
+    """A table of jobs: schedule, last run, status, rows, cursor lag, next run, dead letters."""
+    with _exit_codes(Redactor()):
+        env = environment(env_file)
+        store = open_state()
+        now = time.time()
+        rows: list[dict[str, Any]] = []
+        for path in find_job_files(list(paths or [Path("jobs")])):
+            try:
+                job = load_job(path, env=env)
+            except JobConfigError as exc:
+                rows.append({"job": path.stem, "file": str(path), "problem": exc.problems[0]})
+                continue
+            last = next(iter(store.history(job.name, limit=1)), None)
+            checkpoint = store.checkpoint(job.name)
+            schedule = job.schedule_spec()
+            lag = cursor_lag(checkpoint.position if checkpoint else None, now)
+            rows.append({
+                "job": job.name,
+                "file": str(path),
+                "schedule": job.schedule,
+                "timezone": job.timezone,
+                "last_run": _when(last.started_at) if last else None,
+                "status": last.status if last else None,
+                "rows_posted": last.rows_posted if last else None,
+                "error": job.redactor().text(last.error) if last and last.error else None,
+                "cursor_lag_seconds": round(lag, 1) if lag is not None else None,
+                "next_run": _when(schedule.next_after(now)) if schedule else None,
+                "dead_letters": store.dead_letter_count(job.name),
+            })  # fmt: skip
+        store.close()
+        if as_json:
+            typer.echo(mask_registered(json.dumps({"jobs": rows}, indent=2)))
+            return
+        table = Table("job", "schedule", "last run", "status", "rows", "cursor lag",
+                      "next run", "dead letters")  # fmt: skip
+        for row in rows:
+            if "problem" in row:
+                table.add_row(row["job"], "", "", "bad job file", "", "", "", "")
+                continue
+            lag = row["cursor_lag_seconds"]
+            table.add_row(
+                row["job"], row["schedule"] or "(none)", row["last_run"] or "never",
+                row["status"] or "", str(row["rows_posted"] or ""),
+                "" if lag is None else f"{lag:.0f}s", row["next_run"] or "",
+                str(row["dead_letters"]),
+            )  # fmt: skip
+        _console().print(table)
+        for row in rows:
+            if "problem" in row:
+                typer.echo(mask_registered(row["problem"]), err=True)
 
 
 @app.command()
@@ -477,6 +594,31 @@ def _print_summary(result: RunResult, redactor: Redactor, *, to_stderr: bool = F
     if result.checkpoint is not None:
         lines.append(f"  checkpoint   {_position(result.checkpoint)}")
     typer.echo("\n".join(lines), err=to_stderr)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[RunResult], None] | None]:
+    """On a terminal, a progress line (rows/s, requests in flight); nothing otherwise."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+        console=Console(stderr=True), transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("starting", total=None)
+        started = time.monotonic()
+
+        def update(result: RunResult) -> None:
+            rate = result.rows_posted / max(time.monotonic() - started, 1e-6)
+            bar.update(task, description=(
+                f"{result.rows_posted:,} rows posted, {rate:,.0f} rows/s, "
+                f"{result.requests:,} requests, {result.retries} retries"
+            ))  # fmt: skip
+
+        yield update
 
 
 def _position(position: Position | None) -> str:

@@ -45,6 +45,20 @@ CLOCK_MAX_PARALLEL: Final = 4
 CLOCK_GRACE: Final = 25.0
 #: Seconds between checks of the job files for changes.
 CLOCK_RELOAD_POLL: Final = 5.0
+#: While a job keeps failing, how long before one reminder alert (6 hours).
+ALERT_REMIND_AFTER: Final = 6 * 3600.0
+#: Attempts to deliver one alert or heartbeat.
+NOTIFY_ATTEMPTS: Final = 3
+#: Seconds before one alert or heartbeat request times out.
+NOTIFY_TIMEOUT: Final = 10.0
+#: Environment variables with the default alert channels of every job.
+ALERT_URL_ENV: Final = "LOADER_ALERT_URL"
+ALERT_SLACK_URL_ENV: Final = "LOADER_ALERT_SLACK_URL"
+ALERT_EMAIL_ENV: Final = "LOADER_ALERT_EMAIL"
+#: SMTP server for email alerts: smtp://user:password@host:587 (STARTTLS) or smtps://.
+SMTP_URL_ENV: Final = "LOADER_SMTP_URL"
+#: Sender of email alerts.
+ALERT_FROM_ENV: Final = "LOADER_ALERT_FROM"
 #: Rows one run may have rejected before the circuit breaker stops it.
 MAX_REJECTED: Final = 100
 

@@ -300,6 +300,42 @@ class Retry(_Model):
     )
 
 
+class Alerts(_Model):
+    """Where a job's owner hears that it broke, and recovered. Unset channels fall back to
+    ``LOADER_ALERT_URL``, ``LOADER_ALERT_SLACK_URL`` and ``LOADER_ALERT_EMAIL``."""
+
+    webhook: str | None = Field(default=None, description="URL receiving a JSON body per alert.")
+    slack: str | None = Field(default=None, description="A Slack incoming webhook URL.")
+    email: tuple[str, ...] = Field(
+        default=(), description="Addresses mailed through LOADER_SMTP_URL."
+    )
+    remind_after: Duration = Field(
+        default=defaults.ALERT_REMIND_AFTER,
+        description="While a job keeps failing, one reminder after this long.",
+    )
+    max_lag: Duration | None = Field(
+        default=None,
+        description="Alert when the checkpoint's cursor value is older than this "
+        "(the job is falling behind).",
+    )
+
+    @field_validator("email", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("webhook", "slack")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, MASK if name in ("webhook", "slack") and value else value
+
+
 class Job(_Model):
     """One loader job: a source query, a target endpoint, batching and retries."""
 
@@ -308,6 +344,12 @@ class Job(_Model):
     target: Target
     batch: Batch = Field(default_factory=Batch)
     retry: Retry = Field(default_factory=Retry)
+    alerts: Alerts = Field(default_factory=Alerts)
+    heartbeat: str | None = Field(
+        default=None,
+        description="Pinged at start (URL/start), on success (URL) and on failure "
+        "(URL/fail), as healthchecks.io expects.",
+    )
     on_reject: Literal["deadletter", "fail"] = Field(
         default="deadletter",
         description="deadletter: isolate rejected rows, keep them in the state store, go on; "
@@ -396,6 +438,8 @@ class Job(_Model):
                 _scheme, _, credential = value.partition(" ")
                 if credential:
                     found.add(credential)
+        # Alert and heartbeat URLs carry their tokens in the path.
+        found.update(url for url in (self.alerts.webhook, self.alerts.slack, self.heartbeat) if url)
         if self.target.envelope:
             for name, value in self.target.envelope.fields.items():
                 if is_secret_name(name) and isinstance(value, str):

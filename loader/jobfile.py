@@ -17,7 +17,7 @@ from dotenv import dotenv_values
 
 from loader.errors import JobConfigError
 from loader.job import Job, validate_job
-from loader.redact import Redactor, is_secret_name
+from loader.redact import Redactor, is_secret_name, register_secrets
 
 JOB_FILE_SUFFIXES = (".yml", ".yaml")
 _VARIABLE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -102,7 +102,9 @@ def _validate(
     if problems or job is None:
         problems.sort(key=lambda problem: problem[0])
         raise JobConfigError([message for _, message in problems])
-    return job.with_secrets(frozenset(secrets))
+    job = job.with_secrets(frozenset(secrets))
+    register_secrets(job.secrets())
+    return job
 
 
 def find_job_files(paths: Sequence[str | Path]) -> list[Path]:

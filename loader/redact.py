@@ -8,6 +8,7 @@ a job holds, wherever it appears, e.g. echoed back in a response body or a trace
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
@@ -88,3 +89,21 @@ class Redactor:
             else self.text(value)
             for name, value in headers.items()
         }
+
+
+_REGISTERED: set[str] = set()
+_REGISTERED_LOCK = threading.Lock()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Remember secrets of loaded jobs, so that :func:`mask_registered` (the log
+    formatter's last pass) masks them whatever line they end up in."""
+    with _REGISTERED_LOCK:
+        _REGISTERED.update(value for value in values if len(value) >= _MIN_VALUE_LENGTH)
+
+
+def mask_registered(text: str) -> str:
+    """``text`` with every registered secret and every URL password masked."""
+    with _REGISTERED_LOCK:
+        secrets = list(_REGISTERED)
+    return Redactor(secrets).text(text)

@@ -9,6 +9,7 @@ A batch is done when the endpoint acknowledged it, or when its rejected rows are
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import operator
 import queue
@@ -33,6 +34,7 @@ from loader.errors import (
     TooManyRejectionsError,
 )
 from loader.job import Job
+from loader.monitor import Monitor
 from loader.redact import Redactor
 from loader.retry import Interrupted, RetryPolicy
 from loader.sink import Request, Sink, idempotency_key
@@ -44,7 +46,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("loader")
 
-Status = Literal["succeeded", "partial", "failed", "interrupted", "dry-run"]
+#: The run id of the run in progress in this context (for log lines).
+RUN_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("loader_run_id", default=None)
+
+Status = Literal["succeeded", "partial", "failed", "interrupted", "dry-run", "running"]
 USER_AGENT = f"loader/{__version__}"
 #: Rejections that are about the request, not a row: bisecting would not isolate anything.
 NOT_ROW_STATUSES = frozenset({401, 403, 404, 405, 407})
@@ -57,6 +62,7 @@ class RunResult:
 
     ``status`` is ``succeeded`` (every row delivered), ``partial`` (every row delivered
     or dead-lettered, some dead-lettered), ``failed``, ``interrupted`` or ``dry-run``.
+    ``throttled`` counts 429 answers.
     ``checkpoint`` is the cursor position saved last (``None`` without a cursor).
     """
 
@@ -69,6 +75,7 @@ class RunResult:
     retries: int
     duration: float
     rows_rejected: int = 0
+    throttled: int = 0
     checkpoint: Position | None = None
     error: str | None = None
     preview: tuple[Request, ...] = ()
@@ -86,6 +93,8 @@ class _Counters:
     rows_rejected: int = 0
     requests: int = 0
     retries: int = 0
+    throttled: int = 0
+    in_flight: int = 0
     checkpoint: Position | None = None
     preview: list[Request] = field(default_factory=list)
 
@@ -114,6 +123,8 @@ def run_job(
     transport: httpx.BaseTransport | None = None,
     run_id: str | None = None,
     lock_ttl: float = defaults.LOCK_TTL,
+    monitor: bool = True,
+    progress: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """Stream the job's rows to its endpoint and return what happened.
 
@@ -123,7 +134,9 @@ def run_job(
     the rows but sends and records nothing; the first ``preview`` requests are kept in
     ``RunResult.preview``. ``stop`` ends the run between batches and wakes retry sleeps;
     the result is then ``interrupted``. ``sleep``, ``monotonic`` and ``transport`` are
-    seams for tests.
+    seams for tests. ``monitor`` sends the job's heartbeats and alerts (see
+    :mod:`loader.monitor`). ``progress`` is called with the counts so far each time
+    batches are acknowledged.
 
     Raises a :class:`LoaderError` when the run fails (its ``result`` holds the counts up
     to the failure), :class:`JobLockedError` when another run holds the job. Never exits
@@ -132,15 +145,22 @@ def run_job(
     run_id = run_id or uuid.uuid4().hex[:12]
     store = state if state is not None else open_state()
     try:
-        return _Run(job, store, run_id, monotonic, lock_ttl).run(
-            full_refresh=full_refresh,
-            limit=limit,
-            dry_run=dry_run,
-            preview=preview,
-            stop=stop or threading.Event(),
-            sleep=sleep,
-            transport=transport,
-        )
+        run = _Run(job, store, run_id, monotonic, lock_ttl)
+        run.monitor = Monitor(job, store) if monitor and not dry_run else None
+        run.progress = progress
+        token = RUN_ID.set(run_id)
+        try:
+            return run.run(
+                full_refresh=full_refresh,
+                limit=limit,
+                dry_run=dry_run,
+                preview=preview,
+                stop=stop or threading.Event(),
+                sleep=sleep,
+                transport=transport,
+            )
+        finally:
+            RUN_ID.reset(token)
     finally:
         if state is None:
             store.close()
@@ -165,6 +185,8 @@ class _Run:
         self.counters = _Counters()
         self.full_refresh = False
         self.lost = threading.Event()  # set when the run's lock was lost: stop, and fail
+        self.monitor: Monitor | None = None
+        self.progress: Callable[[RunResult], None] | None = None
         self.epoch = 0
         self.redactor = job.redactor()
         self.started = monotonic()
@@ -181,6 +203,7 @@ class _Run:
             retries=c.retries,
             duration=self.monotonic() - self.started,
             rows_rejected=c.rows_rejected,
+            throttled=c.throttled,
             checkpoint=c.checkpoint,
             error=error,
             preview=tuple(c.preview),
@@ -200,6 +223,8 @@ class _Run:
             return self.result(status)
         lease = self.store.acquire(job.name, self.run_id, ttl=self.lock_ttl)
         keeper = _LockKeeper(self.store, lease, self.lock_ttl, self.lost)
+        if self.monitor is not None:
+            self.monitor.started()
         try:
             position = self.start_position(full_refresh)
             self.counters.checkpoint = position
@@ -211,9 +236,13 @@ class _Run:
             except LoaderError as exc:
                 exc.result = self.result("failed", self.redactor.text(str(exc)))
                 self.finish("failed", exc.result.error)
+                if self.monitor is not None:
+                    self.monitor.finished(exc.result, exc)
                 raise
             result = self.result(status)
             self.finish(status, None)
+            if self.monitor is not None:
+                self.monitor.finished(result)
         finally:
             keeper.stop()
             try:
@@ -448,9 +477,17 @@ class _Pipeline:
 
     def run(self, produced: Iterator[tuple[Batch, str]]) -> bool:
         """Deliver every batch; return True if stopped early. Raises the first error."""
-        threads = [threading.Thread(target=self.read, args=(produced,), name="loader-read")]
+        # Each thread runs in a copy of this context, so its log lines carry the run id.
+        threads = [
+            threading.Thread(
+                target=contextvars.copy_context().run, args=(self.read, produced),
+                name="loader-read",
+            )
+        ]  # fmt: skip
         threads += [
-            threading.Thread(target=self.send, name=f"loader-send-{i}")
+            threading.Thread(
+                target=contextvars.copy_context().run, args=(self.send,), name=f"loader-send-{i}"
+            )
             for i in range(self.concurrency)
         ]
         for thread in threads:
@@ -547,6 +584,8 @@ class _Pipeline:
             counters.rows_rejected += len(rejected)
         if position is not None:
             counters.checkpoint = position
+        if run.progress is not None:
+            run.progress(run.result("running"))
 
 
 class _Sender:
@@ -630,11 +669,18 @@ class _Sender:
         def once() -> None:
             with self.lock:
                 self.counters.requests += 1
-            self.sink.send(body, key)
+                self.counters.in_flight += 1
+            try:
+                self.sink.send(body, key)
+            finally:
+                with self.lock:
+                    self.counters.in_flight -= 1
 
         def on_retry(attempt: int, wait: float, error: Exception) -> None:
             with self.lock:
                 self.counters.retries += 1
+                if getattr(error, "status", None) == 429:
+                    self.counters.throttled += 1
             log.warning(
                 "attempt %d/%d failed: %s; retrying in %.2fs",
                 attempt, self.policy.attempts, self.redactor.text(str(error)), wait,

@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import hashlib
+import json
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import certifi
 import httpx
@@ -26,7 +28,7 @@ import httpx
 from loader import defaults
 from loader import job as jobmodel
 from loader.errors import RejectedError, RetryableSinkError, SinkError
-from loader.redact import Redactor
+from loader.redact import Redactor, mask_url
 from loader.units import format_duration
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -229,3 +231,27 @@ def _transport_reason(exc: httpx.HTTPError) -> str:
     """What went wrong below HTTP, e.g. ``ConnectError: [Errno 111] Connection refused``."""
     reason = str(exc) or type(exc.__cause__).__name__
     return f"{type(exc).__name__}: {reason}"
+
+
+def notify(
+    url: str,
+    payload: Any = None,
+    *,
+    timeout: float = defaults.NOTIFY_TIMEOUT,
+    user_agent: str = "loader",
+) -> None:
+    """One alert or heartbeat request: POST ``payload`` as JSON (or an empty POST).
+    Raises :class:`SinkError` (URL masked) unless the answer is 2xx."""
+    safe = mask_url(url)
+    try:
+        with httpx.Client(timeout=timeout, trust_env=False, follow_redirects=False) as client:
+            response = client.post(
+                url,
+                content=b"" if payload is None else json.dumps(payload).encode(),
+                headers={"Content-Type": "application/json", "User-Agent": user_agent},
+            )
+    except httpx.HTTPError as exc:
+        raise SinkError(f"POST {safe}: {_transport_reason(exc)}", url=safe) from None
+    if not 200 <= response.status_code < 300:
+        raise SinkError(f"POST {safe} answered {response.status_code}", url=safe,
+                        status=response.status_code)  # fmt: skip

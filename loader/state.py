@@ -100,6 +100,15 @@ _slots = sa.Table(
     sa.Column("claimed_at", sa.Float, nullable=False),
     sa.Column("detail", sa.Text),
 )
+_alert_states = sa.Table(
+    "loader_alert_states",
+    _metadata,
+    sa.Column("job", sa.String(200), primary_key=True),
+    sa.Column("failing_since", sa.Float),
+    sa.Column("last_alert_at", sa.Float),
+    sa.Column("lagging_since", sa.Float),
+    sa.Column("last_success_at", sa.Float),
+)
 _locks = sa.Table(
     "loader_locks",
     _metadata,
@@ -168,6 +177,17 @@ class SlotRecord:
 
 
 @dataclass(frozen=True)
+class AlertState:
+    """What the alerting remembers of a job between runs."""
+
+    job: str
+    failing_since: float | None = None
+    last_alert_at: float | None = None
+    lagging_since: float | None = None
+    last_success_at: float | None = None
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     """A row the endpoint rejected, kept for inspection and replay."""
 
@@ -216,6 +236,8 @@ class StateStore(Protocol):
     def record_missed(self, job: str, slots: Sequence[float], clock: str, detail: str) -> None: ...
     def last_slot(self, job: str) -> float | None: ...
     def slots(self, job: str, limit: int = ...) -> list[SlotRecord]: ...
+    def alert_state(self, job: str) -> AlertState: ...
+    def save_alert_state(self, state: AlertState) -> None: ...
     def close(self) -> None: ...
 
 
@@ -685,6 +707,24 @@ class SqlStateStore:
         """``job``'s most recent slots, newest first."""
         rows = self._newest(_slots, _slots.c.slot_at, job, limit, "reading slots")
         return [SlotRecord(**row._asdict()) for row in rows]
+
+    # Alerting
+
+    def alert_state(self, job: str) -> AlertState:
+        """What alerting remembers of ``job`` (a fresh state for a new job)."""
+        with self._transaction("reading the alert state") as conn:
+            row = conn.execute(sa.select(_alert_states).where(_alert_states.c.job == job)).first()
+        return AlertState(**row._asdict()) if row is not None else AlertState(job)
+
+    def save_alert_state(self, state: AlertState) -> None:
+        """Keep ``state`` for the job's next run."""
+        values = {k: v for k, v in state.__dict__.items() if k != "job"}
+        with self._transaction("saving the alert state") as conn:
+            updated = conn.execute(
+                sa.update(_alert_states).where(_alert_states.c.job == state.job).values(**values)
+            )
+            if updated.rowcount == 0:
+                conn.execute(sa.insert(_alert_states).values(job=state.job, **values))
 
     def _newest(
         self, table: sa.Table, order: sa.Column[Any], job: str, limit: int, what: str

@@ -28,9 +28,11 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import loader
 from loader import Job, JobConfigError, JobLockedError, LoaderError, Schedule, StateStore
+from scheduler.metrics import Metrics, MetricsServer
 
 log = logging.getLogger("loader.clock")
 
@@ -77,6 +79,7 @@ class Clock:
         env: Mapping[str, str] | None = None,
         now: Callable[[], float] = time.time,
         run: Callable[..., loader.RunResult] = loader.run_job,
+        metrics_port: int | None = None,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.state = state if state is not None else loader.open_state()
@@ -97,6 +100,10 @@ class Clock:
         self._files: dict[Path, float] = {}
         self._signal = self._stop  # what running jobs watch; run() may be given another
         self._executor = ThreadPoolExecutor(max_parallel, thread_name_prefix="loader-clock")
+        self.metrics = Metrics()
+        self.metrics_port = metrics_port
+        self._server: MetricsServer | None = None
+        self._last_tick = 0.0
 
     # Running
 
@@ -106,6 +113,9 @@ class Clock:
         """Run in this thread until ``stop`` is set (or :meth:`stop` is called)."""
         stop = self._signal = stop or self._stop
         reload = reload or self._reload
+        if self.metrics_port is not None:
+            self._server = MetricsServer(self.metrics, self.health, self.metrics_port)
+            log.info("serving /metrics and /healthz on port %d", self._server.port)
         self.load(catch_up=True)
         next_poll = self.now() + self.reload_poll
         try:
@@ -118,10 +128,19 @@ class Clock:
                 if now >= next_poll:
                     next_poll = now + self.reload_poll
                 self.tick(now)
+                self._last_tick = time.monotonic()
                 upcoming = min((s.next_at for s in self.jobs.values()), default=now + 1)
                 stop.wait(max(0.0, min(upcoming - self.now(), next_poll - now, 0.5)))
         finally:
             self._shutdown()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while the loop ticks (it does at least every half second)."""
+        with self._lock:
+            running = sorted(self.running)
+        details = {"jobs": sorted(self.jobs), "running": running,
+                   "bad_files": [str(path) for path in self.problems]}  # fmt: skip
+        return time.monotonic() - self._last_tick < 10, details
 
     def tick(self, now: float) -> None:
         """Start the runs due at ``now`` (the body of the clock's loop)."""
@@ -274,6 +293,7 @@ class Clock:
         started = time.monotonic()
         log.info("run started job=%s run=%s slot=%s", job.name, run_id, _when(slot))
         status, rows, detail = "failed", 0, None
+        result: loader.RunResult | None = None
         try:
             result = self.run_job(job, state=self.state, stop=stop, run_id=run_id)
             status, rows = result.status, result.rows_posted
@@ -281,6 +301,7 @@ class Clock:
             status, detail = "skipped", str(exc)
         except LoaderError as exc:
             status, detail = "failed", job.redactor().text(str(exc))
+            result = exc.result
             if exc.result is not None:
                 rows = exc.result.rows_posted
         except Exception as exc:  # a bug in a run must not stop the clock
@@ -291,6 +312,12 @@ class Clock:
                  run_id, status, rows, duration, f" error={detail}" if detail else "")  # fmt: skip
         try:
             self.state.finish_slot(job.name, slot, status, detail)
+            checkpoint = self.state.checkpoint(job.name)
+            lag = loader.cursor_lag(checkpoint.position if checkpoint else None, self.now())
+            self.metrics.observe(
+                job.name, result, status, lag=lag, now=self.now(),
+                dead_letters=self.state.dead_letter_count(job.name),
+            )  # fmt: skip
         except LoaderError as exc:
             log.error("job=%s run=%s could not record its slot: %s", job.name, run_id, exc)
 
@@ -305,6 +332,9 @@ class Clock:
             if pending:
                 log.warning("%d job(s) still running after the grace period", len(pending))
         self._executor.shutdown(wait=False, cancel_futures=True)
+        loader.flush_notifications(timeout=3)
+        if self._server is not None:
+            self._server.close()
         log.info("clock stopped")
 
 
