@@ -615,7 +615,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[RunResult], None] | None]:
             rate = result.rows_posted / max(time.monotonic() - started, 1e-6)
             bar.update(task, description=(
                 f"{result.rows_posted:,} rows posted, {rate:,.0f} rows/s, "
-                f"{result.requests:,} requests, {result.retries} retries"
+                f"{result.in_flight} requests in flight, {result.retries} retries"
             ))  # fmt: skip
 
         yield update

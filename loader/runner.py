@@ -62,7 +62,7 @@ class RunResult:
 
     ``status`` is ``succeeded`` (every row delivered), ``partial`` (every row delivered
     or dead-lettered, some dead-lettered), ``failed``, ``interrupted`` or ``dry-run``.
-    ``throttled`` counts 429 answers.
+    ``throttled`` counts 429 answers; ``in_flight`` the requests under way (for progress).
     ``checkpoint`` is the cursor position saved last (``None`` without a cursor).
     """
 
@@ -76,6 +76,7 @@ class RunResult:
     duration: float
     rows_rejected: int = 0
     throttled: int = 0
+    in_flight: int = 0
     checkpoint: Position | None = None
     error: str | None = None
     preview: tuple[Request, ...] = ()
@@ -204,6 +205,7 @@ class _Run:
             duration=self.monotonic() - self.started,
             rows_rejected=c.rows_rejected,
             throttled=c.throttled,
+            in_flight=c.in_flight,
             checkpoint=c.checkpoint,
             error=error,
             preview=tuple(c.preview),
