@@ -32,7 +32,7 @@ from loader.job import Batch, Cursor, Envelope, Job, Retry, Source, Target
 from loader.jobfile import build_job, environment, find_job_files, load_job, parse_job
 from loader.monitor import cursor_lag
 from loader.monitor import flush as flush_notifications
-from loader.runner import RunResult, run_job
+from loader.runner import RUN_ID, RunResult, run_job
 from loader.schedule import Schedule
 from loader.state import StateStore, open_state
 
@@ -47,6 +47,7 @@ __all__ = [
     "JobLockedError",
     "LoaderError",
     "QueryError",
+    "RUN_ID",
     "RejectedError",
     "RetriesExhaustedError",
     "Retry",

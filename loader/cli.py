@@ -360,11 +360,21 @@ def clock(
                 for problem in bad:
                     typer.echo(problem, err=True)
                 _fail(defaults.EXIT_CONFIG, "bad job files (--strict): not starting")
+        # Heroku sends SIGKILL 30 s after SIGTERM: stay well inside that.
+        grace_seconds = min(grace_seconds, MAX_CLOCK_GRACE)
         stop, reload = threading.Event(), threading.Event()
         _clock_signals(stop, reload, grace_seconds)
         Clock(
             roots, max_parallel=max_parallel, grace=grace_seconds, env=env, metrics_port=port
         ).run(stop, reload)
+        # Runs still going after the grace period are abandoned (their state is consistent
+        # at any moment); do not wait for their threads at interpreter exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(defaults.EXIT_OK)
+
+
+MAX_CLOCK_GRACE = 25.0
 
 
 def _problems(path: Path, env: dict[str, str]) -> list[str]:
@@ -384,7 +394,7 @@ def _clock_signals(stop: threading.Event, reload: threading.Event, grace: float)
             os._exit(defaults.EXIT_INTERRUPTED)
         stop.set()
         typer.echo(f"{signal.Signals(signum).name}: stopping the clock", err=True)
-        timer = threading.Timer(grace + 3, os._exit, args=(defaults.EXIT_INTERRUPTED,))
+        timer = threading.Timer(grace + 2, os._exit, args=(defaults.EXIT_INTERRUPTED,))
         timer.daemon = True
         timer.start()
 

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 from loader import defaults
 from loader.errors import LoaderError, TooManyRejectionsError
 from loader.job import Job
-from loader.redact import mask_url
+from loader.redact import mask_url, register_secrets
 from loader.sink import notify
 from loader.state import AlertState, StateStore
 
@@ -66,6 +66,7 @@ class Alert:
             "rejected_rows": f"dead-lettered {self.rows_rejected} rejected row(s)",
             "lagging": f"is falling behind: its cursor is {lag} old",
             "caught_up": "caught up",
+            "circuit_breaker": "stopped: too many rejected rows (circuit breaker)",
         }[self.event]
         detail = f": {self.error}" if self.error and self.event != "recovered" else ""
         return f"loader job {self.job} {what} (run {self.run_id}){detail}"
@@ -99,9 +100,10 @@ class _Notifier:
                 try:
                     deliver()
                     break
-                except (LoaderError, OSError, smtplib.SMTPException) as exc:
+                except Exception as exc:  # any failure: log it, never lose the queue
                     if attempt == defaults.NOTIFY_ATTEMPTS:
-                        log.error("%s not delivered after %d attempts: %s", what, attempt, exc)
+                        log.error("%s not delivered after %d attempts: %s", what, attempt,
+                                  f"{type(exc).__name__}: {exc}")  # fmt: skip
                     else:
                         time.sleep(attempt)
             self._queue.task_done()
@@ -174,6 +176,11 @@ class Monitor:
         self.store = store
         self.env = os.environ if env is None else env
         self.now = now
+        # Alert and heartbeat URLs carry tokens in their paths: mask them in every log.
+        urls = [self.env.get(defaults.ALERT_URL_ENV), self.env.get(defaults.ALERT_SLACK_URL_ENV),
+                self.env.get(defaults.SMTP_URL_ENV), job.heartbeat,
+                job.heartbeat.rstrip("/") if job.heartbeat else None]  # fmt: skip
+        register_secrets(url for url in urls if url)
 
     def started(self) -> None:
         """A run of the job started."""
@@ -191,6 +198,8 @@ class Monitor:
             log.exception("job=%s alerting failed", self.job.name)
 
     def _finished(self, result: Any, error: LoaderError | None) -> None:
+        if error is None and result.status == "interrupted":
+            return  # stopped by a signal: neither a failure nor a success
         failed = error is not None or result.status == "failed"
         self._heartbeat("/fail" if failed else "")
         try:
@@ -214,6 +223,8 @@ class Monitor:
             if state.failing_since is None:
                 events.append("failing")
                 state = replace(state, failing_since=now, last_alert_at=now)
+            elif isinstance(error, TooManyRejectionsError):
+                events.append("circuit_breaker")
             elif now - (state.last_alert_at or now) >= self.job.alerts.remind_after:
                 events.append("still_failing")
                 state = replace(state, last_alert_at=now)

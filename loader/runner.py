@@ -228,11 +228,11 @@ class _Run:
         if self.monitor is not None:
             self.monitor.started()
         try:
-            position = self.start_position(full_refresh)
-            self.counters.checkpoint = position
-            self.store.start_run(self.run_id, job.name, position)
-            log.info("run %s of %s started after %s", self.run_id, job.name, position)
             try:
+                position = self.start_position(full_refresh)
+                self.counters.checkpoint = position
+                self.store.start_run(self.run_id, job.name, position)
+                log.info("run %s of %s started after %s", self.run_id, job.name, position)
                 status = self.deliver(lease, position, dry_run=False, **options)
                 keeper.check()
             except LoaderError as exc:

@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -60,6 +60,13 @@ class Schedule:
                 f"expected a cron expression such as '*/15 * * * *', an alias such as "
                 f"@hourly or @daily, or an interval such as 'every 30s', got {self.text!r}"
             )
+        else:
+            try:
+                self.next_after(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
+            except Exception as exc:  # croniter's errors for dates that never come
+                raise ValueError(
+                    f"{self.text!r} never matches a date (such as 30 February)"
+                ) from exc
 
     def next_after(self, instant: float) -> float:
         """The first slot strictly after ``instant`` (both in Unix seconds)."""
@@ -89,7 +96,10 @@ class Schedule:
             return math.floor(instant / self.interval) * self.interval
         zone: ZoneInfo = getattr(self, "_zone")  # noqa: B009 - set in __post_init__
         local = datetime.fromtimestamp(instant, zone).replace(tzinfo=None)
-        candidates = croniter(self.text, local + timedelta(microseconds=1))
+        # Start past any DST fold: inside a repeated hour the latest slot may lie at a
+        # later wall-clock time (its first occurrence). Going back from there, slots
+        # come in decreasing order; the first at or before the instant is the latest.
+        candidates = croniter(self.text, local + timedelta(hours=3))
         for _ in range(_MAX_STEPS):
             wall = candidates.get_prev(datetime)
             slot = float(wall.replace(tzinfo=zone, fold=0).timestamp())
@@ -102,7 +112,7 @@ class Schedule:
         if self.interval is not None:
             first = math.floor(after / self.interval) + 1
             last = math.floor(until / self.interval)
-            return max(0, min(limit, last - first + 1))
+            return max(0, last - first + 1)
         total = 0
         for _ in self.slots(after, until):
             total += 1

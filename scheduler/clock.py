@@ -38,6 +38,10 @@ log = logging.getLogger("loader.clock")
 
 #: Missed slots recorded one by one after downtime; more are counted in the detail.
 MAX_MISSED_RECORDS = 100
+#: Seconds after its time a slot still counts as due, not missed.
+JUST_DUE = 2.0
+#: Seconds between refreshes of the cursor-lag metric of every job.
+LAG_REFRESH = 15.0
 
 
 def slot_run_id(job: str, slot: float) -> str:
@@ -118,6 +122,7 @@ class Clock:
             log.info("serving /metrics and /healthz on port %d", self._server.port)
         self.load(catch_up=True)
         next_poll = self.now() + self.reload_poll
+        next_lag = self.now()
         try:
             while not stop.is_set() and not self._stop.is_set():
                 now = self.now()
@@ -129,10 +134,24 @@ class Clock:
                     next_poll = now + self.reload_poll
                 self.tick(now)
                 self._last_tick = time.monotonic()
+                if now >= next_lag:
+                    next_lag = now + LAG_REFRESH
+                    self._refresh_lag(now)
                 upcoming = min((s.next_at for s in self.jobs.values()), default=now + 1)
                 stop.wait(max(0.0, min(upcoming - self.now(), next_poll - now, 0.5)))
         finally:
             self._shutdown()
+
+    def _refresh_lag(self, now: float) -> None:
+        """Keep the cursor-lag gauge current between runs (it grows while runs stop)."""
+        for name in list(self.jobs):
+            try:
+                checkpoint = self.state.checkpoint(name)
+            except LoaderError:
+                continue
+            lag = loader.cursor_lag(checkpoint.position if checkpoint else None, now)
+            if lag is not None:
+                self.metrics.cursor_lag.labels(name).set(lag)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy while the loop ticks (it does at least every half second)."""
@@ -185,12 +204,17 @@ class Clock:
         for path in files:
             try:
                 job = loader.load_job(path, env=env)
+                schedule = job.schedule_spec()
+                next_at = schedule.next_after(self.now()) if schedule else 0.0
             except JobConfigError as exc:
                 self.problems[path] = exc.problems
                 for problem in exc.problems:
                     log.error("bad job file, not scheduled: %s", problem)
                 continue
-            schedule = job.schedule_spec()
+            except Exception as exc:  # one odd file must not stop the clock
+                self.problems[path] = [f"{path}: {type(exc).__name__}: {exc}"]
+                log.error("bad job file, not scheduled: %s", self.problems[path][0])
+                continue
             if schedule is None:
                 log.info("job=%s file=%s has no schedule: ignored by the clock", job.name, path)
                 continue
@@ -201,8 +225,6 @@ class Clock:
             previous = self.jobs.get(job.name)
             if previous is not None and previous.schedule == schedule:
                 next_at = previous.next_at
-            else:
-                next_at = schedule.next_after(self.now())
             loaded[job.name] = Scheduled(path, job, schedule, next_at)
         self.jobs = loaded
         for scheduled in loaded.values():
@@ -229,7 +251,10 @@ class Clock:
         if latest <= last:
             return
         missed_count = schedule.count(last, latest)
-        recent = now - latest <= job.catch_up
+        # A slot due a moment ago is not missed: a clock that is still running (during a
+        # deploy) may be about to run it; fire it (the claim decides who) whatever the
+        # catch-up window.
+        recent = now - latest <= max(job.catch_up, JUST_DUE)
         older = list(schedule.slots(last, latest))
         if recent:
             older = older[:-1]
@@ -290,6 +315,22 @@ class Clock:
 
     def _run_one(self, job: Job, run_id: str, slot: float, stop: threading.Event) -> None:
         """Run one slot; never raises (a failing job must not stop the clock)."""
+        if stop.is_set():  # queued behind other runs while the clock was stopping
+            self._record_slot(job, slot, "skipped", "the clock was stopping")
+            return
+        token = loader.RUN_ID.set(run_id)
+        try:
+            self._run(job, run_id, slot, stop)
+        finally:
+            loader.RUN_ID.reset(token)
+
+    def _record_slot(self, job: Job, slot: float, status: str, detail: str | None) -> None:
+        try:
+            self.state.finish_slot(job.name, slot, status, detail)
+        except LoaderError as exc:
+            log.error("job=%s could not record its slot: %s", job.name, exc)
+
+    def _run(self, job: Job, run_id: str, slot: float, stop: threading.Event) -> None:
         started = time.monotonic()
         log.info("run started job=%s run=%s slot=%s", job.name, run_id, _when(slot))
         status, rows, detail = "failed", 0, None
@@ -328,7 +369,7 @@ class Clock:
             log.info(
                 "stopping: waiting up to %.0fs for %d running job(s)", self.grace, len(running)
             )
-            done, pending = wait(running, timeout=self.grace)
+            _done, pending = wait(running, timeout=self.grace)
             if pending:
                 log.warning("%d job(s) still running after the grace period", len(pending))
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -250,3 +250,55 @@ def test_status_json_logs_and_no_secret_anywhere(
     assert len(sent) == 1
     for text in [failed.stdout, failed.stderr, status_json.stdout, status_table.stdout, *sent]:
         assert CANARY not in text
+
+
+def test_a_run_failing_before_it_reads_still_alerts(schema: Schema, endpoint: Endpoint) -> None:
+    """A changed query (the checkpoint no longer fits) fails every run: it alerts once,
+    and pings the failure heartbeat."""
+    query = table(schema)
+    spec = make_job(schema, endpoint.url + "/target", query, source={"cursor": {"column": "id"}},
+                    alerts={"webhook": endpoint.url + "/alerts"},
+                    heartbeat=endpoint.url + "/hb")  # fmt: skip
+    assert attempt(build_job(spec)) == "succeeded"
+    spec["source"]["query"] = query + " WHERE id > 0"
+    assert [attempt(build_job(spec)) for _ in range(2)] == ["failed", "failed"]
+
+    assert [a["event"] for a in alerts(endpoint, "/alerts")] == ["failing"]
+    assert "--full-refresh" in alerts(endpoint, "/alerts")[0]["error"]
+    pings = [r.path for r in endpoint.requests if r.path.startswith("/hb")]
+    assert pings == ["/hb/start", "/hb", "/hb/start", "/hb/fail", "/hb/start", "/hb/fail"]
+
+
+def test_interrupted_runs_are_neutral_and_a_broken_channel_is_contained(
+    schema: Schema, endpoint: Endpoint, tmp_path: Path
+) -> None:
+    """An interrupted run neither recovers a failing job nor pings success; a delivery
+    that raises anything is logged and does not block later deliveries."""
+    from loader.monitor import _NOTIFIER
+
+    state = open_state(f"sqlite:///{tmp_path / 's.db'}")
+    job = build_job(make_job(schema, endpoint.url, "SELECT 1 AS id",
+                             alerts={"webhook": endpoint.url + "/alerts"},
+                             heartbeat=endpoint.url + "/hb"))  # fmt: skip
+    monitor = Monitor(job, state, env={})
+
+    class Result:
+        run_id, status, rows_posted, rows_rejected, error = "r", "failed", 0, 0, "boom"
+        checkpoint: Any = None
+
+    monitor.finished(Result(), LoaderError("boom"))
+    interrupted = Result()
+    interrupted.status, interrupted.error = "interrupted", None
+    monitor.finished(interrupted)
+
+    def explode() -> None:
+        raise ValueError("not a URL")
+
+    _NOTIFIER.submit("a broken channel", explode)
+    started = time.monotonic()
+    assert flush_notifications(timeout=10)
+    assert time.monotonic() - started < 8
+    state.close()
+
+    assert [a["event"] for a in alerts(endpoint, "/alerts")] == ["failing"]
+    assert [r.path for r in endpoint.requests if r.path.startswith("/hb")] == ["/hb/fail"]

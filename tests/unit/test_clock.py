@@ -242,3 +242,51 @@ def test_reload_picks_up_new_and_changed_jobs(
     (jobs / "b.yml").unlink()
     clock.load(catch_up=False)
     assert set(clock.jobs) == {"a"}
+
+
+def test_a_slot_due_a_moment_ago_is_run_not_missed(
+    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+) -> None:
+    """A clock started just after a slot (a deploy) runs it even with catch_up: 0s; the
+    claim decides between the old and the new clock."""
+    write_job(jobs, "a", "every 10s", catch_up="0s")
+    clock = make_clock(tmp_path, state, fake)
+    clock.load(catch_up=True)
+    fake.time = T0 + 10
+    clock.tick(fake.time)
+    assert clock.idle(5)
+
+    fake.time = T0 + 20.5
+    make_clock(tmp_path, state, fake).load(catch_up=True)
+
+    assert fake.calls[-1] == slot_run_id("a", T0 + 20)
+    assert [s.status for s in state.slots("a")] == ["succeeded", "succeeded"]
+
+
+def test_an_impossible_schedule_is_a_bad_file_not_a_crash(
+    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+) -> None:
+    """A schedule that never fires is reported like any bad file; the rest still run."""
+    write_job(jobs, "good", "every 10s")
+    write_job(jobs, "never", "0 0 30 2 *")
+    clock = make_clock(tmp_path, state, fake)
+    clock.load(catch_up=True)
+
+    assert set(clock.jobs) == {"good"}
+    assert "never matches a date" in clock.problems[jobs / "never.yml"][0]
+
+
+def test_runs_queued_when_the_clock_stops_do_not_start(
+    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+) -> None:
+    """Stop set before a queued run starts: the slot is recorded as skipped."""
+    write_job(jobs, "a", "every 10s")
+    clock = make_clock(tmp_path, state, fake)
+    clock.load(catch_up=True)
+    clock._signal.set()
+    fake.time = T0 + 10
+    clock.tick(fake.time)
+    assert clock.idle(5)
+
+    assert fake.calls == []
+    assert state.slots("a")[0].status == "skipped"

@@ -110,3 +110,18 @@ def test_invalid_schedules_say_what_is_accepted(text: str, timezone: str, messag
     """Bad schedules and time zones are refused with the accepted forms."""
     with pytest.raises(ValueError, match=message):
         Schedule(text, timezone)
+
+
+def test_latest_slot_inside_a_repeated_hour() -> None:
+    """In the second 01:xx of a fall-back night, the latest slot may be at a later wall
+    time: the first 01:30 (05:30 UTC) is before 06:20 UTC (01:20 EST)."""
+    half_hourly = Schedule("*/30 * * * *", "America/New_York")
+    assert half_hourly.latest_at_or_before(at(2024, 11, 3, 6, 20)) == at(2024, 11, 3, 5, 30)
+    daily = Schedule("30 1 * * *", "America/New_York")
+    assert daily.latest_at_or_before(at(2024, 11, 3, 6, 10)) == at(2024, 11, 3, 5, 30)
+
+
+def test_a_date_that_never_comes_is_refused() -> None:
+    """30 February parses as cron but never fires: refused when the job is loaded."""
+    with pytest.raises(ValueError, match="never matches a date"):
+        Schedule("0 0 30 2 *")
