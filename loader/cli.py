@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -35,8 +36,8 @@ from loader.errors import (
     StateError,
 )
 from loader.example import create_example_database
-from loader.job import Job
-from loader.jobfile import environment, find_job_files, load_job
+from loader.job import Job, job_schema
+from loader.jobfile import dump_job, environment, find_job_files, load_job
 from loader.monitor import cursor_lag
 from loader.monitor import flush as flush_notifications
 from loader.receiver import Received, Receiver
@@ -161,11 +162,17 @@ def run(
     grace: Annotated[
         str, typer.Option(help="On SIGTERM/SIGINT, time to finish the request in flight.")
     ] = "20s",
+    target_url: Annotated[
+        str | None,
+        typer.Option("--target-url", help="Send to this URL instead (e.g. loader receive)."),
+    ] = None,
     env_file: EnvFile = Path(".env"),
 ) -> None:
     """Run a job once: stream its rows to its endpoint and print a summary."""
     with _exit_codes(Redactor()):
         job = _load(job_file, env_file)
+        if target_url is not None:
+            job = _retarget(job, target_url)
         grace_seconds = _duration("--grace", grace)
     redactor = job.redactor()
     with _exit_codes(redactor):
@@ -404,6 +411,88 @@ def _clock_signals(stop: threading.Event, reload: threading.Event, grace: float)
 
 
 @app.command()
+def show(job_file: JobFile, env_file: EnvFile = Path(".env")) -> None:
+    """Print the job as loader understood it: defaults filled in, secrets masked."""
+    with _exit_codes(Redactor()):
+        typer.echo(dump_job(_load(job_file, env_file)), nl=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of job files (draft-07), for editors and linters."""
+    typer.echo(json.dumps(job_schema(), indent=2))
+
+
+@app.command()
+def init(
+    name: Annotated[str, typer.Argument(help="The job's name; writes jobs/NAME.yml.")],
+    directory: Annotated[Path, typer.Option("--dir", help="Where job files live.")] = Path("jobs"),
+) -> None:
+    """Scaffold a commented job file (and .env.example and a Procfile when absent)."""
+    with _exit_codes(Redactor()):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            _fail(defaults.EXIT_CONFIG, f"invalid job name {name!r}: letters, digits, _ . -")
+        path = directory / f"{name}.yml"
+        if path.exists():
+            _fail(defaults.EXIT_CONFIG, f"{path} exists; not overwriting it")
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(JOB_TEMPLATE.format(name=name))
+        typer.echo(f"wrote {path}")
+        schema_text = json.dumps(job_schema(), indent=2) + "\n"
+        extras = (
+            (directory / "job.schema.json", schema_text),
+            (Path(".env.example"), ENV_TEMPLATE.format(directory=directory)),
+            (Path("Procfile"), PROCFILE.format(directory=directory)),
+        )
+        for extra, text in extras:
+            if not extra.exists():
+                extra.write_text(text)
+                typer.echo(f"wrote {extra}")
+        typer.echo(f"next: edit {path}, then `loader run {path} --dry-run`")
+
+
+JOB_TEMPLATE = """\
+# yaml-language-server: $schema=./job.schema.json
+# A loader job: `loader run` sends the query's rows to the target. Every key is
+# described in the README (or `loader schema`); `loader show` prints what loader read.
+name: {name}
+source:
+  url: ${{DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}}
+  query: |
+    SELECT id, email, updated_at FROM users
+  cursor:                 # send only new rows, in (updated_at, id) order
+    column: updated_at
+    key: id
+    lag: 30s              # leave time for transactions that commit late
+target:
+  url: ${{TARGET_URL:-http://127.0.0.1:8000/in}}   # `loader receive` listens there
+  method: POST
+  headers:
+    Authorization: Bearer ${{API_TOKEN:-change-me}}
+  format: json            # or ndjson
+batch:
+  size: 500
+  max_bytes: 1MB
+retry:
+  attempts: 5
+  backoff: 1s
+schedule: "*/15 * * * *"  # for `loader clock`; remove to run by hand only
+"""
+ENV_TEMPLATE = """\
+# Copy to .env for local runs; on Heroku use config vars instead.
+DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres
+TARGET_URL=http://127.0.0.1:8000/in
+API_TOKEN=change-me
+# LOADER_STATE_URL=postgresql://...   # keep checkpoints in PostgreSQL (needed on Heroku)
+# LOADER_ALERT_URL=https://...        # where alerts go
+"""
+PROCFILE = """\
+clock: loader clock {directory}/
+release: loader validate {directory}/
+"""
+
+
+@app.command()
 def status(
     paths: Annotated[
         list[Path] | None, typer.Argument(help="Job files or directories (default: jobs/).")
@@ -514,6 +603,13 @@ def main() -> None:
 
 def _load(job_file: Path, env_file: Path) -> Job:
     return load_job(job_file, env=environment(env_file))
+
+
+def _retarget(job: Job, url: str) -> Job:
+    try:
+        return job.with_target_url(url)
+    except ValueError as exc:
+        raise JobConfigError([f"--target-url: {url!r} is not an http:// or https:// URL"]) from exc
 
 
 def _duration(option: str, text: str) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import re
 import types
 import typing
@@ -197,6 +198,23 @@ class Envelope(_Model):
         return self
 
 
+class BasicAuth(_Model):
+    """HTTP basic authentication (a write key as the username, for instance)."""
+
+    username: str
+    password: str = ""
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, MASK if name == "password" and value else value
+
+
+class Auth(_Model):
+    """How requests authenticate, besides headers (a bearer token is a header)."""
+
+    basic: BasicAuth | None = None
+
+
 class Target(_Model):
     """The HTTP endpoint that receives the rows."""
 
@@ -220,6 +238,12 @@ class Target(_Model):
         default="number",
         description="number: numeric columns as exact JSON numbers; string: as JSON strings.",
     )
+    gzip: bool = Field(
+        default=False,
+        description="Compress request bodies (Content-Encoding: gzip); batch.max_bytes "
+        "still counts the uncompressed body.",
+    )
+    auth: Auth = Field(default_factory=Auth)
 
     def __repr_args__(self) -> Any:
         redactor = Redactor(secret_headers=frozenset(n.lower() for n in self.secret_headers))
@@ -420,6 +444,14 @@ class Job(_Model):
         }
         return hashlib.sha256(repr(material).encode()).hexdigest()[:16]
 
+    def with_target_url(self, url: str) -> Job:
+        """A copy sending to ``url`` instead (``loader run --target-url``), validated."""
+        data = self.model_dump()
+        data["target"]["url"] = url
+        copy = Job.model_validate(data)
+        copy._env_secrets = self._env_secrets
+        return copy
+
     def with_secrets(self, values: frozenset[str]) -> Job:
         """Return a copy that also masks ``values`` (secrets interpolated from the env)."""
         copy = self.model_copy()
@@ -438,6 +470,9 @@ class Job(_Model):
                 _scheme, _, credential = value.partition(" ")
                 if credential:
                     found.add(credential)
+        basic = self.target.auth.basic
+        if basic is not None:
+            found.update({basic.password, basic.username} if basic.password else {basic.username})
         # Alert and heartbeat URLs carry their tokens in the path.
         found.update(url for url in (self.alerts.webhook, self.alerts.slack, self.heartbeat) if url)
         if self.target.envelope:
@@ -523,3 +558,16 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
             if model is not None:
                 return model
     return None
+
+
+def job_schema() -> dict[str, Any]:
+    """The JSON Schema of job files, draft-07 (what editors' YAML plugins read)."""
+    schema = Job.model_json_schema(mode="validation")
+    text = json.dumps(schema).replace('"#/$defs/', '"#/definitions/')
+    result: dict[str, Any] = json.loads(text)
+    result["definitions"] = result.pop("$defs", {})
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        **result,
+        "title": "loader job file",
+    }

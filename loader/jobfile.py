@@ -241,3 +241,22 @@ def _line_of(loc: KeyPath, lines: dict[KeyPath, int]) -> int:
         if loc[:end] in lines:
             return lines[loc[:end]]
     return 1
+
+
+def dump_job(job: Job) -> str:
+    """The job as loader understood it, defaults filled in, as YAML with secrets masked."""
+    data = job.model_dump(mode="json")
+    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+    return job.redactor().text(text)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes multi-line strings (queries) as literal blocks, as people write them."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)

@@ -11,8 +11,10 @@ otherwise:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.utils
+import gzip
 import hashlib
 import json
 import ssl
@@ -93,6 +95,12 @@ class Sink:
             "User-Agent": user_agent,
             **target.headers,
         }
+        if target.gzip:
+            self._headers["Content-Encoding"] = "gzip"
+        basic = target.auth.basic
+        if basic is not None:
+            token = base64.b64encode(f"{basic.username}:{basic.password}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
         self._transport = transport
         # One TLS context for all threads (each costs a read of the CA bundle), none for
         # plain HTTP.
@@ -147,6 +155,8 @@ class Sink:
         method = self._target.method
         what = f"{method} {self.safe_url}"
         headers = {**self._headers, "Idempotency-Key": key}
+        if self._target.gzip:
+            body = gzip.compress(body, compresslevel=5)
         try:
             with self._client.stream(
                 method, self._target.url, content=body, headers=headers

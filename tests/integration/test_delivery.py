@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from email.utils import formatdate
+from pathlib import Path
 
 import pytest
 
@@ -399,3 +400,50 @@ def test_stop_between_batches_finishes_the_batch_in_flight(
     (result,) = results
     assert result.status == "interrupted"
     assert result.rows_posted == 2 and len(endpoint.requests) == 1
+
+
+def test_gzip_bodies_and_basic_auth(schema: Schema, endpoint: Endpoint) -> None:
+    """gzip: true compresses each body (max_bytes counts it uncompressed); basic auth
+    sends the credentials, masked in a dry run."""
+    import base64
+    import gzip
+
+    auth = {"basic": {"username": "wk-secret", "password": ""}}
+    job = build_job(
+        make_job(schema, endpoint.url, numbers(schema, 300, payload="repeat('z', 50)"),
+                 batch={"max_bytes": "10KB", "size": 1000},
+                 target={"gzip": True, "auth": auth})
+    )  # fmt: skip
+    run_job(job)
+
+    for request in endpoint.requests:
+        assert request.headers["Content-Encoding"] == "gzip"
+        assert len(request.body) < len(request.content) <= 10_000
+        assert (
+            request.headers["Authorization"] == "Basic " + base64.b64encode(b"wk-secret:").decode()
+        )
+        assert gzip.decompress(request.body) == request.content
+    assert sorted(row["id"] for row in endpoint.rows()) == list(range(1, 301))
+    preview = run_job(job, dry_run=True).preview[0]
+    assert preview.headers["Authorization"] == "***"
+
+
+def test_target_url_override(tmp_path: Path, schema: Schema, endpoint: Endpoint) -> None:
+    """`loader run --target-url` sends to another endpoint; a bad URL is a usage error."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    spec = make_job(schema, "https://api.example.com/never", numbers(schema, 3))
+    path = tmp_path / "job.yml"
+    path.write_text(yaml.safe_dump(spec))
+
+    def loader(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "loader", "run", str(path), *args],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    assert loader("--target-url", endpoint.url + "/local").returncode == 0
+    assert [r.path for r in endpoint.requests] == ["/local"]
+    bad = loader("--target-url", "ftp://nope")
+    assert bad.returncode == 2 and "--target-url" in bad.stderr

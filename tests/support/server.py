@@ -14,6 +14,7 @@ is used up the endpoint answers ``200``. A step is one of:
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import struct
@@ -40,14 +41,21 @@ class Recorded:
         """The endpoint acknowledged this request (answered 2xx)."""
         return self.status is not None and 200 <= self.status < 300
 
+    @property
+    def content(self) -> bytes:
+        """The body, decompressed when it came gzipped."""
+        if self.headers.get("Content-Encoding") == "gzip":
+            return gzip.decompress(self.body)
+        return self.body
+
     def json(self) -> Any:
         """The body parsed with exact decimals."""
-        return json.loads(self.body, parse_float=Decimal)
+        return json.loads(self.content, parse_float=Decimal)
 
     def rows(self) -> list[Any]:
         """The rows in the body: a JSON array, NDJSON lines, or the array of an envelope."""
         if "ndjson" in self.headers.get("Content-Type", ""):
-            return [json.loads(line, parse_float=Decimal) for line in self.body.splitlines()]
+            return [json.loads(line, parse_float=Decimal) for line in self.content.splitlines()]
         data = self.json()
         if isinstance(data, dict):
             (data,) = [value for value in data.values() if isinstance(value, list)]
