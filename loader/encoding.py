@@ -179,8 +179,13 @@ class RowEncoder:
         *,
         decimals: Literal["number", "string"] = "number",
         utc_datetimes: bool = False,
+        utc_columns: Sequence[int] = (),
+        json_columns: Sequence[int] = (),
     ) -> None:
         self.columns = tuple(columns)
+        # Columns whose naive datetimes are UTC instants, and whose text is JSON.
+        self._utc_columns = tuple(utc_columns)
+        self._json_columns = tuple(json_columns)
         self._default = _default_number if decimals == "number" else _default_string
         self._option = orjson.OPT_UTC_Z
         if not utc_datetimes:
@@ -188,11 +193,24 @@ class RowEncoder:
 
     def encode(self, row: Sequence[Any]) -> bytes:
         """One row as a JSON object; raises :class:`EncodingError` naming the column."""
+        if self._utc_columns or self._json_columns:
+            row = self._mend(row)
         record = dict(zip(self.columns, row, strict=True))
         try:
             return orjson.dumps(record, default=self._default, option=self._option)
         except (orjson.JSONEncodeError, TypeError):
             return self._encode_slowly(record)
+
+    def _mend(self, row: Sequence[Any]) -> list[Any]:
+        values = list(row)
+        for index in self._utc_columns:
+            value = values[index]
+            if isinstance(value, datetime) and value.tzinfo is None:
+                values[index] = value.replace(tzinfo=UTC)
+        for index in self._json_columns:
+            if isinstance(values[index], str | bytes):
+                values[index] = json_fragment(values[index])
+        return values
 
     def _encode_slowly(self, record: dict[str, Any]) -> bytes:
         widened = {}

@@ -349,7 +349,11 @@ class _Run:
         """Each fetched chunk of rows, encoded, checked (cursor NULLs and order) and
         cut at ``limit``. The per-row work is one encode call, or none on the fast path."""
         encoder = RowEncoder(
-            stream.columns, decimals=self.job.target.decimals, utc_datetimes=stream.utc_datetimes
+            stream.columns,
+            decimals=self.job.target.decimals,
+            utc_datetimes=stream.utc_datetimes,
+            utc_columns=stream.utc_columns,
+            json_columns=stream.json_columns,
         )
         indexes = stream.cursor_indexes
         counters = self.counters

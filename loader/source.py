@@ -28,8 +28,8 @@ from loader.redact import Redactor, mask_url
 
 _DRIVER_HINTS = {
     "psycopg": "psycopg[binary]",
-    "MySQLdb": "mysqlclient",
-    "pymysql": "PyMySQL",
+    "MySQLdb": "'dynoloader[mysql]'",
+    "pymysql": "'dynoloader[mysql]'",
     "pyodbc": "pyodbc",
     "oracledb": "oracledb",
 }
@@ -47,6 +47,8 @@ def engine_url(url: str) -> sa.URL:
         ) from exc
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
+    elif parsed.drivername in ("mysql", "mariadb"):
+        parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
     return parsed
 
 
@@ -65,6 +67,8 @@ class RowStream:
     utc_datetimes: bool
     cursor_indexes: tuple[int, ...] = ()
     json_rows: bool = False
+    utc_columns: tuple[int, ...] = ()
+    json_columns: tuple[int, ...] = ()
 
 
 # PostgreSQL types whose JSON the database can write itself, exactly as loader's encoding
@@ -344,11 +348,14 @@ def open_stream(
             try:
                 columns = tuple(result.keys())
                 _refuse_duplicates(columns)
+                utc_columns, json_columns = _mysql_types(engine.dialect, result)
                 yield RowStream(
                     columns=columns,
                     chunks=_chunks(result, config.fetch_size, where, redactor),
                     utc_datetimes=engine.dialect.name == "postgresql",
                     cursor_indexes=_cursor_indexes(config, columns),
+                    utc_columns=utc_columns,
+                    json_columns=json_columns,
                 )
             finally:
                 result.close()
@@ -532,6 +539,19 @@ def _streamed_chunks(
             fetcher.join()
 
 
+def _mysql_types(
+    dialect: sa.Dialect, result: sa.CursorResult[Any]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """On MySQL/MariaDB: the TIMESTAMP columns (instants, read in UTC, which the driver
+    hands over naive) and the JSON columns (text the driver does not parse)."""
+    if dialect.name != "mysql" or result.cursor is None:
+        return (), ()
+    description = result.cursor.description or []
+    timestamps = tuple(i for i, column in enumerate(description) if column[1] == 7)
+    documents = tuple(i for i, column in enumerate(description) if column[1] == 245)
+    return timestamps, documents
+
+
 def _begin_read_only(connection: Connection, config: jobmodel.Source) -> str | None:
     """Start the read-only transaction; on PostgreSQL return the session's own time zone
     (the zone of its timestamps without time zone) before switching it to UTC."""
@@ -546,6 +566,17 @@ def _begin_read_only(connection: Connection, config: jobmodel.Source) -> str | N
         return str(zone)
     if dialect == "sqlite":
         connection.exec_driver_sql("PRAGMA query_only = ON")
+    elif dialect == "mysql":
+        # Before the first query: it applies to the transaction that query starts.
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        connection.exec_driver_sql("SET time_zone = '+00:00'")
+        if getattr(connection.dialect, "is_mariadb", False):
+            connection.exec_driver_sql(
+                f"SET SESSION max_statement_time = {config.statement_timeout:g}"
+            )
+        else:
+            timeout_ms = int(config.statement_timeout * 1000)
+            connection.exec_driver_sql(f"SET SESSION max_execution_time = {timeout_ms}")
     return None
 
 
