@@ -13,6 +13,7 @@ import pytest
 
 from loader import defaults
 from tests.integration.conftest import Schema
+from tests.support.memory import peak_rss_kib
 from tests.support.server import Endpoint
 
 CANARY_PASSWORD = "pw-canary-7d1f0c"
@@ -211,24 +212,7 @@ def test_100k_rows_exactly_once_with_flat_memory(
             tmp_path, schema.url, endpoint.url,
             f"SELECT * FROM {schema.table('big')} WHERE id <= {rows}",
         )  # fmt: skip
-        script = textwrap.dedent(
-            f"""\
-            import resource, sys
-            from loader.cli import main
-            sys.argv = ["loader", "run", {str(job)!r}]
-            try:
-                main()
-            finally:
-                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                print("maxrss", peak, file=sys.stderr)
-            """
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, **ENV},
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        peaks[rows] = int(done.stderr.split("maxrss")[1].split()[0])  # KiB
+        peaks[rows] = peak_rss_kib(job, tmp_path, ENV)
     ids = [row["id"] for row in endpoint.rows()]
     assert len(ids) == 110_000
     assert sorted(set(ids)) == list(range(1, 100_001))

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
-import sys
-import textwrap
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -22,6 +19,7 @@ import pytest
 import yaml
 
 from loader import SourceError, build_job, run_job
+from tests.support.memory import peak_rss_kib
 from tests.support.server import Endpoint
 
 ENV_VAR = "LOADER_TEST_MARIADB_URL"
@@ -126,22 +124,7 @@ def test_incremental_and_streamed_with_flat_memory(
         spec["name"] = f"maria_{rows}"
         path = tmp_path / f"job_{rows}.yml"
         path.write_text(yaml.safe_dump(spec))
-        script = textwrap.dedent(
-            f"""\
-            import resource, sys
-            from loader.cli import main
-            sys.argv = ["loader", "run", {str(path)!r}]
-            try:
-                main()
-            finally:
-                print("maxrss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                      file=sys.stderr)
-            """
-        )
-        done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        peaks[rows] = int(done.stderr.split("maxrss")[1].split()[0])
+        peaks[rows] = peak_rss_kib(path, tmp_path)
     assert peaks[ROWS] - peaks[10_000] < 12 * 1024, peaks
 
     spec = job(mariadb_url, endpoint, f"SELECT id FROM {table}", cursor={"column": "id"})
