@@ -238,6 +238,11 @@ class Target(_Model):
         default="number",
         description="number: numeric columns as exact JSON numbers; string: as JSON strings.",
     )
+    statuses: dict[int, Literal["success", "reject", "retry", "fail"]] = Field(
+        default_factory=dict,
+        description="Per-status overrides: 409: success for 'already exists', 422: reject "
+        "(dead-letter the rows), 503: fail (do not retry)...",
+    )
     gzip: bool = Field(
         default=False,
         description="Compress request bodies (Content-Encoding: gzip); batch.max_bytes "

@@ -628,7 +628,7 @@ class _Sender:
             self.attempt(body, scope, stop)
             return []
         except RejectedError as exc:
-            if exc.status in NOT_ROW_STATUSES or self.job.on_reject == "fail":
+            if self.about_request(exc) or self.job.on_reject == "fail":
                 raise
             if len(rows) == 1:
                 return self.reject(rows[0], exc)
@@ -646,12 +646,17 @@ class _Sender:
             try:
                 self.attempt(self.frame.body(half), f"{scope}/{start}+{len(half)}", stop)
             except RejectedError as exc:
-                if exc.status in NOT_ROW_STATUSES:
+                if self.about_request(exc):
                     raise
                 if len(half) == 1:
                     rejected.extend(self.reject(half[0], exc))
                 else:
                     self.bisect(half, start, scope, rejected, stop)
+
+    def about_request(self, error: RejectedError) -> bool:
+        """True for rejections of the request rather than a row (401, 403...), unless
+        ``target.statuses`` says the status is a row's rejection."""
+        return error.status in NOT_ROW_STATUSES and error.status not in self.job.target.statuses
 
     def reject(self, row: bytes, error: RejectedError) -> Rejected:
         with self.lock:

@@ -161,8 +161,10 @@ class Sink:
             with self._client.stream(
                 method, self._target.url, content=body, headers=headers
             ) as response:
-                if not 200 <= response.status_code < 300:
-                    self._classify(response, what, self._read_excerpt(response))
+                status = response.status_code
+                if not 200 <= status < 300 or status in self._target.statuses:
+                    excerpt = "" if 200 <= status < 300 else self._read_excerpt(response)
+                    self._classify(response, what, excerpt)
                 # Acknowledged. Drain the raw body (never decoded: a broken one cannot fail
                 # a delivered batch) so the connection goes back to the pool for reuse.
                 if not response.is_stream_consumed:
@@ -194,7 +196,18 @@ class Sink:
     def _classify(self, response: httpx.Response, what: str, excerpt: str) -> None:
         status = response.status_code
         detail = f"{what} answered {status} {response.reason_phrase}"
-        if status in RETRYABLE_STATUSES:
+        override = self._target.statuses.get(status)
+        if override == "success":
+            return
+        if override == "reject":
+            raise RejectedError(
+                f"{detail}: {excerpt or '(empty body)'} (target.statuses: reject)",
+                url=self.safe_url, status=status, body_excerpt=excerpt,
+            )  # fmt: skip
+        if override == "fail":
+            raise SinkError(f"{detail}: {excerpt} (target.statuses: fail)", url=self.safe_url,
+                            status=status)  # fmt: skip
+        if status in RETRYABLE_STATUSES or override == "retry":
             retry_after = parse_retry_after(
                 response.headers.get("Retry-After"), now=self._wall_clock()
             )

@@ -447,3 +447,21 @@ def test_target_url_override(tmp_path: Path, schema: Schema, endpoint: Endpoint)
     assert [r.path for r in endpoint.requests] == ["/local"]
     bad = loader("--target-url", "ftp://nope")
     assert bad.returncode == 2 and "--target-url" in bad.stderr
+
+
+def test_status_overrides(schema: Schema, endpoint: Endpoint) -> None:
+    """target.statuses: 409 counts as delivered, 404 as a row's rejection (dead-lettered,
+    not a failed run), 503 as a failure that is not retried."""
+    query = numbers(schema, 4)
+    statuses = {409: "success", 404: "reject", 503: "fail"}
+    spec = make_job(schema, endpoint.url + "/", query, batch={"size": 1},
+                    target={"statuses": statuses})  # fmt: skip
+    endpoint.script("/", (409, {}, b"exists"), 200, 404, 200)
+    result = run_job(build_job(spec))
+    assert (result.status, result.rows_posted, result.rows_rejected) == ("partial", 3, 1)
+
+    endpoint.script("/", 503)
+    with pytest.raises(SinkError, match="target.statuses: fail") as caught:
+        run_job(build_job({**spec, "name": "other"}))
+    assert not isinstance(caught.value, RetryableSinkError)
+    assert [r.path for r in endpoint.requests].count("/") == 5
