@@ -209,10 +209,31 @@ class BasicAuth(_Model):
             yield name, MASK if name == "password" and value else value
 
 
+class OAuth2(_Model):
+    """OAuth2 client credentials: a token fetched once, cached until it expires,
+    fetched again once when the endpoint answers 401."""
+
+    token_url: str = Field(description="The token endpoint (http:// or https://).")
+    client_id: str
+    client_secret: str
+    scope: str | None = None
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, MASK if name == "client_secret" else value
+
+
 class Auth(_Model):
     """How requests authenticate, besides headers (a bearer token is a header)."""
 
     basic: BasicAuth | None = None
+    oauth2: OAuth2 | None = None
+
+    @model_validator(mode="after")
+    def _one_scheme(self) -> Auth:
+        if self.basic is not None and self.oauth2 is not None:
+            raise ValueError("choose basic or oauth2, not both")
+        return self
 
 
 class Target(_Model):
@@ -475,6 +496,9 @@ class Job(_Model):
                 _scheme, _, credential = value.partition(" ")
                 if credential:
                     found.add(credential)
+        oauth2 = self.target.auth.oauth2
+        if oauth2 is not None:
+            found.add(oauth2.client_secret)
         basic = self.target.auth.basic
         if basic is not None:
             found.update({basic.password, basic.username} if basic.password else {basic.username})

@@ -30,7 +30,7 @@ import httpx
 from loader import defaults
 from loader import job as jobmodel
 from loader.errors import RejectedError, RetryableSinkError, SinkError
-from loader.redact import Redactor, mask_url
+from loader.redact import Redactor, mask_registered, mask_url, register_secrets
 from loader.units import format_duration
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -72,6 +72,68 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - current)
 
 
+class _OAuth2Token:
+    """A client-credentials token shared by the sending threads: fetched once, reused
+    until shortly before it expires, fetched again when the endpoint refuses it."""
+
+    MARGIN = 30.0  # seconds before expiry a token is no longer used
+
+    def __init__(self, config: jobmodel.OAuth2, redactor: Redactor) -> None:
+        self._config = config
+        self._redactor = redactor
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._expires = 0.0
+
+    def get(self, client: httpx.Client) -> str:
+        with self._lock:
+            if self._token is None or time.monotonic() >= self._expires:
+                self._fetch(client)
+            assert self._token is not None
+            return self._token
+
+    def refused(self, token: str) -> None:
+        """The endpoint answered 401 to ``token``: the next :meth:`get` fetches anew."""
+        with self._lock:
+            if self._token == token:
+                self._token = None
+
+    def _fetch(self, client: httpx.Client) -> None:
+        config = self._config
+        where = f"POST {mask_url(config.token_url)}"
+        form = {"grant_type": "client_credentials", "client_id": config.client_id,
+                "client_secret": config.client_secret}  # fmt: skip
+        if config.scope:
+            form["scope"] = config.scope
+        try:
+            response = client.post(config.token_url, data=form)
+        except httpx.HTTPError as exc:
+            raise RetryableSinkError(
+                f"{where} (OAuth2 token): {_transport_reason(exc)}", url=mask_url(config.token_url)
+            ) from None
+        status = response.status_code
+        if status >= 500 or status == 429:
+            raise RetryableSinkError(
+                f"{where} (OAuth2 token) answered {status}",
+                url=mask_url(config.token_url),
+                status=status,
+            )
+        try:
+            payload = response.json()
+            token = str(payload["access_token"])
+        except (ValueError, KeyError, TypeError):
+            excerpt = self._redactor.text(" ".join(response.text.split()))[:200]
+            raise SinkError(
+                f"{where} (OAuth2 token) answered {response.status_code} without an "
+                f"access_token: {excerpt}; check target.auth.oauth2",
+                url=mask_url(config.token_url), status=response.status_code,
+            ) from None  # fmt: skip
+        register_secrets([token])
+        lifetime = float(payload.get("expires_in") or 3600)
+        self._token = token
+        self._expires = time.monotonic() + max(0.0, lifetime - self.MARGIN)
+
+
 class Sink:
     """An HTTP client for one target: keep-alive, no redirects, no ambient proxies.
     :meth:`send` may be called from several threads at once, each with its connection."""
@@ -97,6 +159,9 @@ class Sink:
         }
         if target.gzip:
             self._headers["Content-Encoding"] = "gzip"
+        self._oauth2 = (
+            _OAuth2Token(target.auth.oauth2, redactor) if target.auth.oauth2 is not None else None
+        )
         basic = target.auth.basic
         if basic is not None:
             token = base64.b64encode(f"{basic.username}:{basic.password}".encode()).decode()
@@ -157,11 +222,27 @@ class Sink:
         headers = {**self._headers, "Idempotency-Key": key}
         if self._target.gzip:
             body = gzip.compress(body, compresslevel=5)
+        for fresh_token in (False, True):
+            token = None
+            if self._oauth2 is not None:
+                token = self._oauth2.get(self._client)
+                headers["Authorization"] = f"Bearer {token}"
+            if not self._attempt(method, what, headers, body, retry_401=not fresh_token):
+                return
+            assert self._oauth2 is not None and token is not None
+            self._oauth2.refused(token)  # 401: one more try with a new token
+
+    def _attempt(
+        self, method: str, what: str, headers: dict[str, str], body: bytes, *, retry_401: bool
+    ) -> bool:
+        """One request; ``True`` when it should be sent again with a fresh token."""
         try:
             with self._client.stream(
                 method, self._target.url, content=body, headers=headers
             ) as response:
                 status = response.status_code
+                if status == 401 and retry_401 and self._oauth2 is not None:
+                    return True
                 if not 200 <= status < 300 or status in self._target.statuses:
                     excerpt = "" if 200 <= status < 300 else self._read_excerpt(response)
                     self._classify(response, what, excerpt)
@@ -192,6 +273,7 @@ class Sink:
             raise SinkError(
                 f"{what}: {self._redactor.text(_transport_reason(exc))}", url=self.safe_url
             ) from exc
+        return False
 
     def _classify(self, response: httpx.Response, what: str, excerpt: str) -> None:
         status = response.status_code
@@ -245,7 +327,9 @@ class Sink:
                     break
         except httpx.HTTPError:
             return "(the response body could not be read)"
-        text = self._redactor.text(" ".join(raw.decode("utf-8", "replace").split()))
+        text = mask_registered(
+            self._redactor.text(" ".join(raw.decode("utf-8", "replace").split()))
+        )
         limit = defaults.BODY_EXCERPT_CHARS
         return text if len(text) <= limit else text[:limit] + "..."
 

@@ -465,3 +465,36 @@ def test_status_overrides(schema: Schema, endpoint: Endpoint) -> None:
         run_job(build_job({**spec, "name": "other"}))
     assert not isinstance(caught.value, RetryableSinkError)
     assert [r.path for r in endpoint.requests].count("/") == 5
+
+
+def test_oauth2_client_credentials(schema: Schema, endpoint: Endpoint) -> None:
+    """The token is fetched once and reused; a 401 fetches a new one and the request is
+    sent again once; an expired token is replaced; the secret never shows."""
+    import urllib.parse
+
+    def token(value: str, expires: int = 3600) -> tuple[int, dict[str, str], bytes]:
+        body = json.dumps({"access_token": value, "token_type": "bearer", "expires_in": expires})
+        return 200, {"Content-Type": "application/json"}, body.encode()
+
+    endpoint.script("/token", token("tok-1"), token("tok-2"))
+    endpoint.script("/api", 200, 401, 200, 200)
+    oauth2 = {"token_url": endpoint.url + "/token", "client_id": "cid",
+              "client_secret": "csecret-123", "scope": "import"}  # fmt: skip
+    spec = make_job(schema, endpoint.url + "/api", numbers(schema, 3), batch={"size": 1},
+                    target={"auth": {"oauth2": oauth2}})  # fmt: skip
+    result = run_job(build_job(spec))
+
+    assert result.rows_posted == 3
+    api = [r.headers["Authorization"] for r in endpoint.requests if r.path == "/api"]
+    assert api == ["Bearer tok-1", "Bearer tok-1", "Bearer tok-2", "Bearer tok-2"]
+    grants = [urllib.parse.parse_qs(r.body.decode()) for r in endpoint.requests
+              if r.path == "/token"]  # fmt: skip
+    assert len(grants) == 2
+    assert grants[0] == {"grant_type": ["client_credentials"], "client_id": ["cid"],
+                         "client_secret": ["csecret-123"], "scope": ["import"]}  # fmt: skip
+    assert "csecret-123" not in repr(build_job(spec))
+
+    # A token that expires at once (within the 30 s margin) is fetched for each request.
+    endpoint.script("/token", *(token(f"short-{i}", expires=30) for i in range(3)))
+    run_job(build_job({**spec, "name": "short"}))
+    assert sum(r.path == "/token" for r in endpoint.requests) == 5
