@@ -37,6 +37,7 @@ from pydantic import (
 )
 
 from loader import defaults
+from loader.ratelimit import Rate
 from loader.redact import MASK, Redactor, is_secret_name, mask_url, url_passwords
 from loader.schedule import Schedule
 from loader.units import format_duration, format_size, parse_duration, parse_size
@@ -259,6 +260,11 @@ class Target(_Model):
         default="number",
         description="number: numeric columns as exact JSON numbers; string: as JSON strings.",
     )
+    rate_limit: str | None = Field(
+        default=None,
+        description="Pace toward the target's host: 10/s (requests), 600/m, 500 rows/s. "
+        "Shared by the jobs of a process that target the same host; halved on 429.",
+    )
     statuses: dict[int, Literal["success", "reject", "retry", "fail"]] = Field(
         default_factory=dict,
         description="Per-status overrides: 409: success for 'already exists', 422: reject "
@@ -295,6 +301,13 @@ class Target(_Model):
                 )
             if not name.isascii() or not name.replace("-", "").replace("_", "").isalnum():
                 raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _valid_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            Rate.parse(value)
         return value
 
     @field_validator("method", mode="before")

@@ -202,10 +202,12 @@ def _interpolate(
         if match.group(0) == "$${":
             return "\0{"
         name, default = match.group(1), match.group(2)
-        if name in env:
-            if is_secret_name(name):
-                secrets.add(env[name])
-            return env[name]
+        value = env.get(name)
+        # As in the shell: ${VAR:-default} takes the default when VAR is unset or empty.
+        if value or (value is not None and default is None):
+            if is_secret_name(name) and value:
+                secrets.add(value)
+            return value
         if default is not None:
             return default
         line = _line_of(path, lines)

@@ -625,7 +625,7 @@ class _Sender:
         or ``on_reject: fail``, and :class:`TooManyRejectionsError` past ``max_rejected``.
         """
         try:
-            self.attempt(body, scope, stop)
+            self.attempt(body, scope, stop, len(rows))
             return []
         except RejectedError as exc:
             if self.about_request(exc) or self.job.on_reject == "fail":
@@ -644,7 +644,7 @@ class _Sender:
         middle = len(rows) // 2
         for start, half in ((offset, rows[:middle]), (offset + middle, rows[middle:])):
             try:
-                self.attempt(self.frame.body(half), f"{scope}/{start}+{len(half)}", stop)
+                self.attempt(self.frame.body(half), f"{scope}/{start}+{len(half)}", stop, len(half))
             except RejectedError as exc:
                 if self.about_request(exc):
                     raise
@@ -674,7 +674,7 @@ class _Sender:
             ) from error
         return [(row, error)]
 
-    def attempt(self, body: bytes, scope: str, stop: _AnyEvent) -> None:
+    def attempt(self, body: bytes, scope: str, stop: _AnyEvent, rows: int = 1) -> None:
         key = idempotency_key(self.job.name, scope, body)
 
         def once() -> None:
@@ -682,7 +682,7 @@ class _Sender:
                 self.counters.requests += 1
                 self.counters.in_flight += 1
             try:
-                self.sink.send(body, key)
+                self.sink.send(body, key, rows)
             finally:
                 with self.lock:
                     self.counters.in_flight -= 1

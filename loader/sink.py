@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import certifi
 import httpx
@@ -30,6 +31,7 @@ import httpx
 from loader import defaults
 from loader import job as jobmodel
 from loader.errors import RejectedError, RetryableSinkError, SinkError
+from loader.ratelimit import Rate, limiter_for
 from loader.redact import Redactor, mask_registered, mask_url, register_secrets
 from loader.units import format_duration
 
@@ -159,6 +161,11 @@ class Sink:
         }
         if target.gzip:
             self._headers["Content-Encoding"] = "gzip"
+        self._limiter = (
+            limiter_for(urlsplit(target.url).netloc.lower(), Rate.parse(target.rate_limit))
+            if target.rate_limit
+            else None
+        )
         self._oauth2 = (
             _OAuth2Token(target.auth.oauth2, redactor) if target.auth.oauth2 is not None else None
         )
@@ -215,8 +222,21 @@ class Sink:
         headers = self._redactor.headers({**self._headers, "Idempotency-Key": key})
         return Request(self._target.method, self.safe_url, headers, body)
 
-    def send(self, body: bytes, key: str) -> None:
-        """Deliver ``body`` once; return on 2xx, raise a :class:`SinkError` otherwise."""
+    def send(self, body: bytes, key: str, rows: int = 1) -> None:
+        """Deliver ``body`` (of ``rows`` rows) once; return on 2xx, raise a
+        :class:`SinkError` otherwise. Waits for the host's rate limit first."""
+        if self._limiter is not None:
+            self._limiter.acquire(rows if self._limiter.rows else 1)
+        try:
+            self._send(body, key)
+        except RetryableSinkError as exc:
+            if self._limiter is not None and exc.status == 429:
+                self._limiter.throttled(exc.retry_after)
+            raise
+        if self._limiter is not None:
+            self._limiter.acknowledged()
+
+    def _send(self, body: bytes, key: str) -> None:
         method = self._target.method
         what = f"{method} {self.safe_url}"
         headers = {**self._headers, "Idempotency-Key": key}

@@ -567,16 +567,10 @@ def _begin_read_only(connection: Connection, config: jobmodel.Source) -> str | N
     if dialect == "sqlite":
         connection.exec_driver_sql("PRAGMA query_only = ON")
     elif dialect == "mysql":
-        # Before the first query: it applies to the transaction that query starts.
+        # Before the first query: it applies to the transaction that query starts. No
+        # statement timeout: MySQL's would cut a long streamed read, not a slow fetch.
         connection.exec_driver_sql("SET TRANSACTION READ ONLY")
         connection.exec_driver_sql("SET time_zone = '+00:00'")
-        if getattr(connection.dialect, "is_mariadb", False):
-            connection.exec_driver_sql(
-                f"SET SESSION max_statement_time = {config.statement_timeout:g}"
-            )
-        else:
-            timeout_ms = int(config.statement_timeout * 1000)
-            connection.exec_driver_sql(f"SET SESSION max_execution_time = {timeout_ms}")
     return None
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,27 @@ def write_job(directory: Path, name: str, spec: dict[str, Any]) -> Path:
     return path
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_clock_left_behind() -> Iterator[None]:
+    """A failing test must not leave a clock running."""
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def start_clock(cwd: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "loader", "clock", "jobs", *args],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    _STARTED.append(process)
+    return process
 
 
 def stop_clock(process: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, float]:

@@ -498,3 +498,15 @@ def test_oauth2_client_credentials(schema: Schema, endpoint: Endpoint) -> None:
     endpoint.script("/token", *(token(f"short-{i}", expires=30) for i in range(3)))
     run_job(build_job({**spec, "name": "short"}))
     assert sum(r.path == "/token" for r in endpoint.requests) == 5
+
+
+def test_rate_limit_is_kept(schema: Schema, endpoint: Endpoint) -> None:
+    """rate_limit: 20/s sends 30 requests at 20 per second (within 10%)."""
+    spec = make_job(schema, endpoint.url + "/paced", numbers(schema, 30), batch={"size": 1},
+                    target={"rate_limit": "20/s"}, concurrency=4)  # fmt: skip
+    run_job(build_job(spec))
+
+    arrivals = sorted(r.at for r in endpoint.requests)
+    rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    assert len(arrivals) == 30
+    assert 18 <= rate <= 22, rate

@@ -12,7 +12,7 @@ PACKAGE = Path(loader.__file__).parent
 # A module may import loader modules of a strictly lower rank only.
 RANKS = {
     "errors": 0, "defaults": 0, "units": 0, "_version": 0,
-    "redact": 1, "schedule": 1,
+    "redact": 1, "schedule": 1, "ratelimit": 1,
     "job": 2,
     "jobfile": 3, "encoding": 3,
     "source": 4, "batching": 4, "sink": 4, "retry": 4,
