@@ -294,3 +294,11 @@ def test_build_job_from_python_reports_problems_like_files() -> None:
         "<job>: target.url: required key is missing",
     ]
     assert isinstance(caught.value, ValueError)
+
+
+def test_an_empty_variable_takes_the_default_as_in_the_shell() -> None:
+    """${VAR:-default} uses the default when VAR is set but empty; ${VAR} stays empty."""
+    text = MINIMAL + "  headers:\n    X-A: ${A:-fallback}\n    X-B: '[${A}]'\n"
+    job = parse(text, env={"A": ""})
+
+    assert job.target.headers == {"X-A": "fallback", "X-B": "[]"}
