@@ -501,7 +501,8 @@ def test_oauth2_client_credentials(schema: Schema, endpoint: Endpoint) -> None:
 
 
 def test_rate_limit_is_kept(schema: Schema, endpoint: Endpoint) -> None:
-    """rate_limit: 20/s sends 30 requests at 20 per second (within 10%)."""
+    """rate_limit: 20/s sends 30 requests at 20 per second: never more than 10% faster
+    (and not much slower, allowing for a loaded machine)."""
     spec = make_job(schema, endpoint.url + "/paced", numbers(schema, 30), batch={"size": 1},
                     target={"rate_limit": "20/s"}, concurrency=4)  # fmt: skip
     run_job(build_job(spec))
@@ -509,4 +510,4 @@ def test_rate_limit_is_kept(schema: Schema, endpoint: Endpoint) -> None:
     arrivals = sorted(r.at for r in endpoint.requests)
     rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
     assert len(arrivals) == 30
-    assert 18 <= rate <= 22, rate
+    assert 15 <= rate <= 22, rate
