@@ -199,6 +199,15 @@ class Envelope(_Model):
         return self
 
 
+class ItemErrors(_Model):
+    """Where an API that answers 2xx for a batch lists the rows it refused."""
+
+    path: str = Field(min_length=1, description="Dotted path to the list of errors, e.g. errors.")
+    index: str = Field(
+        default="index", description="Field of each error with the row's 0-based position."
+    )
+
+
 class BasicAuth(_Model):
     """HTTP basic authentication (a write key as the username, for instance)."""
 
@@ -269,6 +278,10 @@ class Target(_Model):
         default_factory=dict,
         description="Per-status overrides: 409: success for 'already exists', 422: reject "
         "(dead-letter the rows), 503: fail (do not retry)...",
+    )
+    item_errors: ItemErrors | None = Field(
+        default=None,
+        description="Read per-row errors from 2xx answers; those rows follow on_reject.",
     )
     gzip: bool = Field(
         default=False,

@@ -77,7 +77,11 @@ def replay_dead_letters(
                 scope = f"deadletter:{letter.id}:{letter.attempts}"
                 key = idempotency_key(job.name, scope, body)
                 try:
-                    policy.call(lambda: sink.send(body, key), sleep=sleep, stop=stop)  # noqa: B023
+                    refused = policy.call(lambda: sink.send(body, key), sleep=sleep, stop=stop)  # noqa: B023
+                    if refused:
+                        raise RejectedError(refused[0].message, url=sink.safe_url,
+                                            status=refused[0].status,
+                                            body_excerpt=refused[0].message)  # fmt: skip
                 except Interrupted:
                     break
                 except RejectedError as exc:

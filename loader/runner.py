@@ -37,7 +37,7 @@ from loader.job import Job
 from loader.monitor import Monitor
 from loader.redact import Redactor
 from loader.retry import Interrupted, RetryPolicy
-from loader.sink import Request, Sink, idempotency_key
+from loader.sink import ItemError, Request, Sink, idempotency_key
 from loader.source import RowStream, open_stream
 from loader.state import Lease, Position, StateStore, encode_position, open_state
 
@@ -625,8 +625,7 @@ class _Sender:
         or ``on_reject: fail``, and :class:`TooManyRejectionsError` past ``max_rejected``.
         """
         try:
-            self.attempt(body, scope, stop, len(rows))
-            return []
+            return self.refused(rows, self.attempt(body, scope, stop, len(rows)))
         except RejectedError as exc:
             if self.about_request(exc) or self.job.on_reject == "fail":
                 raise
@@ -644,7 +643,9 @@ class _Sender:
         middle = len(rows) // 2
         for start, half in ((offset, rows[:middle]), (offset + middle, rows[middle:])):
             try:
-                self.attempt(self.frame.body(half), f"{scope}/{start}+{len(half)}", stop, len(half))
+                errors = self.attempt(self.frame.body(half), f"{scope}/{start}+{len(half)}",
+                                      stop, len(half))  # fmt: skip
+                rejected.extend(self.refused(half, errors))
             except RejectedError as exc:
                 if self.about_request(exc):
                     raise
@@ -652,6 +653,21 @@ class _Sender:
                     rejected.extend(self.reject(half[0], exc))
                 else:
                     self.bisect(half, start, scope, rejected, stop)
+
+    def refused(self, rows: list[bytes], errors: list[ItemError]) -> Rejected:
+        """Rows a 2xx answer refused (``target.item_errors``), as rejections."""
+        rejected: Rejected = []
+        for error in errors:
+            if not 0 <= error.index < len(rows):
+                continue
+            rejection = RejectedError(
+                f"{self.sink.safe_url} refused row {error.index} of the request: {error.message}",
+                url=self.sink.safe_url, status=error.status, body_excerpt=error.message,
+            )  # fmt: skip
+            if self.job.on_reject == "fail":
+                raise rejection
+            rejected.extend(self.reject(rows[error.index], rejection))
+        return rejected
 
     def about_request(self, error: RejectedError) -> bool:
         """True for rejections of the request rather than a row (401, 403...), unless
@@ -674,15 +690,15 @@ class _Sender:
             ) from error
         return [(row, error)]
 
-    def attempt(self, body: bytes, scope: str, stop: _AnyEvent, rows: int = 1) -> None:
+    def attempt(self, body: bytes, scope: str, stop: _AnyEvent, rows: int = 1) -> list[ItemError]:
         key = idempotency_key(self.job.name, scope, body)
 
-        def once() -> None:
+        def once() -> list[ItemError]:
             with self.lock:
                 self.counters.requests += 1
                 self.counters.in_flight += 1
             try:
-                self.sink.send(body, key, rows)
+                return self.sink.send(body, key, rows)
             finally:
                 with self.lock:
                     self.counters.in_flight -= 1
@@ -697,7 +713,7 @@ class _Sender:
                 attempt, self.policy.attempts, self.redactor.text(str(error)), wait,
             )  # fmt: skip
 
-        self.policy.call(once, sleep=self.sleep, stop=stop, on_retry=on_retry)
+        return self.policy.call(once, sleep=self.sleep, stop=stop, on_retry=on_retry)
 
 
 class _LockKeeper:

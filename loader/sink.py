@@ -39,6 +39,15 @@ RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
+class ItemError:
+    """A row a 2xx answer refused: its position in the request, the status, the error."""
+
+    index: int
+    status: int
+    message: str
+
+
+@dataclass(frozen=True)
 class Request:
     """A request as it would be sent: what ``--dry-run`` prints (headers masked; the
     body is left out of ``repr`` as it may hold secret envelope fields)."""
@@ -222,21 +231,24 @@ class Sink:
         headers = self._redactor.headers({**self._headers, "Idempotency-Key": key})
         return Request(self._target.method, self.safe_url, headers, body)
 
-    def send(self, body: bytes, key: str, rows: int = 1) -> None:
+    def send(self, body: bytes, key: str, rows: int = 1) -> list[ItemError]:
         """Deliver ``body`` (of ``rows`` rows) once; return on 2xx, raise a
-        :class:`SinkError` otherwise. Waits for the host's rate limit first."""
+        :class:`SinkError` otherwise. Waits for the host's rate limit first.
+
+        Returns the rows a 2xx answer says it refused (``target.item_errors``)."""
         if self._limiter is not None:
             self._limiter.acquire(rows if self._limiter.rows else 1)
         try:
-            self._send(body, key)
+            refused = self._send(body, key)
         except RetryableSinkError as exc:
             if self._limiter is not None and exc.status == 429:
                 self._limiter.throttled(exc.retry_after)
             raise
         if self._limiter is not None:
             self._limiter.acknowledged()
+        return refused
 
-    def _send(self, body: bytes, key: str) -> None:
+    def _send(self, body: bytes, key: str) -> list[ItemError]:
         method = self._target.method
         what = f"{method} {self.safe_url}"
         headers = {**self._headers, "Idempotency-Key": key}
@@ -247,25 +259,30 @@ class Sink:
             if self._oauth2 is not None:
                 token = self._oauth2.get(self._client)
                 headers["Authorization"] = f"Bearer {token}"
-            if not self._attempt(method, what, headers, body, retry_401=not fresh_token):
-                return
+            again, refused = self._attempt(method, what, headers, body, retry_401=not fresh_token)
+            if not again:
+                return refused
             assert self._oauth2 is not None and token is not None
             self._oauth2.refused(token)  # 401: one more try with a new token
+        return []
 
     def _attempt(
         self, method: str, what: str, headers: dict[str, str], body: bytes, *, retry_401: bool
-    ) -> bool:
-        """One request; ``True`` when it should be sent again with a fresh token."""
+    ) -> tuple[bool, list[ItemError]]:
+        """One request: whether to send it again with a fresh token, and the rows a 2xx
+        answer refused."""
         try:
             with self._client.stream(
                 method, self._target.url, content=body, headers=headers
             ) as response:
                 status = response.status_code
                 if status == 401 and retry_401 and self._oauth2 is not None:
-                    return True
+                    return True, []
                 if not 200 <= status < 300 or status in self._target.statuses:
                     excerpt = "" if 200 <= status < 300 else self._read_excerpt(response)
                     self._classify(response, what, excerpt)
+                if self._target.item_errors is not None:
+                    return False, self._item_errors(response)
                 # Acknowledged. Drain the raw body (never decoded: a broken one cannot fail
                 # a delivered batch) so the connection goes back to the pool for reuse.
                 if not response.is_stream_consumed:
@@ -293,7 +310,28 @@ class Sink:
             raise SinkError(
                 f"{what}: {self._redactor.text(_transport_reason(exc))}", url=self.safe_url
             ) from exc
-        return False
+        return False, []
+
+    def _item_errors(self, response: httpx.Response) -> list[ItemError]:
+        """The refused rows a 2xx answer lists at ``target.item_errors.path``. An answer
+        that is not JSON, or has no such list, refuses nothing."""
+        config = self._target.item_errors
+        assert config is not None
+        try:
+            found: Any = json.loads(response.read())
+        except (ValueError, httpx.HTTPError):
+            return []
+        for part in config.path.split("."):
+            found = found.get(part) if isinstance(found, dict) else None
+        if not isinstance(found, list):
+            return []
+        refused = []
+        for item in found:
+            index = item.get(config.index) if isinstance(item, dict) else None
+            if isinstance(index, int) and not isinstance(index, bool):
+                message = mask_registered(self._redactor.text(json.dumps(item)))[:500]
+                refused.append(ItemError(index, response.status_code, message))
+        return refused
 
     def _classify(self, response: httpx.Response, what: str, excerpt: str) -> None:
         status = response.status_code

@@ -511,3 +511,24 @@ def test_rate_limit_is_kept(schema: Schema, endpoint: Endpoint) -> None:
     rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
     assert len(arrivals) == 30
     assert 15 <= rate <= 22, rate
+
+
+def test_rows_refused_inside_a_2xx_answer_are_dead_lettered(
+    schema: Schema, endpoint: Endpoint, tmp_path: Path
+) -> None:
+    """An API that answers 200 with per-row errors (target.item_errors): those rows are
+    dead-lettered, the others count as delivered; nothing is dropped silently."""
+    from loader import open_state
+
+    answer = {"accepted": 2, "result": {"errors": [{"index": 1, "message": "bad email"}]}}
+    endpoint.script("/", (200, {"Content-Type": "application/json"}, json.dumps(answer).encode()))
+    spec = make_job(schema, endpoint.url + "/", numbers(schema, 3),
+                    target={"item_errors": {"path": "result.errors"}})  # fmt: skip
+    state = open_state(f"sqlite:///{tmp_path / 's.db'}")
+    result = run_job(build_job(spec), state=state)
+
+    assert (result.status, result.rows_posted, result.rows_rejected) == ("partial", 2, 1)
+    (letter,) = state.dead_letters("test_job")
+    assert json.loads(letter.row)["id"] == 2 and "bad email" in letter.excerpt
+    state.close()
+    assert len(endpoint.requests) == 1  # no bisection needed: the API said which row
