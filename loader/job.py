@@ -279,6 +279,19 @@ class Target(_Model):
         description="Per-status overrides: 409: success for 'already exists', 422: reject "
         "(dead-letter the rows), 503: fail (do not retry)...",
     )
+    ca_bundle: str | None = Field(
+        default=None, description="PEM file of the CAs to trust instead of the usual ones."
+    )
+    client_cert: str | None = Field(
+        default=None, description="PEM file with the client certificate (mutual TLS)."
+    )
+    client_key: str | None = Field(
+        default=None, description="PEM file with its key, when not in client_cert."
+    )
+    proxy: str | None = Field(
+        default=None,
+        description="Proxy URL. Without it no proxy is used: HTTP_PROXY and .netrc are ignored.",
+    )
     item_errors: ItemErrors | None = Field(
         default=None,
         description="Read per-row errors from 2xx answers; those rows follow on_reject.",
@@ -513,7 +526,7 @@ class Job(_Model):
     def secrets(self) -> frozenset[str]:
         """Every secret value this job holds: passwords, secret headers and fields."""
         found: set[str] = set(self._env_secrets)
-        for url in (self.source.url, self.target.url):
+        for url in (self.source.url, self.target.url, self.target.proxy or ""):
             found.update(url_passwords(url))
         secret_headers = {name.lower() for name in self.target.secret_headers}
         for name, value in self.target.headers.items():

@@ -30,7 +30,7 @@ import httpx
 
 from loader import defaults
 from loader import job as jobmodel
-from loader.errors import RejectedError, RetryableSinkError, SinkError
+from loader.errors import JobConfigError, RejectedError, RetryableSinkError, SinkError
 from loader.ratelimit import Rate, limiter_for
 from loader.redact import Redactor, mask_registered, mask_url, register_secrets
 from loader.units import format_duration
@@ -185,11 +185,18 @@ class Sink:
         self._transport = transport
         # One TLS context for all threads (each costs a read of the CA bundle), none for
         # plain HTTP.
-        self._verify: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=certifi.where())
-            if target.url.startswith("https:")
-            else False
-        )
+        self._verify: ssl.SSLContext | bool = False
+        if target.url.startswith("https:") or target.ca_bundle or target.client_cert:
+            try:
+                context = ssl.create_default_context(cafile=target.ca_bundle or certifi.where())
+                if target.client_cert:
+                    context.load_cert_chain(target.client_cert, target.client_key)
+            except (OSError, ssl.SSLError) as exc:
+                key = "target.client_cert" if target.client_cert else "target.ca_bundle"
+                raise JobConfigError(
+                    [f"{key}: cannot load it ({type(exc).__name__}: {exc}); give a PEM file"]
+                ) from exc
+            self._verify = context
         # One client, so one keep-alive connection, per sending thread: no pool to share
         # (and to contend for) between threads.
         self._local = threading.local()
@@ -206,6 +213,7 @@ class Sink:
                 trust_env=False,
                 transport=self._transport,
                 verify=self._verify,
+                proxy=self._target.proxy,
                 limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             )
             self._local.client = client

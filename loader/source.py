@@ -269,7 +269,9 @@ def create_engine(config: jobmodel.Source, redactor: Redactor) -> sa.Engine:
     """An engine for one run: no pool, json/jsonb kept as exact text on PostgreSQL."""
     url = engine_url(config.url)
     try:
-        engine = sa.create_engine(url, poolclass=NullPool)
+        # The rows are read in a thread other than the one that connects (one at a time).
+        connect_args = {"check_same_thread": False} if url.get_backend_name() == "sqlite" else {}
+        engine = sa.create_engine(url, poolclass=NullPool, connect_args=connect_args)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         missing = getattr(exc, "name", None) or url.drivername
         hint = _DRIVER_HINTS.get(str(missing), str(missing))
