@@ -25,6 +25,7 @@ from rich.table import Table
 
 from loader import defaults
 from loader._version import __version__
+from loader.check import check_job
 from loader.errors import (
     CursorOrderError,
     EncodingError,
@@ -415,6 +416,25 @@ def show(job_file: JobFile, env_file: EnvFile = Path(".env")) -> None:
     """Print the job as loader understood it: defaults filled in, secrets masked."""
     with _exit_codes(Redactor()):
         typer.echo(dump_job(_load(job_file, env_file)), nl=False)
+
+
+@app.command()
+def check(job_file: JobFile, env_file: EnvFile = Path(".env")) -> None:
+    """Check that the job can reach its database, its endpoint and the state store,
+    without sending anything."""
+    with _exit_codes(Redactor()):
+        job = _load(job_file, env_file)
+        results = check_job(job)
+        for result in results:
+            mark = "ok  " if result.ok else "FAIL"
+            typer.echo(f"{mark} {result.name}: {mask_registered(result.detail)}")
+        failed = {r.name for r in results if not r.ok}
+        if "source" in failed:
+            raise typer.Exit(defaults.EXIT_SOURCE)
+        if "target" in failed:
+            raise typer.Exit(defaults.EXIT_DELIVERY)
+        if "state" in failed:
+            raise typer.Exit(defaults.EXIT_STATE)
 
 
 @app.command()

@@ -17,6 +17,7 @@ import email.utils
 import gzip
 import hashlib
 import json
+import socket
 import ssl
 import threading
 import time
@@ -428,3 +429,23 @@ def notify(
     if not 200 <= response.status_code < 300:
         raise SinkError(f"POST {safe} answered {response.status_code}", url=safe,
                         status=response.status_code)  # fmt: skip
+
+
+def probe(target: jobmodel.Target, timeout: float = 10.0) -> str:
+    """Open a TCP connection to the target's host, with the TLS handshake for https (or
+    through the proxy), and send nothing. Returns what answered; raises SinkError."""
+    parts = urlsplit(target.proxy or target.url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    safe = mask_url(target.proxy or target.url)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            if parts.scheme == "https" and not target.proxy:
+                context = ssl.create_default_context(cafile=target.ca_bundle or certifi.where())
+                if target.client_cert:
+                    context.load_cert_chain(target.client_cert, target.client_key)
+                with context.wrap_socket(sock, server_hostname=host) as tls:
+                    return f"{host}:{port} answered, {tls.version()}"
+            return f"{host}:{port} answered" + (" (the proxy)" if target.proxy else "")
+    except (OSError, ssl.SSLError) as exc:
+        raise SinkError(f"{safe}: {type(exc).__name__}: {exc}", url=safe) from None

@@ -616,3 +616,26 @@ def _reason(exc: SQLAlchemyError, redactor: Redactor) -> str:
     text = str(orig) if orig is not None else str(exc).split("\n(Background", 1)[0]
     text = " ".join(text.split())
     return redactor.text(text)
+
+
+def describe_query(config: jobmodel.Source, redactor: Redactor) -> tuple[str, ...]:
+    """Connect, and ask the database for the query's columns without reading a row
+    (``LIMIT 0`` in a read-only transaction). Raises :class:`SourceError`."""
+    engine = create_engine(config, redactor)
+    where = redactor.url(engine.url.render_as_string(hide_password=True))
+    inner = config.query.strip().rstrip(";").strip()
+    try:
+        with engine.connect() as connection:
+            _begin_read_only(connection, config)
+            result = connection.execute(
+                sa.text(f"SELECT * FROM (\n{inner}\n) AS s LIMIT 0"), dict(config.params)
+            )
+            columns = tuple(result.keys())
+            result.close()
+    except SQLAlchemyError as exc:
+        raise SourceError(f"{where}: {_reason(exc, redactor)}") from exc
+    finally:
+        engine.dispose()
+    _refuse_duplicates(columns)
+    _cursor_indexes(config, columns)
+    return columns

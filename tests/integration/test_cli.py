@@ -219,3 +219,23 @@ def test_100k_rows_exactly_once_with_flat_memory(
     assert ids.count(1) == 2 and ids.count(100_000) == 1
     # 100,000 rows are about 27 MB of JSON: a run holding them would grow by far more.
     assert peaks[100_000] - peaks[10_000] < 8 * 1024, peaks
+
+
+def test_check_reports_what_works_and_sends_nothing(
+    tmp_path: Path, schema: Schema, table: str, endpoint: Endpoint
+) -> None:
+    """`loader check` reaches the database (query described, not run), the endpoint
+    (a connection, no request) and the state store; a dead endpoint is named."""
+    job = write_job(tmp_path, schema.url, endpoint.url, f"SELECT * FROM {table}")
+    good = loader("check", str(job), cwd=tmp_path, env=ENV)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "ok   source: the query returns id, name" in good.stdout
+    assert "ok   target: 127.0.0.1:" in good.stdout and "ok   state:" in good.stdout
+    assert endpoint.requests == []
+
+    dead = write_job(tmp_path, schema.url, f"http://127.0.0.1:{closed_port()}/in",
+                     "SELECT * FROM nowhere")  # fmt: skip
+    bad = loader("check", str(dead), cwd=tmp_path, env=ENV)
+    assert bad.returncode == defaults.EXIT_SOURCE
+    assert "FAIL source: " in bad.stdout and 'relation "nowhere" does not exist' in bad.stdout
+    assert "FAIL target: " in bad.stdout and "ConnectionRefusedError" in bad.stdout
