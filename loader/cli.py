@@ -20,8 +20,6 @@ from types import FrameType
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from loader import defaults
 from loader._version import __version__
@@ -235,7 +233,7 @@ def history(
         store = open_state()
         records = store.history(job.name, limit)
         store.close()
-        table = Table("run", "started", "status", "read", "posted", "rejected", "requests",
+        table = _table("run", "started", "status", "read", "posted", "rejected", "requests",
                       "retries", "seconds", "cursor from", "cursor to", "error")  # fmt: skip
         for r in records:
             seconds = f"{r.ended_at - r.started_at:.1f}" if r.ended_at else ""
@@ -555,7 +553,7 @@ def status(
         if as_json:
             typer.echo(mask_registered(json.dumps({"jobs": rows}, indent=2)))
             return
-        table = Table("job", "schedule", "last run", "status", "rows", "cursor lag",
+        table = _table("job", "schedule", "last run", "status", "rows", "cursor lag",
                       "next run", "dead letters")  # fmt: skip
         for row in rows:
             if "problem" in row:
@@ -732,7 +730,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[RunResult], None] | None]:
 
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=True,
+        console=_console(stderr=True), transient=True,
     ) as bar:  # fmt: skip
         task = bar.add_task("starting", total=None)
         started = time.monotonic()
@@ -757,8 +755,18 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
 
 
-def _console() -> Console:
-    return Console(width=None if sys.stdout.isatty() else 200, no_color="NO_COLOR" in os.environ)
+def _table(*columns: str) -> Any:
+    from rich.table import Table
+
+    return Table(*columns)
+
+
+def _console(*, stderr: bool = False) -> Any:
+    from rich.console import Console  # drawing only: not paid by `loader run` off a terminal
+
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 200
+    return Console(stderr=stderr, width=width, no_color="NO_COLOR" in os.environ)
 
 
 def _show_body(body: bytes, redactor: Redactor, limit: int = 4000) -> str:

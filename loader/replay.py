@@ -9,11 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from loader.encoding import framing
 from loader.errors import RejectedError
 from loader.job import Job
 from loader.retry import Interrupted, RetryPolicy
-from loader.runner import USER_AGENT
+from loader.runner import USER_AGENT, framing_for
 from loader.sink import Sink, idempotency_key
 from loader.state import StateStore, open_state
 
@@ -50,12 +49,7 @@ def replay_dead_letters(
     store = state if state is not None else open_state()
     stop = stop or threading.Event()
     redactor = job.redactor()
-    envelope = job.target.envelope
-    frame = framing(
-        job.target.format,
-        envelope.key if envelope else None,
-        dict(envelope.fields) if envelope else None,
-    )
+    frame = framing_for(job)
     policy = RetryPolicy.from_config(job.retry)
     delivered = rejected = 0
     lease = None

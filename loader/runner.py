@@ -189,6 +189,7 @@ class _Run:
         self.monitor: Monitor | None = None
         self.progress: Callable[[RunResult], None] | None = None
         self.epoch = 0
+        self.fingerprint = job.fingerprint()
         self.redactor = job.redactor()
         self.started = monotonic()
 
@@ -274,7 +275,7 @@ class _Run:
         checkpoint = self.store.checkpoint(job.name)
         if checkpoint is None:
             return None
-        if checkpoint.fingerprint != job.fingerprint():
+        if checkpoint.fingerprint != self.fingerprint:
             raise StateError(
                 f"job {job.name!r}: the query or cursor changed since its checkpoint was "
                 f"saved (run {checkpoint.run_id}); resuming from it could skip or repeat "
@@ -340,7 +341,7 @@ class _Run:
         for batch in produced:
             if incremental:
                 start = encode_position(after) if after is not None else "start"
-                yield batch, f"{self.job.fingerprint()}:{self.epoch}:{start}"
+                yield batch, f"{self.fingerprint}:{self.epoch}:{start}"
             else:
                 yield batch, f"run:{self.run_id}:{batch.seq}"
             after = batch.position
@@ -580,7 +581,7 @@ class _Pipeline:
             run.store.record_batch(
                 self.lease,
                 run.run_id,
-                fingerprint=run.job.fingerprint(),
+                fingerprint=run.fingerprint,
                 position=position,
                 dead_letters=dead_letters,
                 ttl=run.lock_ttl,

@@ -84,6 +84,21 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - current)
 
 
+def tls_context(target: jobmodel.Target) -> ssl.SSLContext:
+    """The TLS settings of ``target``: its CA bundle (or the usual CAs) and its client
+    certificate. Raises :class:`JobConfigError` naming the key of a file it cannot load."""
+    try:
+        context = ssl.create_default_context(cafile=target.ca_bundle or certifi.where())
+        if target.client_cert:
+            context.load_cert_chain(target.client_cert, target.client_key)
+    except (OSError, ssl.SSLError) as exc:
+        key = "target.client_cert" if target.client_cert else "target.ca_bundle"
+        raise JobConfigError(
+            [f"{key}: cannot load it ({type(exc).__name__}: {exc}); give a PEM file"]
+        ) from exc
+    return context
+
+
 class _OAuth2Token:
     """A client-credentials token shared by the sending threads: fetched once, reused
     until shortly before it expires, fetched again when the endpoint refuses it."""
@@ -188,16 +203,7 @@ class Sink:
         # plain HTTP.
         self._verify: ssl.SSLContext | bool = False
         if target.url.startswith("https:") or target.ca_bundle or target.client_cert:
-            try:
-                context = ssl.create_default_context(cafile=target.ca_bundle or certifi.where())
-                if target.client_cert:
-                    context.load_cert_chain(target.client_cert, target.client_key)
-            except (OSError, ssl.SSLError) as exc:
-                key = "target.client_cert" if target.client_cert else "target.ca_bundle"
-                raise JobConfigError(
-                    [f"{key}: cannot load it ({type(exc).__name__}: {exc}); give a PEM file"]
-                ) from exc
-            self._verify = context
+            self._verify = tls_context(target)
         # One client, so one keep-alive connection, per sending thread: no pool to share
         # (and to contend for) between threads.
         self._local = threading.local()
@@ -441,10 +447,7 @@ def probe(target: jobmodel.Target, timeout: float = 10.0) -> str:
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             if parts.scheme == "https" and not target.proxy:
-                context = ssl.create_default_context(cafile=target.ca_bundle or certifi.where())
-                if target.client_cert:
-                    context.load_cert_chain(target.client_cert, target.client_key)
-                with context.wrap_socket(sock, server_hostname=host) as tls:
+                with tls_context(target).wrap_socket(sock, server_hostname=host) as tls:
                     return f"{host}:{port} answered, {tls.version()}"
             return f"{host}:{port} answered" + (" (the proxy)" if target.proxy else "")
     except (OSError, ssl.SSLError) as exc:

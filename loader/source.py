@@ -314,7 +314,7 @@ def open_stream(
             connection = engine.connect()
         except SQLAlchemyError as exc:
             raise SourceError(
-                f"cannot connect to {where}: {_reason(exc, redactor)}; check source.url "
+                f"cannot connect to {where}: {driver_message(exc, redactor)}; check source.url "
                 "and that the database is up"
             ) from exc
         with connection:
@@ -322,7 +322,7 @@ def open_stream(
                 zone = _begin_read_only(connection, config)
             except SQLAlchemyError as exc:
                 raise SourceError(f"cannot start a read-only transaction on {where}: "
-                                  f"{_reason(exc, redactor)}") from exc  # fmt: skip
+                                  f"{driver_message(exc, redactor)}") from exc  # fmt: skip
             described = None
             if connection.dialect.name == "postgresql":
                 described = _describe(connection, config, zone or "UTC", where, redactor)
@@ -345,7 +345,7 @@ def open_stream(
                 ).execute(sa.text(query), params)
             except SQLAlchemyError as exc:
                 raise SourceError(
-                    f"query failed on {where}: {_reason(exc, redactor)}; check source.query"
+                    f"query failed on {where}: {driver_message(exc, redactor)}; check source.query"
                 ) from exc
             try:
                 columns = tuple(result.keys())
@@ -378,7 +378,7 @@ def _describe(
         probe.close()
     except SQLAlchemyError as exc:
         raise SourceError(
-            f"query failed on {where}: {_reason(exc, redactor)}; check source.query"
+            f"query failed on {where}: {driver_message(exc, redactor)}; check source.query"
         ) from exc
     columns = tuple(column[0] for column in description)
     _refuse_duplicates(columns)
@@ -407,7 +407,7 @@ def _refuse_nulls(
         ).first()  # fmt: skip
     except SQLAlchemyError as exc:
         raise SourceError(
-            f"query failed on {where}: {_reason(exc, redactor)}; check source.query"
+            f"query failed on {where}: {driver_message(exc, redactor)}; check source.query"
         ) from exc
     if found is not None:
         name = next(n for n, value in zip(names, found, strict=True) if value is None)
@@ -583,7 +583,9 @@ def _chunks(
         # An explicit size: without one, partitions() may fetch the whole result at once.
         yield from result.partitions(size)
     except SQLAlchemyError as exc:
-        raise SourceError(f"reading rows from {where} failed: {_reason(exc, redactor)}") from exc
+        raise SourceError(
+            f"reading rows from {where} failed: {driver_message(exc, redactor)}"
+        ) from exc
 
 
 def _cursor_indexes(config: jobmodel.Source, columns: tuple[str, ...]) -> tuple[int, ...]:
@@ -610,7 +612,7 @@ def _refuse_duplicates(columns: tuple[str, ...]) -> None:
         seen[name] = position
 
 
-def _reason(exc: SQLAlchemyError, redactor: Redactor) -> str:
+def driver_message(exc: SQLAlchemyError, redactor: Redactor) -> str:
     """The driver's message, on one line, without secrets or SQLAlchemy's boilerplate."""
     orig = getattr(exc, "orig", None)
     text = str(orig) if orig is not None else str(exc).split("\n(Background", 1)[0]
@@ -633,7 +635,7 @@ def describe_query(config: jobmodel.Source, redactor: Redactor) -> tuple[str, ..
             columns = tuple(result.keys())
             result.close()
     except SQLAlchemyError as exc:
-        raise SourceError(f"{where}: {_reason(exc, redactor)}") from exc
+        raise SourceError(f"{where}: {driver_message(exc, redactor)}") from exc
     finally:
         engine.dispose()
     _refuse_duplicates(columns)

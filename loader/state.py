@@ -33,8 +33,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from loader import defaults
 from loader.errors import JobLockedError, StateError
-from loader.redact import mask_url
-from loader.source import engine_url
+from loader.redact import Redactor, mask_url
+from loader.source import driver_message, engine_url
 
 SCHEMA_VERSION = 1
 
@@ -355,7 +355,9 @@ class SqlStateStore:
                 self._engine = sa.create_engine(parsed, pool_size=2, pool_pre_ping=True)
             self._migrate()
         except SQLAlchemyError as exc:
-            raise StateError(f"cannot open the state store {self.url}: {_reason(exc)}") from exc
+            raise StateError(
+                f"cannot open the state store {self.url}: {driver_message(exc, Redactor())}"
+            ) from exc
 
     @staticmethod
     def _sqlite_engine(url: sa.URL) -> sa.Engine:
@@ -402,7 +404,9 @@ class SqlStateStore:
             with self._engine.begin() as conn:
                 yield conn
         except SQLAlchemyError as exc:
-            raise StateError(f"state store {self.url}: {what} failed: {_reason(exc)}") from exc
+            raise StateError(
+                f"state store {self.url}: {what} failed: {driver_message(exc, Redactor())}"
+            ) from exc
 
     def close(self) -> None:
         """Close the store's connections."""
@@ -737,9 +741,3 @@ class SqlStateStore:
 
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
-
-
-def _reason(exc: SQLAlchemyError) -> str:
-    orig = getattr(exc, "orig", None)
-    text = str(orig) if orig is not None else str(exc).split("\n(Background", 1)[0]
-    return mask_url(" ".join(text.split()))

@@ -149,8 +149,6 @@ def test_two_clocks_run_each_slot_once(
     state.close()
     assert len({s.run_id for s in slots}) == len(slots)
     assert len(runs) == len([s for s in slots if s.status != "missed"])
-    ran_on = {s.clock for s in slots}
-    assert len(ran_on) >= 1
     started = sum(out.count("run started job=twice") for _, out, _ in outputs)
     assert started == len(runs)
 
