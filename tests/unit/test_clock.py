@@ -257,7 +257,9 @@ def test_a_slot_due_a_moment_ago_is_run_not_missed(
     assert clock.idle(5)
 
     fake.time = T0 + 20.5
-    make_clock(tmp_path, state, fake).load(catch_up=True)
+    second = make_clock(tmp_path, state, fake)
+    second.load(catch_up=True)
+    assert second.idle(5)
 
     assert fake.calls[-1] == slot_run_id("a", T0 + 20)
     assert [s.status for s in state.slots("a")] == ["succeeded", "succeeded"]
