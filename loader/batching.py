@@ -22,7 +22,8 @@ class Batch:
     """One request body and the encoded rows in it.
 
     ``first_row`` is the 1-based number of its first row in the run; ``position`` is the
-    marker of its last row (the cursor position, for checkpoints).
+    marker of its last row (the cursor position, for checkpoints). ``url`` is where a
+    single row goes when requests are per row (``None``: the target's URL).
     """
 
     seq: int
@@ -30,14 +31,17 @@ class Batch:
     rows: list[bytes]
     body: bytes
     position: Any = None
+    url: str | None = None
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """Encoded rows and, for any of them, its marker: ``marker(i)`` for ``rows[i]``."""
+    """Encoded rows and, for any of them, its marker: ``marker(i)`` for ``rows[i]``;
+    with per-row requests, ``urls[i]`` is where ``rows[i]`` goes."""
 
     rows: list[bytes]
     marker: Callable[[int], Any] = lambda _index: None
+    urls: list[str] | None = None
 
 
 def batches(
@@ -73,13 +77,7 @@ def batches(
                     yield _batch(seq, row_number, pending, framing, marker)
                     pending, size = [], overhead
                     continue
-                row = rows[start]
-                raise EncodingError(
-                    f"row {row_number + 1} ({_first_field(row)}...) is "
-                    f"{len(row) + overhead:,} bytes as a request, more than batch.max_bytes "
-                    f"({max_bytes:,} bytes); raise batch.max_bytes or select fewer or "
-                    "smaller columns"
-                )
+                raise _too_large(rows[start], row_number + 1, overhead, max_bytes)
             pending.extend(window[:fits])
             size += grown[fits - 1] - (0 if len(pending) > fits else sep)
             start += fits
@@ -92,6 +90,28 @@ def batches(
     if pending:
         seq += 1
         yield _batch(seq, row_number, pending, framing, marker)
+
+
+def singles(chunks: Iterable[Chunk], framing: Framing, *, max_bytes: int) -> Iterator[Batch]:
+    """One body per row (per-row requests), with the row's URL; a row larger than
+    ``max_bytes`` raises :class:`EncodingError` as in :func:`batches`."""
+    overhead = framing.overhead()
+    seq = 0
+    for chunk in chunks:
+        for index, row in enumerate(chunk.rows):
+            seq += 1
+            if len(row) + overhead > max_bytes:
+                raise _too_large(row, seq, overhead, max_bytes)
+            url = chunk.urls[index] if chunk.urls is not None else None
+            yield Batch(seq, seq, [row], framing.body((row,)), chunk.marker(index), url)
+
+
+def _too_large(row: bytes, number: int, overhead: int, max_bytes: int) -> EncodingError:
+    return EncodingError(
+        f"row {number} ({_first_field(row)}...) is {len(row) + overhead:,} bytes as a "
+        f"request, more than batch.max_bytes ({max_bytes:,} bytes); raise batch.max_bytes "
+        "or select fewer or smaller columns"
+    )
 
 
 def _batch(seq: int, last_row: int, rows: list[bytes], framing: Framing, marker: Any) -> Batch:

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal
+from urllib.parse import quote
 
 import orjson
 
@@ -65,6 +68,11 @@ def dumps(value: Any) -> bytes:
         return orjson.dumps(value, default=_default_number)
     except (orjson.JSONEncodeError, TypeError):
         return orjson.dumps(_widen(value, _default_number), default=_default_number)
+
+
+def loads(data: bytes) -> Any:
+    """Decode JSON, numbers with a fraction as exact ``Decimal`` (not on a hot path)."""
+    return json.loads(data, parse_float=Decimal)
 
 
 def iso_duration(value: timedelta) -> str:
@@ -154,16 +162,20 @@ def framing(
     fmt: Literal["json", "ndjson"],
     envelope_key: str | None = None,
     envelope_fields: dict[str, Any] | None = None,
+    *,
+    single: bool = False,
 ) -> Framing:
-    """The framing for ``fmt``: a JSON array (optionally inside an envelope) or NDJSON."""
+    """The framing for ``fmt``: a JSON array (optionally inside an envelope) or NDJSON.
+    ``single`` frames one row per body: the row's object itself, or inside the envelope."""
     if fmt == "ndjson":
         return Framing(b"", b"\n", b"\n", "application/x-ndjson")
+    open_, close = (b"", b"") if single else (b"[", b"]")
     if envelope_key is None:
-        return Framing(b"[", b",", b"]", "application/json")
+        return Framing(open_, b",", close, "application/json")
     key = dumps(envelope_key)
     fields = dumps(envelope_fields or {})
     head = fields[:-1] + b"," if envelope_fields else b"{"
-    return Framing(head + key + b":[", b",", b"]}", "application/json")
+    return Framing(head + key + b":" + open_, b",", close + b"}", "application/json")
 
 
 class RowEncoder:
@@ -181,8 +193,10 @@ class RowEncoder:
         utc_datetimes: bool = False,
         utc_columns: Sequence[int] = (),
         json_columns: Sequence[int] = (),
+        omit: Sequence[str] = (),
     ) -> None:
         self.columns = tuple(columns)
+        self._omit = tuple(omit)  # columns left out of the objects
         # Columns whose naive datetimes are UTC instants, and whose text is JSON.
         self._utc_columns = tuple(utc_columns)
         self._json_columns = tuple(json_columns)
@@ -196,6 +210,8 @@ class RowEncoder:
         if self._utc_columns or self._json_columns:
             row = self._mend(row)
         record = dict(zip(self.columns, row, strict=True))
+        for name in self._omit:
+            del record[name]
         try:
             return orjson.dumps(record, default=self._default, option=self._option)
         except (orjson.JSONEncodeError, TypeError):
@@ -225,3 +241,39 @@ class RowEncoder:
                     f"(e.g. {column}::text) to send it as a string"
                 ) from exc
         return orjson.dumps(widened, default=self._default, option=self._option)
+
+
+class UrlFiller:
+    """Fills a URL's ``{column}`` placeholders from one row's values, URL-encoded (a
+    ``/`` in a value is encoded too, so a value never changes the path's shape)."""
+
+    def __init__(self, template: str, names: Sequence[str]) -> None:
+        self.template = template
+        self.names = tuple(names)
+
+    def fill(self, values: Sequence[Any], row_number: int) -> str:
+        """The URL for the row whose placeholder values are ``values`` (in ``names``
+        order); :class:`EncodingError` for a value that cannot stand in a URL."""
+        parts = {}
+        for name, value in zip(self.names, values, strict=True):
+            if value is None:
+                raise EncodingError(
+                    f"row {row_number}: column {name!r} is NULL, so the URL {self.template} "
+                    "cannot be built for it; leave such rows out in the query "
+                    f"(WHERE {name} IS NOT NULL) or give them a value"
+                )
+            parts[name] = quote(_url_text(value, name, row_number), safe="")
+        return self.template.format_map(parts)
+
+
+def _url_text(value: Any, name: str, row_number: int) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise EncodingError(
+        f"row {row_number}: column {name!r} is a {type(value).__name__}, which cannot stand "
+        "in a URL; cast it to text in the query"
+    )

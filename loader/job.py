@@ -42,6 +42,20 @@ from loader.redact import MASK, Redactor, is_secret_name, mask_url, url_password
 from loader.schedule import Schedule
 from loader.units import format_duration, format_size, parse_duration, parse_size
 
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def url_placeholders(url: str) -> tuple[str, ...]:
+    """The names of ``{column}`` placeholders in ``url``; raises ``ValueError`` for a
+    brace that is not part of one (braces are not valid in URLs otherwise)."""
+    rest = _PLACEHOLDER.sub("", url)
+    if "{" in rest or "}" in rest:
+        raise ValueError(
+            "a { or } that is not a {column} placeholder; placeholders are column names "
+            "in braces, such as https://api.example.com/contacts/{email}"
+        )
+    return tuple(dict.fromkeys(_PLACEHOLDER.findall(url)))
+
 
 def _to_seconds(value: Any) -> Any:
     if isinstance(value, timedelta):
@@ -249,8 +263,22 @@ class Auth(_Model):
 class Target(_Model):
     """The HTTP endpoint that receives the rows."""
 
-    url: str = Field(description="http:// or https:// URL the requests go to.")
-    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    url: str = Field(
+        description="http:// or https:// URL the requests go to. With per_row, {column} "
+        "placeholders in its path or query are filled from each row (URL-encoded)."
+    )
+    method: Literal["POST", "PUT", "PATCH", "DELETE"] = Field(
+        default="POST", description="DELETE only with per_row (sent without a body)."
+    )
+    per_row: bool = Field(
+        default=False,
+        description="One request per row, its body the row's JSON object; rows for the "
+        "same URL are sent in order, others concurrently.",
+    )
+    omit: tuple[str, ...] = Field(
+        default=(),
+        description="Columns left out of the body: cursor columns, or values only used in the URL.",
+    )
     headers: dict[str, str] = Field(default_factory=dict)
     secret_headers: tuple[str, ...] = Field(
         default=(),
@@ -349,7 +377,12 @@ class Target(_Model):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
+        names = url_placeholders(value)  # refuses malformed braces
         parts = urlsplit(value)
+        if names and "{" in (parts.netloc or ""):
+            raise ValueError(
+                "placeholders may stand in the URL's path and query only, not in its host"
+            )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
                 "expected an http:// or https:// URL with a host, "
@@ -362,6 +395,26 @@ class Target(_Model):
         if self.envelope is not None and self.format == "ndjson":
             raise ValueError("envelope works with format: json only; remove one of them")
         return self
+
+    @model_validator(mode="after")
+    def _placeholders_need_per_row(self) -> Target:
+        names = self.placeholders
+        if names and not self.per_row:
+            raise ValueError(
+                f"url has placeholders ({', '.join('{' + n + '}' for n in names)}), which "
+                "are filled from one row: set per_row: true, or remove them"
+            )
+        if self.method == "DELETE" and not self.per_row:
+            raise ValueError("method DELETE needs per_row: true (one request per row)")
+        if self.item_errors is not None and self.per_row:
+            raise ValueError("item_errors reads errors per row of a batch; per_row "
+                             "requests are refused with their status instead")  # fmt: skip
+        return self
+
+    @property
+    def placeholders(self) -> tuple[str, ...]:
+        """The column names of the URL's ``{column}`` placeholders, in order."""
+        return url_placeholders(self.url)
 
 
 class Batch(_Model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import uuid
@@ -9,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from loader.errors import RejectedError
+from loader.encoding import UrlFiller, loads
+from loader.errors import JobConfigError, RejectedError
 from loader.job import Job
 from loader.retry import Interrupted, RetryPolicy
 from loader.runner import USER_AGENT, framing_for
@@ -46,6 +48,16 @@ def replay_dead_letters(
     held throughout (:class:`JobLockedError` if a run holds it), so two replays never
     send a letter twice. ``stop`` ends the replay between letters and wakes retry waits.
     """
+    filler = None
+    if job.target.per_row and job.target.placeholders:
+        hidden = [name for name in job.target.placeholders if name in job.target.omit]
+        if hidden:
+            raise JobConfigError([
+                f"target.omit: job {job.name!r} keeps dead letters as request bodies, which "
+                f"lack {', '.join(hidden)}, so their URLs cannot be rebuilt; remove those "
+                "columns from target.omit to replay future dead letters"
+            ])  # fmt: skip
+        filler = UrlFiller(job.target.url, job.target.placeholders)
     store = state if state is not None else open_state()
     stop = stop or threading.Event()
     redactor = job.redactor()
@@ -66,12 +78,14 @@ def replay_dead_letters(
                 if stop.is_set():
                     break
                 body = frame.body([letter.row])
+                url = _url_for(job, letter.row, filler)
                 # A new key per attempt: an endpoint that caches answers per key would
                 # otherwise repeat its old rejection.
                 scope = f"deadletter:{letter.id}:{letter.attempts}"
                 key = idempotency_key(job.name, scope, body)
                 try:
-                    refused = policy.call(lambda: sink.send(body, key), sleep=sleep, stop=stop)  # noqa: B023
+                    send = functools.partial(sink.send, body, key, 1, url)
+                    refused = policy.call(send, sleep=sleep, stop=stop)
                     if refused:
                         raise RejectedError(refused[0].message, url=sink.safe_url,
                                             status=refused[0].status,
@@ -91,3 +105,11 @@ def replay_dead_letters(
         if state is None:
             store.close()
     return ReplayResult(delivered, rejected)
+
+
+def _url_for(job: Job, row: bytes, filler: UrlFiller | None) -> str | None:
+    """A per-row letter's URL, its placeholders filled from the row it keeps."""
+    if filler is None:
+        return None
+    values = loads(row)
+    return filler.fill([values.get(name) for name in filler.names], 1)

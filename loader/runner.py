@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from loader import defaults
 from loader._version import __version__
-from loader.batching import Batch, Chunk, batches
-from loader.encoding import Framing, RowEncoder, framing
+from loader.batching import Batch, Chunk, batches, singles
+from loader.encoding import Framing, RowEncoder, UrlFiller, framing
 from loader.errors import (
     CursorOrderError,
     LoaderError,
@@ -53,6 +53,8 @@ Status = Literal["succeeded", "partial", "failed", "interrupted", "dry-run", "ru
 USER_AGENT = f"loader/{__version__}"
 #: Rejections that are about the request, not a row: bisecting would not isolate anything.
 NOT_ROW_STATUSES = frozenset({401, 403, 404, 405, 407})
+#: With per-row requests a 404 is about the row's resource (its URL), not the target.
+NOT_ROW_STATUSES_PER_ROW = NOT_ROW_STATUSES - {404}
 _ORDERED_TYPES = frozenset({int, float, Decimal, datetime, date})
 
 
@@ -300,7 +302,12 @@ class _Run:
         frame = framing_for(job)
         with (
             open_stream(
-                job.source, self.redactor, position=position, decimals=job.target.decimals
+                job.source,
+                self.redactor,
+                position=position,
+                decimals=job.target.decimals,
+                omit=job.target.omit,
+                values=job.target.placeholders,
             ) as stream,
             Sink(
                 job.target,
@@ -310,20 +317,18 @@ class _Run:
                 transport=transport,
             ) as sink,
         ):
+            chunks = self.chunks(stream, limit)
             produced = self.scoped(
-                batches(
-                    self.chunks(stream, limit),
-                    frame,
-                    max_rows=job.batch.size,
-                    max_bytes=job.batch.max_bytes,
-                ),
+                singles(chunks, frame, max_bytes=job.batch.max_bytes)
+                if job.target.per_row
+                else batches(chunks, frame, max_rows=job.batch.size, max_bytes=job.batch.max_bytes),
                 position,
             )
             if dry_run:
                 for batch, scope in produced:
                     if len(self.counters.preview) < preview:
                         key = idempotency_key(job.name, scope, batch.body)
-                        self.counters.preview.append(sink.prepare(batch.body, key))
+                        self.counters.preview.append(sink.prepare(batch.body, key, batch.url))
                 return "dry-run"
             assert lease is not None
             sender = _Sender(job, sink, frame, self.counters, self.redactor, sleep)
@@ -355,7 +360,11 @@ class _Run:
             utc_datetimes=stream.utc_datetimes,
             utc_columns=stream.utc_columns,
             json_columns=stream.json_columns,
+            omit=self.job.target.omit,
         )
+        target = self.job.target
+        filler = UrlFiller(target.url, target.placeholders) if target.per_row else None
+        values = stream.value_indexes
         indexes = stream.cursor_indexes
         counters = self.counters
         previous: Any = None
@@ -372,8 +381,14 @@ class _Run:
             else:
                 encode = encoder.encode
                 rows = [encode(row) for row in raw]
+            urls = None
+            if filler is not None:
+                first = counters.rows_read + 1
+                urls = [
+                    filler.fill([row[i] for i in values], first + n) for n, row in enumerate(raw)
+                ]
             counters.rows_read += len(raw)
-            yield Chunk(rows, _position_of(raw, indexes) if indexes else _no_position)
+            yield Chunk(rows, _position_of(raw, indexes) if indexes else _no_position, urls)
 
     def check_cursor(
         self, raw: Sequence[Sequence[Any]], indexes: tuple[int, ...], previous: Any, before: int
@@ -428,6 +443,7 @@ def framing_for(job: Job) -> Framing:
         job.target.format,
         envelope.key if envelope else None,
         dict(envelope.fields) if envelope else None,
+        single=job.target.per_row,
     )
 
 
@@ -463,11 +479,23 @@ _DONE = object()
 Rejected = list[tuple[bytes, RejectedError]]
 
 
+@dataclass
+class _Item:
+    """A batch on its way to a sender. ``after`` is set when the previous request to the
+    same per-row URL is finished; ``done`` is set when this one is."""
+
+    batch: Batch
+    scope: str
+    after: threading.Event | None = None
+    done: threading.Event | None = None
+
+
 class _Pipeline:
     """Reading, sending and committing overlap: one reader thread builds batches, up to
     ``concurrency`` sender threads post them, and this thread commits acknowledged
     batches in order. At most ``concurrency`` batches are between read and committed, so
-    a crash re-sends at most that many."""
+    a crash re-sends at most that many. Per-row requests to the same URL go one after the
+    other, in order; requests to different URLs go concurrently."""
 
     def __init__(self, run: _Run, lease: Lease, sender: _Sender, stop: threading.Event) -> None:
         self.run_ = run
@@ -478,7 +506,8 @@ class _Pipeline:
         self.signal = _AnyEvent(stop, self.halt, run.lost)
         self.concurrency = run.job.concurrency
         self.window = threading.Semaphore(self.concurrency)
-        self.todo: queue.Queue[tuple[Batch, str] | None] = queue.Queue()
+        self.todo: queue.Queue[_Item | None] = queue.Queue()
+        self.last_to: dict[str, threading.Event] = {}  # per URL, its latest request's end
         self.done: queue.Queue[Any] = queue.Queue()
         self.interrupted = False
 
@@ -542,7 +571,7 @@ class _Pipeline:
                 if self.signal.is_set():
                     self.interrupted = self.interrupted or self.stop.is_set()
                     break
-                self.todo.put(item)
+                self.todo.put(self.ordered(*item))
         except BaseException as exc:
             self.done.put(exc)
         finally:
@@ -550,22 +579,44 @@ class _Pipeline:
                 self.todo.put(None)
             self.done.put(_DONE)
 
+    def ordered(self, batch: Batch, scope: str) -> _Item:
+        """The item for ``batch``, chained after the previous request to its URL."""
+        if batch.url is None:
+            return _Item(batch, scope)
+        if len(self.last_to) > 4 * self.concurrency:  # forget requests long finished
+            self.last_to = {url: e for url, e in self.last_to.items() if not e.is_set()}
+        done = threading.Event()
+        after = self.last_to.get(batch.url)
+        self.last_to[batch.url] = done
+        return _Item(batch, scope, after, done)
+
     def send(self) -> None:
         while (item := self.todo.get()) is not None:
-            batch, scope = item
-            if self.signal.is_set():
-                self.interrupted = self.interrupted or self.stop.is_set()
-                continue
             try:
-                rejected = self.sender.send(batch.rows, batch.body, scope, self.signal)
-            except Interrupted:
-                self.interrupted = True
-                continue
-            except BaseException as exc:
-                self.done.put(exc)
-                continue
-            self.done.put((batch, rejected))
+                self.send_one(item)
+            finally:
+                if item.done is not None:
+                    item.done.set()
         self.done.put(_DONE)
+
+    def send_one(self, item: _Item) -> None:
+        batch = item.batch
+        # Items are taken in order, so the one this waits for is already being sent.
+        while item.after is not None and not item.after.wait(0.05):
+            if self.signal.is_set():
+                break
+        if self.signal.is_set():
+            self.interrupted = self.interrupted or self.stop.is_set()
+            return
+        try:
+            rejected = self.sender.send(batch.rows, batch.body, item.scope, self.signal, batch.url)
+        except Interrupted:
+            self.interrupted = True
+            return
+        except BaseException as exc:
+            self.done.put(exc)
+            return
+        self.done.put((batch, rejected))
 
     def commit(self, group: list[tuple[Batch, Rejected]]) -> None:
         """Record batches acknowledged in order: their dead letters and the checkpoint
@@ -618,15 +669,18 @@ class _Sender:
         self.lock = threading.Lock()
         self.rejected_seen = 0
 
-    def send(self, rows: list[bytes], body: bytes, scope: str, stop: _AnyEvent) -> Rejected:
-        """Deliver ``rows``; return the rows the endpoint rejected, with the rejection.
+    def send(
+        self, rows: list[bytes], body: bytes, scope: str, stop: _AnyEvent, url: str | None = None
+    ) -> Rejected:
+        """Deliver ``rows`` (to ``url``, for a per-row request); return the rows the
+        endpoint rejected, with the rejection.
 
         ``scope`` keys the idempotency keys (see :func:`loader.sink.idempotency_key`).
         Raises :class:`RejectedError` when rejections are not row-specific (401, 403...)
         or ``on_reject: fail``, and :class:`TooManyRejectionsError` past ``max_rejected``.
         """
         try:
-            return self.refused(rows, self.attempt(body, scope, stop, len(rows)))
+            return self.refused(rows, self.attempt(body, scope, stop, len(rows), url))
         except RejectedError as exc:
             if self.about_request(exc) or self.job.on_reject == "fail":
                 raise
@@ -673,7 +727,8 @@ class _Sender:
     def about_request(self, error: RejectedError) -> bool:
         """True for rejections of the request rather than a row (401, 403...), unless
         ``target.statuses`` says the status is a row's rejection."""
-        return error.status in NOT_ROW_STATUSES and error.status not in self.job.target.statuses
+        about = NOT_ROW_STATUSES_PER_ROW if self.job.target.per_row else NOT_ROW_STATUSES
+        return error.status in about and error.status not in self.job.target.statuses
 
     def reject(self, row: bytes, error: RejectedError) -> Rejected:
         with self.lock:
@@ -691,7 +746,9 @@ class _Sender:
             ) from error
         return [(row, error)]
 
-    def attempt(self, body: bytes, scope: str, stop: _AnyEvent, rows: int = 1) -> list[ItemError]:
+    def attempt(
+        self, body: bytes, scope: str, stop: _AnyEvent, rows: int = 1, url: str | None = None
+    ) -> list[ItemError]:
         key = idempotency_key(self.job.name, scope, body)
 
         def once() -> list[ItemError]:
@@ -699,7 +756,7 @@ class _Sender:
                 self.counters.requests += 1
                 self.counters.in_flight += 1
             try:
-                return self.sink.send(body, key, rows)
+                return self.sink.send(body, key, rows, url)
             finally:
                 with self.lock:
                     self.counters.in_flight -= 1

@@ -241,20 +241,22 @@ class Sink:
                 client.close()
             self._clients.clear()
 
-    def prepare(self, body: bytes, key: str) -> Request:
+    def prepare(self, body: bytes, key: str, url: str | None = None) -> Request:
         """The request for ``body``, with secret headers masked (for display)."""
         headers = self._redactor.headers({**self._headers, "Idempotency-Key": key})
-        return Request(self._target.method, self.safe_url, headers, body)
+        shown = self._redactor.url(url) if url else self.safe_url
+        return Request(self._target.method, shown, headers, self._content(body))
 
-    def send(self, body: bytes, key: str, rows: int = 1) -> list[ItemError]:
-        """Deliver ``body`` (of ``rows`` rows) once; return on 2xx, raise a
-        :class:`SinkError` otherwise. Waits for the host's rate limit first.
+    def send(self, body: bytes, key: str, rows: int = 1, url: str | None = None) -> list[ItemError]:
+        """Deliver ``body`` (of ``rows`` rows) once, to ``url`` (a per-row URL) or the
+        target's; return on 2xx, raise a :class:`SinkError` otherwise. Waits for the
+        host's rate limit first.
 
         Returns the rows a 2xx answer says it refused (``target.item_errors``)."""
         if self._limiter is not None:
             self._limiter.acquire(rows if self._limiter.rows else 1)
         try:
-            refused = self._send(body, key)
+            refused = self._send(body, key, url or self._target.url)
         except RetryableSinkError as exc:
             if self._limiter is not None and exc.status == 429:
                 self._limiter.throttled(exc.retry_after)
@@ -263,18 +265,25 @@ class Sink:
             self._limiter.acknowledged()
         return refused
 
-    def _send(self, body: bytes, key: str) -> list[ItemError]:
+    def _content(self, body: bytes) -> bytes:
+        """What goes on the wire for ``body``: nothing for DELETE."""
+        return b"" if self._target.method == "DELETE" else body
+
+    def _send(self, body: bytes, key: str, url: str) -> list[ItemError]:
         method = self._target.method
-        what = f"{method} {self.safe_url}"
+        what = f"{method} {self._redactor.url(url) if url != self._target.url else self.safe_url}"
         headers = {**self._headers, "Idempotency-Key": key}
-        if self._target.gzip:
+        body = self._content(body)
+        if self._target.gzip and body:
             body = gzip.compress(body, compresslevel=5)
         for fresh_token in (False, True):
             token = None
             if self._oauth2 is not None:
                 token = self._oauth2.get(self._client)
                 headers["Authorization"] = f"Bearer {token}"
-            again, refused = self._attempt(method, what, headers, body, retry_401=not fresh_token)
+            again, refused = self._attempt(
+                method, url, what, headers, body, retry_401=not fresh_token
+            )
             if not again:
                 return refused
             assert self._oauth2 is not None and token is not None
@@ -282,14 +291,19 @@ class Sink:
         return []
 
     def _attempt(
-        self, method: str, what: str, headers: dict[str, str], body: bytes, *, retry_401: bool
+        self,
+        method: str,
+        url: str,
+        what: str,
+        headers: dict[str, str],
+        body: bytes,
+        *,
+        retry_401: bool,
     ) -> tuple[bool, list[ItemError]]:
         """One request: whether to send it again with a fresh token, and the rows a 2xx
         answer refused."""
         try:
-            with self._client.stream(
-                method, self._target.url, content=body, headers=headers
-            ) as response:
+            with self._client.stream(method, url, content=body, headers=headers) as response:
                 status = response.status_code
                 if status == 401 and retry_401 and self._oauth2 is not None:
                     return True, []

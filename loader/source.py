@@ -58,8 +58,9 @@ class RowStream:
 
     ``cursor_indexes`` are the positions of the cursor's column and key in each row
     (empty without a cursor). When ``json_rows`` is true (the PostgreSQL fast path), each
-    row's first item is the row already encoded as a JSON object (bytes) and the cursor
-    values follow it.
+    row's first item is the row already encoded as a JSON object (bytes, without the
+    omitted columns) and the cursor values follow it. ``value_indexes`` are the positions
+    of the columns asked for as ``values`` (for URL placeholders).
     """
 
     columns: tuple[str, ...]
@@ -69,6 +70,7 @@ class RowStream:
     json_rows: bool = False
     utc_columns: tuple[int, ...] = ()
     json_columns: tuple[int, ...] = ()
+    value_indexes: tuple[int, ...] = ()
 
 
 # PostgreSQL types whose JSON the database can write itself, exactly as loader's encoding
@@ -112,12 +114,17 @@ def fast_query(
     position: tuple[Any, ...] | None,
     described: Described,
     decimals: str,
+    omit: Sequence[str] = (),
+    values: Sequence[str] = (),
 ) -> tuple[str, dict[str, Any]] | None:
-    """The query rewritten so PostgreSQL writes each row's JSON object itself, followed by
-    the cursor's values; ``None`` when a column's type is not one it can write exactly."""
+    """The query rewritten so PostgreSQL writes each row's JSON object itself (without the
+    ``omit`` columns), followed by the cursor's values and then the ``values`` columns;
+    ``None`` when a column's type is not one it can write exactly."""
     quote = dialect.identifier_preparer.quote
     expressions = []
     for name in described.columns:
+        if name in omit:
+            continue
         type_name = _FAST_TYPES.get(described.types[name])
         if type_name is None:
             return None
@@ -125,7 +132,7 @@ def fast_query(
             f"{_fast_expression('s.' + quote(name), type_name, decimals)} AS {quote(name)}"
         )
     where, order, params = _cursor_clauses(config, dialect, position, "s", described)
-    keys = "".join(f", {column}" for column in order)
+    keys = "".join(f", {column}" for column in [*order, *(f"s.{quote(v)}" for v in values)])
     inner = config.query.strip().rstrip(";").strip()
     # UTF-8 bytes, fetched in binary: psycopg hands them over without a Python call per row.
     sql = (
@@ -297,9 +304,13 @@ def open_stream(
     position: tuple[Any, ...] | None = None,
     decimals: str = "number",
     fast: bool = True,
+    omit: Sequence[str] = (),
+    values: Sequence[str] = (),
 ) -> Iterator[RowStream]:
     """Connect, start a read-only transaction and execute the query; with a cursor,
-    only the rows after ``position`` (see :func:`cursor_query`).
+    only the rows after ``position`` (see :func:`cursor_query`). ``omit`` and ``values``
+    name columns to leave out of the rows' JSON and to hand over as they are
+    (``RowStream.value_indexes``); :class:`QueryError` if the query lacks one.
 
     On PostgreSQL (psycopg), when every column has a type it can write exactly, the
     database builds each row's JSON (:func:`fast_query`); ``fast=False`` forbids that.
@@ -329,8 +340,9 @@ def open_stream(
             _refuse_nulls(connection, config, where, redactor)
             if fast and described is not None and connection.dialect.driver == "psycopg":
                 fast_stream = _open_fast(
-                    connection, config, position, decimals, described, where, redactor
-                )
+                    connection, config, position, decimals, described, where, redactor,
+                    omit, values,
+                )  # fmt: skip
                 if fast_stream is not None:
                     with fast_stream as stream:
                         yield stream
@@ -350,6 +362,8 @@ def open_stream(
             try:
                 columns = tuple(result.keys())
                 _refuse_duplicates(columns)
+                _named_columns(columns, omit, "target.omit")
+                value_indexes = _named_columns(columns, values, "target.url")
                 utc_columns, json_columns = _mysql_types(engine.dialect, result)
                 yield RowStream(
                     columns=columns,
@@ -358,6 +372,7 @@ def open_stream(
                     cursor_indexes=_cursor_indexes(config, columns),
                     utc_columns=utc_columns,
                     json_columns=json_columns,
+                    value_indexes=value_indexes,
                 )
             finally:
                 result.close()
@@ -427,12 +442,16 @@ def _open_fast(
     described: Described,
     where: str,
     redactor: Redactor,
+    omit: Sequence[str],
+    values: Sequence[str],
 ) -> contextlib.AbstractContextManager[RowStream] | None:
     """When the database can write the rows' JSON, run :func:`fast_query`, streamed.
     ``None`` when the generic path must be used."""
     params = dict(config.params)
     columns = described.columns
-    built = fast_query(config, connection.dialect, position, described, decimals)
+    _named_columns(columns, omit, "target.omit")
+    _named_columns(columns, values, "target.url")
+    built = fast_query(config, connection.dialect, position, described, decimals, omit, values)
     if built is None:
         return None
     sql, extra = built
@@ -462,6 +481,7 @@ def _open_fast(
                 utc_datetimes=True,
                 cursor_indexes=tuple(range(1, 1 + cursor_count)),
                 json_rows=True,
+                value_indexes=tuple(range(1 + cursor_count, 1 + cursor_count + len(values))),
             )
         finally:
             chunks.close()
@@ -598,6 +618,18 @@ def _cursor_indexes(config: jobmodel.Source, columns: tuple[str, ...]) -> tuple[
             f"the cursor column {missing[0]!r} is not in the query's result "
             f"(columns: {', '.join(columns)}); select it or fix source.cursor"
         )
+    return tuple(columns.index(name) for name in names)
+
+
+def _named_columns(columns: tuple[str, ...], names: Sequence[str], key: str) -> tuple[int, ...]:
+    """The positions of ``names`` in ``columns``; :class:`QueryError` naming ``key`` when
+    one is not a column of the query."""
+    for name in names:
+        if name not in columns:
+            raise QueryError(
+                f"{key} names the column {name!r}, which the query does not return "
+                f"(columns: {', '.join(columns)}); select it or fix {key}"
+            )
     return tuple(columns.index(name) for name in names)
 
 

@@ -180,7 +180,7 @@ class Endpoint:
                 self.end_headers()
                 self.wfile.write(body)
 
-            do_POST = do_PUT = do_PATCH = do_GET = _handle
+            do_POST = do_PUT = do_PATCH = do_GET = do_DELETE = _handle
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

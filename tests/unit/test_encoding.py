@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from loader.encoding import RowEncoder, framing, iso_duration
+from loader.encoding import RowEncoder, UrlFiller, framing, iso_duration
 from loader.errors import EncodingError
 
 
@@ -118,3 +118,24 @@ def test_json_text_with_line_breaks_stays_on_one_line() -> None:
 def test_envelope_fields_may_hold_big_integers() -> None:
     """Static envelope fields past 64 bits encode with every digit."""
     assert framing("json", "e", {"n": 2**70}).prefix == b'{"n":1180591620717411303424,"e":['
+
+
+def test_url_filler_encodes_each_value_and_names_bad_ones() -> None:
+    """Values are URL-encoded whole (a slash cannot change the path); NULL and types that
+    have no URL form are errors naming the row and column."""
+    filler = UrlFiller("https://x.io/c/{email}/{n}?d={day}", ["email", "n", "day"])
+    assert filler.fill(["a/b+c@x.io", Decimal("1.50"), date(2024, 2, 29)], 1) == (
+        "https://x.io/c/a%2Fb%2Bc%40x.io/1.50?d=2024-02-29"
+    )
+    assert filler.fill(["é", True, uuid.UUID(int=1)], 1).startswith("https://x.io/c/%C3%A9/true?")
+    with pytest.raises(EncodingError, match=r"row 7: column 'n' is NULL"):
+        filler.fill(["a", None, 1], 7)
+    with pytest.raises(EncodingError, match=r"row 2: column 'email' is a bytes"):
+        filler.fill([b"x", 1, 1], 2)
+
+
+def test_single_row_framing() -> None:
+    """Per-row bodies are the object itself, or inside the envelope."""
+    assert framing("json", single=True).body([b'{"a":1}']) == b'{"a":1}'
+    wrapped = framing("json", "contact", {"v": 2}, single=True)
+    assert wrapped.body([b'{"a":1}']) == b'{"v":2,"contact":{"a":1}}'

@@ -122,7 +122,8 @@ retry:
         "(allowed: url, query, params, statement_timeout, fetch_size, cursor)",
         "jobs/x.yml:6: target.url: expected an http:// or https:// URL with a host, "
         "such as https://api.example.com/v1/import",
-        "jobs/x.yml:7: target.method: expected one of 'POST', 'PUT' or 'PATCH', got 'GET'",
+        "jobs/x.yml:7: target.method: expected one of 'POST', 'PUT', 'PATCH' or 'DELETE', "
+        "got 'GET'",
         "jobs/x.yml:9: target.headers.Authorization: environment variable CRM_TOKEN is not "
         "set; set it (or put it in .env), or give a default: ${CRM_TOKEN:-value}",
         "jobs/x.yml:11: batch.size: expected a value >= 1, got 0",
@@ -302,3 +303,26 @@ def test_an_empty_variable_takes_the_default_as_in_the_shell() -> None:
     job = parse(text, env={"A": ""})
 
     assert job.target.headers == {"X-A": "fallback", "X-B": "[]"}
+
+
+def test_per_row_url_placeholders_and_methods() -> None:
+    """Placeholders need per_row, stand in the path or query only, and are column names;
+    DELETE and item_errors go with per_row only one way each."""
+    per_row = MINIMAL.replace("/import", "/contacts/{email}?list={list_id}")
+    job = parse(per_row + "  per_row: true\n  method: delete\n  omit: [id]\n")
+    assert job.target.placeholders == ("email", "list_id")
+    assert (job.target.method, job.target.omit) == ("DELETE", ("id",))
+
+    assert problems(per_row) == [
+        "jobs/x.yml:4: target: url has placeholders ({email}, {list_id}), which are filled "
+        "from one row: set per_row: true, or remove them"
+    ]
+    assert problems(MINIMAL + "  method: DELETE\n") == [
+        "jobs/x.yml:4: target: method DELETE needs per_row: true (one request per row)"
+    ]
+    host = MINIMAL.replace("api.example.com", "{tenant}.example.com")
+    assert "not in its host" in problems(host + "  per_row: true\n")[0]
+    braces = MINIMAL.replace("/import", "/import/{1x}")
+    assert "is not a {column} placeholder" in problems(braces + "  per_row: true\n")[0]
+    item_errors = "  per_row: true\n  item_errors: {path: errors}\n"
+    assert "per_row requests are refused" in problems(MINIMAL + item_errors)[0]
