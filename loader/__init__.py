@@ -11,6 +11,8 @@ The front door::
 Everything public is importable from here; submodules are implementation details.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from loader import defaults
 from loader._version import __version__
 from loader.errors import (
@@ -36,6 +38,20 @@ from loader.runner import RUN_ID, RunResult, run_job
 from loader.schedule import Schedule
 from loader.state import StateStore, open_state
 
+if TYPE_CHECKING:
+    from loader.workers import JobQueue, QueuedRun, queue_url
+
+
+def __getattr__(name: str) -> Any:
+    # The queue (Procrastinate) is imported on first use: it costs start-up time that
+    # runs without workers do not need.
+    if name in ("JobQueue", "QueuedRun", "queue_url"):
+        from loader import workers
+
+        return getattr(workers, name)
+    raise AttributeError(f"module 'loader' has no attribute {name!r}")
+
+
 __all__ = [
     "Batch",
     "Cursor",
@@ -45,8 +61,10 @@ __all__ = [
     "Job",
     "JobConfigError",
     "JobLockedError",
+    "JobQueue",
     "LoaderError",
     "QueryError",
+    "QueuedRun",
     "RUN_ID",
     "RejectedError",
     "RetriesExhaustedError",
@@ -71,5 +89,6 @@ __all__ = [
     "load_job",
     "open_state",
     "parse_job",
+    "queue_url",
     "run_job",
 ]

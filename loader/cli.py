@@ -55,8 +55,10 @@ app = typer.Typer(
 )
 state_app = typer.Typer(help="Show or reset a job's checkpoint.", no_args_is_help=True)
 deadletter_app = typer.Typer(help="Rows the endpoint rejected.", no_args_is_help=True)
+db_app = typer.Typer(help="The state store's and the queue's tables.", no_args_is_help=True)
 app.add_typer(state_app, name="state")
 app.add_typer(deadletter_app, name="deadletter")
+app.add_typer(db_app, name="db")
 
 EnvFile = Annotated[
     Path,
@@ -165,6 +167,10 @@ def run(
         str | None,
         typer.Option("--target-url", help="Send to this URL instead (e.g. loader receive)."),
     ] = None,
+    enqueue: Annotated[
+        bool,
+        typer.Option("--enqueue", help="Queue the run for `loader worker` instead of running it."),
+    ] = False,
     env_file: EnvFile = Path(".env"),
 ) -> None:
     """Run a job once: stream its rows to its endpoint and print a summary."""
@@ -173,6 +179,9 @@ def run(
         if target_url is not None:
             job = _retarget(job, target_url)
         grace_seconds = _duration("--grace", grace)
+        if enqueue:
+            _enqueue(job, job_file, env_file)
+            return
     redactor = job.redactor()
     with _exit_codes(redactor):
         stop = _stop_on_signals(grace_seconds)
@@ -193,6 +202,80 @@ def run(
                 f"{result.rows_rejected} rows were rejected and kept as dead letters: "
                 f"loader deadletter list {job_file}",
             )
+
+
+def _enqueue(job: Job, job_file: Path, env_file: Path) -> None:
+    from loader.workers import JobQueue, queue_url
+
+    run_id = f"{job.name}@{datetime.now().astimezone().strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    with JobQueue(queue_url(environment(env_file))) as queue:
+        if queue.enqueue(job.name, job_file, run_id=run_id):
+            typer.echo(f"queued run {run_id} of {job.name}")
+        else:
+            typer.echo(f"a run of {job.name} is already waiting in the queue; it will do this one")
+
+
+@app.command(epilog="Exit codes: 0 stopped by a signal, 2 bad configuration, 7 queue failed.")
+def worker(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Job files or directories (default: jobs/).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Runs at once.")] = (
+        defaults.WORKER_CONCURRENCY
+    ),
+    stalled_after: Annotated[
+        str,
+        typer.Option(
+            help="Put a worker's runs back in the queue after this long without "
+            "a heartbeat from it."
+        ),
+    ] = "30s",  # fmt: skip
+    migrate: Annotated[
+        bool, typer.Option("--migrate", help="Create the queue's tables first if missing.")
+    ] = False,
+    grace: Annotated[
+        str, typer.Option(help="On SIGTERM, time for running jobs to checkpoint and end.")
+    ] = "25s",
+    env_file: EnvFile = Path(".env"),
+) -> None:
+    """Run queued runs (from `loader clock` with LOADER_EXECUTOR=procrastinate, or
+    `loader run --enqueue`) until SIGTERM: a Heroku worker dyno; start as many as needed."""
+    from loader.workers import JobQueue, queue_url
+
+    _configure_logging(logging.INFO, sys.stdout)
+    with _exit_codes(Redactor()):
+        env = environment(env_file)
+        stalled = _duration("--stalled-after", stalled_after)
+        grace_seconds = min(_duration("--grace", grace), MAX_CLOCK_GRACE)
+        stop, reload = threading.Event(), threading.Event()
+        _clock_signals(stop, reload, grace_seconds)
+        store = open_state()
+        with JobQueue(queue_url(env)) as queue:
+            if migrate and queue.migrate():
+                typer.echo("created the queue's tables")
+            typer.echo(f"worker started: {concurrency} run(s) at once, queue {queue.queue!r}")
+            queue.work(
+                list(paths or [Path("jobs")]), store, stop=stop, concurrency=concurrency,
+                stalled_after=stalled,
+            )  # fmt: skip
+        store.close()
+        typer.echo("worker stopped")
+
+
+@db_app.command("upgrade")
+def db_upgrade(env_file: EnvFile = Path(".env")) -> None:
+    """Create the state store's tables, and the queue's when LOADER_EXECUTOR=procrastinate
+    or LOADER_QUEUE_URL is set (safe to run on every release)."""
+    from loader.workers import JobQueue, queue_url
+
+    with _exit_codes(Redactor()):
+        env = environment(env_file)
+        open_state().close()
+        typer.echo("state store ready")
+        if env.get(defaults.EXECUTOR_ENV) == "procrastinate" or env.get("LOADER_QUEUE_URL"):
+            with JobQueue(queue_url(env)) as queue:
+                created = queue.migrate()
+            typer.echo("queue tables created" if created else "queue tables ready")
 
 
 @app.command()
@@ -350,6 +433,14 @@ def clock(
         int | None,
         typer.Option(envvar="PORT", help="Serve /metrics and /healthz on this port ($PORT)."),
     ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            envvar=defaults.EXECUTOR_ENV,
+            help="inline: run jobs in this process; procrastinate: queue them for "
+            "`loader worker` ($LOADER_EXECUTOR).",
+        ),
+    ] = "inline",
     env_file: EnvFile = Path(".env"),
 ) -> None:
     """Run the job files on their schedules until SIGTERM (a Heroku clock dyno)."""
@@ -368,11 +459,22 @@ def clock(
                 _fail(defaults.EXIT_CONFIG, "bad job files (--strict): not starting")
         # Heroku sends SIGKILL 30 s after SIGTERM: stay well inside that.
         grace_seconds = min(grace_seconds, MAX_CLOCK_GRACE)
+        if executor not in ("inline", "procrastinate"):
+            _fail(defaults.EXIT_CONFIG,
+                  f"--executor (or {defaults.EXECUTOR_ENV}): expected inline or procrastinate, "
+                  f"got {executor!r}")  # fmt: skip
+        queue = None
+        if executor == "procrastinate":
+            from loader.workers import JobQueue, queue_url
+
+            queue = JobQueue(queue_url(env))
+            queue.open()
         stop, reload = threading.Event(), threading.Event()
         _clock_signals(stop, reload, grace_seconds)
         Clock(
-            roots, max_parallel=max_parallel, grace=grace_seconds, env=env, metrics_port=port
-        ).run(stop, reload)
+            roots, max_parallel=max_parallel, grace=grace_seconds, env=env, metrics_port=port,
+            enqueue=queue.enqueue if queue is not None else None,
+        ).run(stop, reload)  # fmt: skip
         # Runs still going after the grace period are abandoned (their state is consistent
         # at any moment); do not wait for their threads at interpreter exit.
         sys.stdout.flush()
@@ -526,6 +628,7 @@ def status(
         store = open_state()
         now = time.time()
         rows: list[dict[str, Any]] = []
+        queued = _queued_runs(env)
         for path in find_job_files(list(paths or [Path("jobs")])):
             try:
                 job = load_job(path, env=env)
@@ -548,28 +651,44 @@ def status(
                 "cursor_lag_seconds": round(lag, 1) if lag is not None else None,
                 "next_run": _when(schedule.next_after(now)) if schedule else None,
                 "dead_letters": store.dead_letter_count(job.name),
+                **({} if queued is None else {
+                    "queued": sum(r.job == job.name and r.status == "todo" for r in queued),
+                    "running": sum(r.job == job.name and r.status == "doing" for r in queued),
+                }),
             })  # fmt: skip
         store.close()
         if as_json:
             typer.echo(mask_registered(json.dumps({"jobs": rows}, indent=2)))
             return
-        table = _table("job", "schedule", "last run", "status", "rows", "cursor lag",
-                      "next run", "dead letters")  # fmt: skip
+        columns = ["job", "schedule", "last run", "status", "rows", "cursor lag", "next run",
+                   "dead letters"] + ([] if queued is None else ["queue"])  # fmt: skip
+        table = _table(*columns)
         for row in rows:
             if "problem" in row:
-                table.add_row(row["job"], "", "", "bad job file", "", "", "", "")
+                table.add_row(row["job"], "", "", "bad job file", *[""] * (len(columns) - 4))
                 continue
             lag = row["cursor_lag_seconds"]
+            extra = [] if queued is None else [f"{row['running']} running, {row['queued']} waiting"]
             table.add_row(
                 row["job"], row["schedule"] or "(none)", row["last_run"] or "never",
                 row["status"] or "", str(row["rows_posted"] or ""),
                 "" if lag is None else f"{lag:.0f}s", row["next_run"] or "",
-                str(row["dead_letters"]),
+                str(row["dead_letters"]), *extra,
             )  # fmt: skip
         _console().print(table)
         for row in rows:
             if "problem" in row:
                 typer.echo(mask_registered(row["problem"]), err=True)
+
+
+def _queued_runs(env: dict[str, str]) -> list[Any] | None:
+    """The runs waiting or running in the queue, when workers are in use."""
+    if env.get(defaults.EXECUTOR_ENV) != "procrastinate" and not env.get("LOADER_QUEUE_URL"):
+        return None
+    from loader.workers import JobQueue, queue_url
+
+    with JobQueue(queue_url(env)) as queue:
+        return queue.runs()
 
 
 @app.command()

@@ -43,6 +43,14 @@ CATCH_UP: Final = 3600.0
 CLOCK_MAX_PARALLEL: Final = 4
 #: Seconds the clock gives running jobs to stop after SIGTERM (Heroku kills at 30).
 CLOCK_GRACE: Final = 25.0
+#: The Procrastinate queue of loader's runs.
+QUEUE_NAME: Final = "loader"
+#: Runs one ``loader worker`` executes at once.
+WORKER_CONCURRENCY: Final = 2
+#: Seconds without a heartbeat after which a worker's runs are put back in the queue.
+WORKER_STALLED_AFTER: Final = 30.0
+#: Environment variable choosing where the clock runs jobs: inline or procrastinate.
+EXECUTOR_ENV: Final = "LOADER_EXECUTOR"
 #: Seconds between checks of the job files for changes.
 CLOCK_RELOAD_POLL: Final = 5.0
 #: While a job keeps failing, how long before one reminder alert (6 hours).

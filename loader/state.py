@@ -208,6 +208,7 @@ class StateStore(Protocol):
     def acquire(self, job: str, owner: str, *, ttl: float = ...) -> Lease: ...
     def renew(self, lease: Lease, *, ttl: float = ...) -> None: ...
     def release(self, lease: Lease) -> None: ...
+    def break_lock(self, job: str, owner: str) -> bool: ...
     def checkpoint(self, job: str) -> Checkpoint | None: ...
     def record_batch(
         self,
@@ -486,6 +487,17 @@ class SqlStateStore:
                 .values(expires_at=0.0)
             )
 
+    def break_lock(self, job: str, owner: str) -> bool:
+        """Expire ``job``'s lock if ``owner`` holds it (an attempt of that run that is
+        known to be dead); ``True`` if it did. Its writes are fenced off from then on."""
+        with self._transaction("releasing the lock") as conn:
+            result = conn.execute(
+                sa.update(_locks)
+                .where(_locks.c.job == job, _locks.c.owner == owner, _locks.c.expires_at > 0)
+                .values(expires_at=0.0)
+            )
+        return bool(result.rowcount)
+
     # Checkpoints
 
     def checkpoint(self, job: str) -> Checkpoint | None:
@@ -580,19 +592,20 @@ class SqlStateStore:
     # Run history
 
     def start_run(self, run_id: str, job: str, cursor_from: Position | None) -> None:
-        """Record that a run started."""
+        """Record that a run started (again, for a run resumed under the same id)."""
+        values = {
+            "status": "running",
+            "started_at": self._clock(),
+            "ended_at": None,
+            "error": None,
+            "host": self._host,
+            "pid": self._pid,
+            "cursor_from": encode_position(cursor_from) if cursor_from else None,
+        }
         with self._transaction("recording the run") as conn:
-            conn.execute(
-                sa.insert(_runs).values(
-                    run_id=run_id,
-                    job=job,
-                    status="running",
-                    started_at=self._clock(),
-                    host=self._host,
-                    pid=self._pid,
-                    cursor_from=encode_position(cursor_from) if cursor_from else None,
-                )
-            )
+            again = conn.execute(sa.update(_runs).where(_runs.c.run_id == run_id).values(**values))
+            if not again.rowcount:
+                conn.execute(sa.insert(_runs).values(run_id=run_id, job=job, **values))
 
     def finish_run(self, run_id: str, status: str, **counts: Any) -> None:
         """Record how a run ended: ``status`` and the counters in ``counts``."""

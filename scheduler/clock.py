@@ -9,6 +9,8 @@
   ``catch_up`` old; every other missed slot is recorded as ``missed``.
 * **Isolation.** Runs go to an executor (threads, ``max_parallel`` at once); a slow or
   failing job never delays the others, and an exception in a run never stops the clock.
+  Given ``enqueue`` (``loader.JobQueue.enqueue``), the clock only queues runs, and
+  ``loader worker`` processes on any machine run them.
 * **Shutdown.** When ``stop`` is set, nothing new starts; running jobs see the same event,
   finish their requests in flight and keep their checkpoints; the clock waits for them
   up to ``grace`` seconds.
@@ -69,7 +71,9 @@ class Clock:
     """Runs the job files under ``paths`` on their schedules until stopped.
 
     ``now`` is the wall clock (Unix seconds); ``run`` the function that runs one job
-    (``loader.run_job``). Both are seams for tests.
+    (``loader.run_job``). Both are seams for tests. ``enqueue(job_name, path, run_id=,
+    slot=)`` hands each claimed slot to workers instead of running it here; it returns
+    ``False`` when a run of the job is already waiting.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class Clock:
         now: Callable[[], float] = time.time,
         run: Callable[..., loader.RunResult] = loader.run_job,
         metrics_port: int | None = None,
+        enqueue: Callable[..., bool] | None = None,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.state = state if state is not None else loader.open_state()
@@ -94,6 +99,7 @@ class Clock:
         self.env = env
         self.now = now
         self.run_job = run
+        self.enqueue = enqueue
         self.jobs: dict[str, Scheduled] = {}
         self.problems: dict[Path, list[str]] = {}
         self.running: dict[str, Future[None]] = {}
@@ -301,10 +307,32 @@ class Clock:
         except LoaderError as exc:
             log.error("job=%s run=%s not started: %s", job.name, run_id, exc)
             return
+        if self.enqueue is not None:
+            self._queue(scheduled, run_id, slot)
+            return
         with self._lock:
             future = self._executor.submit(self._run_one, job, run_id, slot, self._signal)
             self.running[job.name] = future
         future.add_done_callback(self._finished(job.name))
+
+    def _queue(self, scheduled: Scheduled, run_id: str, slot: float) -> None:
+        """Hand the claimed slot to the workers (recorded as queued first: a worker may
+        record its end before this returns)."""
+        job = scheduled.job
+        assert self.enqueue is not None
+        self._record_slot(job, slot, "queued", None)
+        try:
+            queued = self.enqueue(job.name, scheduled.path, run_id=run_id, slot=slot)
+        except LoaderError as exc:
+            log.error("job=%s run=%s could not be queued: %s", job.name, run_id, exc)
+            self._record_slot(job, slot, "failed", f"could not be queued: {exc}")
+            return
+        if queued:
+            log.info("run queued job=%s run=%s slot=%s", job.name, run_id, _when(slot))
+        else:
+            detail = "a run of the job is still waiting in the queue"
+            log.warning("job=%s run=%s skipped: %s", job.name, run_id, detail)
+            self._record_slot(job, slot, "skipped", detail)
 
     def _finished(self, name: str) -> Callable[[Future[None]], None]:
         def forget(_future: Future[None]) -> None:

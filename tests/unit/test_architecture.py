@@ -19,7 +19,7 @@ RANKS = {
     "state": 5,
     "monitor": 6,
     "runner": 7,
-    "receiver": 8, "example": 8, "replay": 8, "check": 8,
+    "receiver": 8, "example": 8, "replay": 8, "check": 8, "workers": 8,
     "cli": 9, "__init__": 9, "__main__": 10,
 }  # fmt: skip
 
@@ -38,6 +38,7 @@ HOMES = {
     "typer": {"cli"},
     "rich": {"cli"},
     "prometheus_client": set(),  # the clock's, in scheduler/
+    "procrastinate": {"workers"},
 }
 
 

@@ -1,0 +1,284 @@
+"""Runs handed to workers on other machines, through Procrastinate (a task queue that
+lives in PostgreSQL). The only module that imports procrastinate.
+
+* :class:`JobQueue` enqueues runs (``loader run --enqueue``, the clock with
+  ``LOADER_EXECUTOR=procrastinate``) and serves them (``loader worker``). A job has at most
+  one run waiting (Procrastinate's queueing lock, keyed by the job's name) and one running
+  (its lock, the same key; and the state store's run lock besides).
+* A worker killed with SIGKILL stops sending heartbeats; any other worker then finds its
+  run stalled and puts it back in the queue, where it resumes from the checkpoint (the
+  dead attempt's state-store lock is released first: it held the same run id).
+* A worker told to stop (SIGTERM) tells its runs; they end after their requests in flight
+  with the checkpoint saved, and are put back in the queue to continue elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import procrastinate
+import procrastinate.exceptions
+import procrastinate.worker
+
+from loader import defaults
+from loader.errors import JobConfigError, JobLockedError, LoaderError, StateError
+from loader.job import Job
+from loader.jobfile import find_job_files, load_job
+from loader.redact import mask_url
+from loader.runner import RUN_ID, RunResult, run_job
+from loader.state import StateStore
+
+log = logging.getLogger("loader.worker")
+
+#: The Procrastinate task every run is.
+TASK = "loader.run"
+
+
+@dataclass(frozen=True)
+class QueuedRun:
+    """A run in the queue, as ``loader status`` shows it."""
+
+    id: int
+    job: str
+    run_id: str
+    status: str  # todo, doing, succeeded, failed, cancelled, aborted
+    attempts: int
+    worker: int | None
+
+
+def queue_url(env: Mapping[str, str] | None = None) -> str:
+    """The queue's database: ``LOADER_QUEUE_URL``, else ``LOADER_STATE_URL``, as a libpq
+    URL; :class:`JobConfigError` when neither names a PostgreSQL database."""
+    env = os.environ if env is None else env
+    name = "LOADER_QUEUE_URL" if env.get("LOADER_QUEUE_URL") else "LOADER_STATE_URL"
+    url = env.get(name, "")
+    scheme, _, rest = url.partition("://")
+    if scheme.split("+")[0] not in ("postgres", "postgresql") or not rest:
+        shown = f"{name} is {mask_url(url)!r}" if url else "LOADER_STATE_URL is not set"
+        raise JobConfigError([
+            f"the Procrastinate queue lives in PostgreSQL, but {shown}; set LOADER_QUEUE_URL "
+            "(or LOADER_STATE_URL) to a postgresql:// URL"
+        ])  # fmt: skip
+    return f"postgresql://{rest}"
+
+
+class JobQueue:
+    """Procrastinate on the database at ``url`` (see :func:`queue_url`). Open it with
+    ``with``; it can enqueue from any thread."""
+
+    def __init__(self, url: str | None = None, *, queue: str = defaults.QUEUE_NAME) -> None:
+        self.url = url or queue_url()
+        self.queue = queue
+        self.app = procrastinate.App(
+            connector=procrastinate.SyncPsycopgConnector(conninfo=self.url, max_size=4)
+        )
+        self.app.task(name=TASK, pass_context=True)(_run_task)
+        self._opened = False
+
+    def __enter__(self) -> JobQueue:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        if not self._opened:
+            try:
+                self.app.open()
+            except procrastinate.exceptions.ProcrastinateException as exc:
+                raise StateError(f"cannot open the queue at {mask_url(self.url)}: {exc}") from exc
+            self._opened = True
+
+    def close(self) -> None:
+        if self._opened:
+            self.app.close()
+            self._opened = False
+
+    def migrate(self) -> bool:
+        """Create the queue's tables if they are missing; ``True`` if it did."""
+        with self._errors("creating the queue's tables"):
+            if self.app.check_connection():
+                return False
+            self.app.schema_manager.apply_schema()
+            return True
+
+    def enqueue(
+        self, job: str, path: str | Path, *, run_id: str, slot: float | None = None
+    ) -> bool:
+        """Queue a run of ``job`` (from the file at ``path``); ``False`` when a run of it
+        is already waiting (it will do this run's work)."""
+        task = self.app.configure_task(
+            TASK, queue=self.queue, lock=job, queueing_lock=job,
+        )  # fmt: skip
+        with self._errors("queueing a run"):
+            try:
+                task.defer(job=job, path=str(path), run_id=run_id, slot=slot)
+            except procrastinate.exceptions.AlreadyEnqueued:
+                return False
+        return True
+
+    def runs(self, statuses: Iterable[str] = ("todo", "doing")) -> list[QueuedRun]:
+        """The runs in the queue with one of ``statuses``, oldest first."""
+        found = []
+        with self._errors("listing the queue"):
+            for status in statuses:
+                for item in self.app.job_manager.list_jobs(queue=self.queue, status=status):
+                    kwargs = item.task_kwargs
+                    found.append(
+                        QueuedRun(
+                            id=item.id or 0, job=str(kwargs.get("job")),
+                            run_id=str(kwargs.get("run_id")), status=status,
+                            attempts=item.attempts, worker=item.worker_id,
+                        )
+                    )  # fmt: skip
+        return sorted(found, key=lambda run: run.id)
+
+    def work(
+        self,
+        paths: Sequence[str | Path],
+        state: StateStore,
+        *,
+        stop: threading.Event,
+        concurrency: int = defaults.WORKER_CONCURRENCY,
+        stalled_after: float = defaults.WORKER_STALLED_AFTER,
+        run: Callable[..., RunResult] = run_job,
+    ) -> None:
+        """Run queued runs, ``concurrency`` at once, until ``stop`` is set; then let the
+        runs checkpoint, put them back in the queue, and return. Runs whose worker sent
+        no heartbeat for ``stalled_after`` seconds are put back in the queue."""
+        runtime = _Runtime(self, [Path(p) for p in paths], state, stop, run)
+        asyncio.run(self._serve(runtime, concurrency, stalled_after))
+
+    async def _serve(self, runtime: _Runtime, concurrency: int, stalled_after: float) -> None:
+        app = self.app.with_connector(procrastinate.PsycopgConnector(conninfo=self.url))
+        async with app.open_async():
+            worker = procrastinate.worker.Worker(
+                app=app,
+                queues=[self.queue],
+                name=f"{socket.gethostname()}:{os.getpid()}",
+                concurrency=concurrency,
+                install_signal_handlers=False,
+                additional_context={"loader": runtime},
+                update_heartbeat_interval=max(0.5, stalled_after / 4),
+                stalled_worker_timeout=stalled_after,
+                delete_jobs="successful",
+            )
+            serving = asyncio.create_task(worker.run())  # type: ignore[no-untyped-call]
+            sweep = 0.0
+            loop = asyncio.get_running_loop()
+            while not serving.done():
+                if runtime.stop.is_set():
+                    worker.stop()  # type: ignore[no-untyped-call]
+                    break
+                if loop.time() >= sweep:
+                    sweep = loop.time() + max(1.0, stalled_after / 2)
+                    await self._recover(app, stalled_after)
+                await asyncio.sleep(0.2)
+            await serving
+
+    async def _recover(self, app: procrastinate.App, stalled_after: float) -> None:
+        """Put runs whose worker went silent back in the queue."""
+        try:
+            stalled = await app.job_manager.get_stalled_jobs(
+                queue=self.queue, task_name=TASK, seconds_since_heartbeat=stalled_after
+            )
+            for item in stalled:
+                log.warning("run %s of job %s was on a worker that went silent; "
+                            "queueing it again", item.task_kwargs.get("run_id"),
+                            item.task_kwargs.get("job"))  # fmt: skip
+                await app.job_manager.retry_job(item)
+        except procrastinate.exceptions.ProcrastinateException as exc:
+            log.error("could not look for stalled runs: %s", exc)
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """Procrastinate's errors as :class:`StateError`, naming what was being done."""
+        try:
+            yield
+        except procrastinate.exceptions.ProcrastinateException as exc:
+            raise StateError(
+                f"{doing} in {mask_url(self.url)}: {exc.__cause__ or exc}; is the queue set "
+                "up (`loader db upgrade`) and the database up?"
+            ) from exc
+
+
+class _Runtime:
+    """What a worker's runs share: the job files, the state store and the stop signal."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        paths: list[Path],
+        state: StateStore,
+        stop: threading.Event,
+        run: Callable[..., RunResult],
+    ) -> None:
+        self.queue = queue
+        self.paths = paths
+        self.state = state
+        self.stop = stop
+        self.run = run
+
+    def find(self, name: str, path: str) -> Job:
+        """The job ``name``: from ``path`` when that file exists here, else from the
+        worker's job files."""
+        candidates = [Path(path)] if Path(path).is_file() else []
+        candidates += find_job_files(self.paths)
+        for candidate in candidates:
+            try:
+                job = load_job(candidate)
+            except JobConfigError:
+                continue
+            if job.name == name:
+                return job
+        raise JobConfigError([f"job {name!r}: no job file of that name in "
+                              f"{', '.join(map(str, self.paths))} or at {path}"])  # fmt: skip
+
+    def execute(self, name: str, path: str, run_id: str, slot: float | None) -> None:
+        token = RUN_ID.set(run_id)
+        try:
+            self._execute(name, path, run_id, slot)
+        finally:
+            RUN_ID.reset(token)
+
+    def _execute(self, name: str, path: str, run_id: str, slot: float | None) -> None:
+        job = self.find(name, path)
+        # Procrastinate runs one run of a job at a time, so a lock held under this run id
+        # belongs to an attempt of this very run on a worker that died.
+        self.state.break_lock(job.name, run_id)
+        log.info("run started job=%s run=%s", job.name, run_id)
+        status, detail = "failed", None
+        try:
+            result = self.run(job, state=self.state, stop=self.stop, run_id=run_id)
+            status = result.status
+        except JobLockedError as exc:
+            status, detail = "skipped", str(exc)
+        except LoaderError as exc:
+            detail = job.redactor().text(str(exc))
+            raise
+        finally:
+            log.info("run ended job=%s run=%s status=%s%s", job.name, run_id, status,
+                     f" error={detail}" if detail else "")  # fmt: skip
+            if slot is not None:
+                self.state.finish_slot(job.name, slot, status, detail)
+        if status == "interrupted" and self.stop.is_set():
+            again = self.queue.enqueue(job.name, path, run_id=run_id, slot=slot)
+            done = "queued again to continue" if again else "left to the run already queued"
+            log.info("job=%s run=%s %s", job.name, run_id, done)
+
+
+def _run_task(
+    context: procrastinate.JobContext, job: str, path: str, run_id: str, slot: float | None = None
+) -> None:
+    runtime = context.additional_context["loader"]
+    assert isinstance(runtime, _Runtime)
+    runtime.execute(job, path, run_id, slot)

@@ -1,0 +1,230 @@
+"""Scale-out on Procrastinate as an operator runs it: a clock that only queues, workers
+as real processes, one real PostgreSQL (state and queue in the test's schema), a real
+HTTP endpoint. Workers are killed with SIGKILL and stopped with SIGTERM mid-run."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from loader import JobQueue, open_state
+from tests.integration.conftest import Schema, make_job
+from tests.support.server import Delay, Endpoint
+
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_behind() -> Iterator[None]:
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@pytest.fixture
+def pg_state(schema: Schema, monkeypatch: pytest.MonkeyPatch) -> str:
+    """State and queue in the test's schema, exported to the processes started."""
+    separator = "&" if "?" in schema.url else "?"
+    url = f"{schema.url}{separator}options=-csearch_path%3D{schema.name}"
+    monkeypatch.setenv("LOADER_STATE_URL", url)
+    monkeypatch.setenv("LOADER_EXECUTOR", "procrastinate")
+    assert cli("db", "upgrade").returncode == 0
+    return url
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "loader", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "loader", *args],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    _STARTED.append(process)
+    return process
+
+
+def worker(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    return start(cwd, "worker", "jobs", "--stalled-after", "2s", *args)
+
+
+def stop(process: subprocess.Popen[str], timeout: float = 40) -> tuple[int, str]:
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=timeout)
+    return process.returncode, out
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def write_job(cwd: Path, name: str, spec: dict[str, Any]) -> Path:
+    directory = cwd / "jobs"
+    directory.mkdir(exist_ok=True)
+    path = directory / f"{name}.yml"
+    path.write_text(yaml.safe_dump({**spec, "name": name}))
+    return path
+
+
+def events(schema: Schema, count: int) -> str:
+    schema.execute(f"CREATE TABLE events AS SELECT g AS id FROM generate_series(1, {count}) g")
+    return f"SELECT id FROM {schema.table('events')}"
+
+
+def history(pg_state: str, job: str) -> list[Any]:
+    state = open_state(pg_state)
+    try:
+        return state.history(job)
+    finally:
+        state.close()
+
+
+def queue_statuses(pg_state: str) -> list[str]:
+    with JobQueue(pg_state.replace("postgresql+psycopg", "postgresql")) as queue:
+        return [run.status for run in queue.runs(("todo", "doing", "failed"))]
+
+
+def test_an_enqueued_run_runs_on_a_worker(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """`loader run --enqueue` queues the run; a worker process runs it with the same
+    runner; `loader status` shows it queued, then finished."""
+    path = write_job(tmp_path, "once", make_job(schema, endpoint.url, events(schema, 300)))
+
+    queued = cli("run", "--enqueue", str(path), cwd=tmp_path)
+    assert queued.returncode == 0 and "queued run once@" in queued.stdout, queued.stderr
+    again = cli("run", "--enqueue", str(path), cwd=tmp_path)
+    assert "already waiting in the queue" in again.stdout
+    status = cli("status", "--json", cwd=tmp_path)
+    assert '"queued": 1' in status.stdout, status.stdout
+
+    process = worker(tmp_path)
+    wait_until(lambda: len(endpoint.accepted_ids()) == 300)
+    code, out = stop(process)
+
+    assert code == 0, out
+    assert sorted(endpoint.accepted_ids()) == list(range(1, 301))
+    (run,) = history(pg_state, "once")
+    assert run.status == "succeeded" and run.pid == process.pid
+    assert queue_statuses(pg_state) == []
+
+
+def test_one_clock_two_workers_each_slot_runs_once(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """The clock only queues; each slot runs once, on one of the two workers."""
+    query = events(schema, 20)
+    spec = make_job(schema, endpoint.url, query, schedule="every 1s")
+    write_job(tmp_path, "tick", spec)
+    workers = [worker(tmp_path), worker(tmp_path)]
+    clock = start(tmp_path, "clock", "jobs")
+
+    time.sleep(6)
+    clock_code, clock_out = stop(clock)
+    time.sleep(1.5)  # let the last queued slot run
+    outs = [stop(w) for w in workers]
+
+    assert clock_code == 0 and "run queued job=tick" in clock_out, clock_out
+    assert all(code == 0 for code, _ in outs), outs
+    state = open_state(pg_state)
+    runs = state.history("tick", limit=100)
+    slot_records = state.slots("tick", limit=100)
+    state.close()
+    assert len(runs) >= 3
+    assert len({run.run_id for run in runs}) == len(runs)
+    assert {run.pid for run in runs} <= {w.pid for w in workers}
+    assert all(run.status == "succeeded" for run in runs)
+    # every run sent the 20 rows once: no slot ran twice
+    assert collections.Counter(endpoint.accepted_ids()) == {i: len(runs) for i in range(1, 21)}
+    slots = {s.run_id: s.status for s in slot_records}
+    assert {run.run_id for run in runs} <= set(slots)
+    assert all(slots[run.run_id] == "succeeded" for run in runs)
+
+
+def slow_incremental(schema: Schema, endpoint: Endpoint, count: int) -> dict[str, Any]:
+    endpoint.script("/", *[Delay(0.15)] * 1000)
+    return make_job(
+        schema, endpoint.url + "/", events(schema, count),
+        source={"cursor": {"column": "id"}}, batch={"size": 10},
+    )  # fmt: skip
+
+
+def test_a_run_on_a_killed_worker_resumes_on_another(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """SIGKILL mid-run: the other worker finds the run stalled, queues it again and
+    resumes it from the checkpoint; nothing is lost, at most the batch in flight twice."""
+    path = write_job(tmp_path, "long", slow_incremental(schema, endpoint, 300))
+    first = worker(tmp_path)
+    assert cli("run", "--enqueue", str(path), cwd=tmp_path).returncode == 0
+    wait_until(lambda: len(endpoint.accepted_ids()) >= 50)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+
+    second = worker(tmp_path)
+    wait_until(lambda: set(endpoint.accepted_ids()) >= set(range(1, 301)))
+    code, out = stop(second)
+
+    assert code == 0, out
+    assert "went silent; queueing it again" in out
+    ids = endpoint.accepted_ids()
+    assert sorted(set(ids)) == list(range(1, 301))
+    assert len(ids) - 300 <= 10  # the one batch in flight when the worker died
+    (run,) = history(pg_state, "long")
+    assert run.status == "succeeded" and run.pid == second.pid
+    assert queue_statuses(pg_state) == []
+
+
+def test_sigterm_checkpoints_and_queues_the_run_again(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """SIGTERM mid-run: the worker saves the checkpoint, puts the run back in the queue
+    and exits 0; the next worker continues where it stopped."""
+    path = write_job(tmp_path, "long", slow_incremental(schema, endpoint, 200))
+    first = worker(tmp_path)
+    assert cli("run", "--enqueue", str(path), cwd=tmp_path).returncode == 0
+    wait_until(lambda: len(endpoint.accepted_ids()) >= 30)
+    started = time.monotonic()
+    code, out = stop(first)
+
+    assert code == 0 and time.monotonic() - started < 25, out
+    assert "queued again to continue" in out
+    assert queue_statuses(pg_state) == ["todo"]
+    sent_before = len(endpoint.accepted_ids())
+    assert sent_before < 200
+
+    second = worker(tmp_path)
+    wait_until(lambda: set(endpoint.accepted_ids()) >= set(range(1, 201)))
+    stop(second)
+    ids = endpoint.accepted_ids()
+    assert sorted(ids) == list(range(1, 201))  # nothing sent twice: the checkpoint held
+    (run,) = history(pg_state, "long")
+    assert run.status == "succeeded" and run.pid == second.pid
+
+
+def test_the_queue_needs_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOADER_EXECUTOR", "procrastinate")
+    (tmp_path / "jobs").mkdir()
+    result = cli("worker", "jobs", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "LOADER_STATE_URL is 'sqlite:///" in result.stderr
+    assert "set LOADER_QUEUE_URL (or LOADER_STATE_URL) to a postgresql:// URL" in result.stderr
