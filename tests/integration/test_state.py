@@ -153,3 +153,26 @@ def test_a_failed_renewal_is_retried_before_the_lock_is_given_up() -> None:
     keeper.stop()
     with pytest.raises(StateError, match="lost the lock"):
         keeper.check()
+
+
+def test_a_dead_attempts_lock_is_broken_by_its_own_run_id_only(
+    store: SqlStateStore, url: str
+) -> None:
+    """A worker resuming run R breaks the lock an earlier attempt of R held (on a machine
+    that died), fencing that attempt off; a lock of another run stays. The run's record
+    starts again under the same id."""
+    first = store.acquire("job", "job@slot-1", ttl=60)
+    forge_holder(url, "job", pid=4242, host="another-machine")
+    store.start_run("job@slot-1", "job", None)
+    assert not store.break_lock("job", "job@slot-2")
+    with pytest.raises(JobLockedError):
+        store.acquire("job", "job@slot-1", ttl=60)
+
+    assert store.break_lock("job", "job@slot-1")
+    again = store.acquire("job", "job@slot-1", ttl=60)
+    store.start_run("job@slot-1", "job", (5,))
+    with pytest.raises(StateError, match="lost the lock"):
+        store.record_batch(first, "job@slot-1", fingerprint="f", position=(5,))
+    store.record_batch(again, "job@slot-1", fingerprint="f", position=(9,))
+    (run,) = store.history("job")
+    assert (run.run_id, run.status, run.cursor_from) == ("job@slot-1", "running", (5,))

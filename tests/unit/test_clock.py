@@ -292,3 +292,36 @@ def test_runs_queued_when_the_clock_stops_do_not_start(
 
     assert fake.calls == []
     assert state.slots("a")[0].status == "skipped"
+
+
+def test_with_a_queue_the_clock_only_queues_each_slot_once(
+    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+) -> None:
+    """Given enqueue, a claimed slot is queued (not run here) and recorded as queued; a
+    slot due while a run is still waiting is skipped and recorded."""
+    write_job(jobs, "a", "every 10s")
+    queued: list[tuple[str, str, str, float]] = []
+    waiting = [True, False]
+
+    def enqueue(name: str, path: Path, *, run_id: str, slot: float) -> bool:
+        queued.append((name, path.name, run_id, slot))
+        return waiting.pop(0)
+
+    clock = Clock([jobs], state=state, now=fake.now, run=fake.run, env={}, enqueue=enqueue)
+    second = Clock([jobs], state=state, now=fake.now, run=fake.run, env={}, enqueue=enqueue)
+    clock.load(catch_up=True)
+    second.load(catch_up=True)
+    for step in (10, 20):
+        fake.time = T0 + step
+        clock.tick(fake.time)
+        second.tick(fake.time)
+
+    assert fake.calls == []
+    assert queued == [
+        ("a", "a.yml", slot_run_id("a", T0 + 10), T0 + 10),
+        ("a", "a.yml", slot_run_id("a", T0 + 20), T0 + 20),
+    ]
+    statuses = [(s.status, s.detail) for s in reversed(state.slots("a"))]
+    assert statuses == [
+        ("queued", None), ("skipped", "a run of the job is still waiting in the queue"),
+    ]  # fmt: skip
