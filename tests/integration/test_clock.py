@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,10 @@ import yaml
 
 from loader import RunResult, open_state
 from tests.integration.conftest import Schema, make_job
+from tests.support.processes import nothing_left_running, read_until, start_loader, terminate
 from tests.support.server import Delay, Endpoint
+
+__all__ = ["nothing_left_running"]  # the fixture, used by every test here
 
 
 @pytest.fixture
@@ -45,34 +47,12 @@ def write_job(directory: Path, name: str, spec: dict[str, Any]) -> Path:
     return path
 
 
-_STARTED: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_clock_left_behind() -> Iterator[None]:
-    """A failing test must not leave a clock running."""
-    yield
-    while _STARTED:
-        process = _STARTED.pop()
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-
-
 def start_clock(cwd: Path, *args: str) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "loader", "clock", "jobs", *args],
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    _STARTED.append(process)
-    return process
+    return start_loader(cwd, "clock", "jobs", *args)
 
 
 def stop_clock(process: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, float]:
-    started = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=timeout)
-    return process.returncode, out, time.monotonic() - started
+    return terminate(process, timeout)
 
 
 def scheduled(schema: Schema, endpoint: Endpoint, query: str, **extra: Any) -> dict[str, Any]:
@@ -204,11 +184,10 @@ def test_a_restart_after_missed_slots_makes_one_catch_up_run(
     before = {s.slot_at for s in state.slots("gap")}
     time.sleep(3.2)
     clock = start_clock(tmp_path)
-    time.sleep(0.5)
+    read_until(clock, "catching up on slot")
     code, out, _ = stop_clock(clock)
 
     assert code == 0, out
-    assert "catching up on slot" in out
     after = state.slots("gap", limit=100)
     state.close()
     new = [s for s in after if s.slot_at not in before]

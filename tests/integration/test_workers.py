@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +18,10 @@ import yaml
 
 from loader import JobQueue, open_state
 from tests.integration.conftest import Schema, make_job
+from tests.support.processes import nothing_left_running, start_loader, terminate
 from tests.support.server import Delay, Endpoint
 
-_STARTED: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _nothing_left_behind() -> Iterator[None]:
-    yield
-    while _STARTED:
-        process = _STARTED.pop()
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+__all__ = ["nothing_left_running"]  # the fixture, used by every test here
 
 
 @pytest.fixture
@@ -51,23 +42,13 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     )  # fmt: skip
 
 
-def start(cwd: Path, *args: str) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "loader", *args],
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    _STARTED.append(process)
-    return process
-
-
 def worker(cwd: Path, *args: str) -> subprocess.Popen[str]:
-    return start(cwd, "worker", "jobs", "--stalled-after", "2s", *args)
+    return start_loader(cwd, "worker", "jobs", "--stalled-after", "2s", *args)
 
 
-def stop(process: subprocess.Popen[str], timeout: float = 40) -> tuple[int, str]:
-    process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=timeout)
-    return process.returncode, out
+def stop(process: subprocess.Popen[str]) -> tuple[int, str]:
+    code, out, _ = terminate(process)
+    return code, out
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
@@ -136,7 +117,7 @@ def test_one_clock_two_workers_each_slot_runs_once(
     spec = make_job(schema, endpoint.url, query, schedule="every 1s")
     write_job(tmp_path, "tick", spec)
     workers = [worker(tmp_path), worker(tmp_path)]
-    clock = start(tmp_path, "clock", "jobs")
+    clock = start_loader(tmp_path, "clock", "jobs")
 
     time.sleep(6)
     clock_code, clock_out = stop(clock)
