@@ -143,6 +143,33 @@ class Cursor(_Model):
         return self
 
 
+class Partition(_Model):
+    """Splits a load into key ranges of an integer column, each a run of its own with its
+    own checkpoint (on several workers at once with ``LOADER_EXECUTOR=procrastinate``)."""
+
+    column: str = Field(
+        min_length=1,
+        description="Integer column of the query to split on (a plain column name).",
+    )
+    count: int = Field(ge=2, le=256, description="How many key ranges.")
+    parallel: int | None = Field(
+        default=None,
+        ge=1,
+        description="Ranges running at once, across all workers (default: the smaller of "
+        "count and concurrency).",
+    )
+
+    @field_validator("column")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(
+                "expected a plain column name (letters, digits, _); give the column an "
+                'alias in the query, e.g. SELECT o."Order Id" AS order_id'
+            )
+        return value
+
+
 class Source(_Model):
     """The database and the query whose rows are sent."""
 
@@ -160,6 +187,9 @@ class Source(_Model):
     )
     cursor: Cursor | None = Field(
         default=None, description="Send only rows after the last acknowledged position."
+    )
+    partition: Partition | None = Field(
+        default=None, description="Split the load into key ranges run side by side."
     )
 
     def __repr_args__(self) -> Any:
@@ -561,6 +591,46 @@ class Job(_Model):
             "key": cursor.key if cursor else None,
         }
         return hashlib.sha256(repr(material).encode()).hexdigest()[:16]
+
+    @property
+    def parallel_partitions(self) -> int:
+        """How many of the job's partitions run at once (0 without partitions)."""
+        partition = self.source.partition
+        if partition is None:
+            return 0
+        return partition.parallel or min(partition.count, self.concurrency)
+
+    def partition_job(self, index: int, bounds: tuple[int, ...]) -> Job:
+        """The job of partition ``index`` (of ``len(bounds) + 1``): the rows whose
+        partition column is in ``[bounds[index - 1], bounds[index])``; the first range
+        is open below (and takes NULLs), the last open above (and takes new rows).
+
+        Its name, ``NAME#pINDEX``, keys its own checkpoint and lock; its share of
+        ``concurrency`` keeps the requests in flight of all partitions within it."""
+        partition = self.source.partition
+        assert partition is not None and 0 <= index <= len(bounds)
+        column = f"loader_part.{partition.column}"
+        clauses, params = [], dict(self.source.params)
+        if index > 0:
+            clauses.append(f"{column} >= :loader_part_low")
+            params["loader_part_low"] = bounds[index - 1]
+        if index < len(bounds):
+            clauses.append(f"{column} < :loader_part_high")
+            params["loader_part_high"] = bounds[index]
+        where = " AND ".join(clauses)
+        if index == 0:
+            where = f"({where} OR {column} IS NULL)"
+        inner = self.source.query.strip().rstrip(";").strip()
+        query = f"SELECT * FROM (\n{inner}\n) AS loader_part WHERE {where}"
+        source = self.source.model_copy(
+            update={"query": query, "params": params, "partition": None}
+        )
+        share = max(1, self.concurrency // self.parallel_partitions)
+        copy = self.model_copy(
+            update={"name": f"{self.name}#p{index}", "source": source, "concurrency": share}
+        )
+        copy._env_secrets = self._env_secrets
+        return copy
 
     def with_target_url(self, url: str) -> Job:
         """A copy sending to ``url`` instead (``loader run --target-url``), validated."""

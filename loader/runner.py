@@ -17,10 +17,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from loader import defaults
 from loader._version import __version__
@@ -29,6 +30,7 @@ from loader.encoding import Framing, RowEncoder, UrlFiller, framing
 from loader.errors import (
     CursorOrderError,
     LoaderError,
+    QueryError,
     RejectedError,
     StateError,
     TooManyRejectionsError,
@@ -38,7 +40,7 @@ from loader.monitor import Monitor
 from loader.redact import Redactor
 from loader.retry import Interrupted, RetryPolicy
 from loader.sink import ItemError, Request, Sink, idempotency_key
-from loader.source import RowStream, open_stream
+from loader.source import RowStream, key_range, open_stream
 from loader.state import Lease, Position, StateStore, encode_position, open_state
 
 if TYPE_CHECKING:
@@ -148,6 +150,12 @@ def run_job(
     run_id = run_id or uuid.uuid4().hex[:12]
     store = state if state is not None else open_state()
     try:
+        if job.source.partition is not None:
+            return _run_partitions(
+                job, store, run_id, full_refresh=full_refresh, limit=limit, dry_run=dry_run,
+                preview=preview, stop=stop or threading.Event(), sleep=sleep,
+                monotonic=monotonic, transport=transport, lock_ttl=lock_ttl, monitor=monitor,
+            )  # fmt: skip
         run = _Run(job, store, run_id, monotonic, lock_ttl)
         run.monitor = Monitor(job, store) if monitor and not dry_run else None
         run.progress = progress
@@ -167,6 +175,167 @@ def run_job(
     finally:
         if state is None:
             store.close()
+
+
+def plan_partitions(job: Job, store: StateStore) -> list[Job]:
+    """The jobs of ``job``'s key ranges (see ``Job.partition_job``). The boundaries are
+    computed from the partition column's range at the first run and kept in ``store``;
+    while the result is empty there are no ranges (and nothing is kept)."""
+    partition = job.source.partition
+    assert partition is not None
+
+    def even_split() -> tuple[int, ...]:
+        low, high = key_range(job.source, job.redactor(), partition.column)
+        if low is None or high is None:
+            raise _NoRows
+        for value in (low, high):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise QueryError(
+                    f"source.partition.column {partition.column!r} holds "
+                    f"{type(value).__name__} values; key ranges need an integer column "
+                    "(an id, a sequence)"
+                )
+        span = high - low + 1
+        return tuple(low + span * i // partition.count for i in range(1, partition.count))
+
+    try:
+        bounds = store.partition_bounds(job.name, partition.count, even_split)
+    except _NoRows:
+        return []
+    return [job.partition_job(index, bounds) for index in range(partition.count)]
+
+
+class _NoRows(Exception):
+    """The partition column has no values yet: nothing to split, nothing to keep."""
+
+
+def partition_run_id(run_id: str, index: int) -> str:
+    """The run id of partition ``index`` of run ``run_id``."""
+    return f"{run_id}#p{index}"
+
+
+def combine(job: Job, run_id: str, results: Sequence[RunResult], duration: float) -> RunResult:
+    """One result for a partitioned run: the sums, and the worst status."""
+    statuses = {result.status for result in results}
+    status: Status = "succeeded"
+    for worst in ("failed", "interrupted", "partial", "dry-run"):
+        if worst in statuses:
+            status = cast(Status, worst)
+            break
+    errors = [result.error for result in results if result.error]
+    return RunResult(
+        job=job.name, run_id=run_id, status=status,
+        rows_read=sum(r.rows_read for r in results),
+        rows_posted=sum(r.rows_posted for r in results),
+        requests=sum(r.requests for r in results), retries=sum(r.retries for r in results),
+        duration=duration, rows_rejected=sum(r.rows_rejected for r in results),
+        throttled=sum(r.throttled for r in results), error=errors[0] if errors else None,
+        preview=tuple(p for r in results for p in r.preview),
+    )  # fmt: skip
+
+
+def _run_partitions(
+    job: Job,
+    store: StateStore,
+    run_id: str,
+    *,
+    stop: threading.Event,
+    monotonic: Callable[[], float],
+    lock_ttl: float,
+    monitor: bool,
+    dry_run: bool,
+    **options: Any,
+) -> RunResult:
+    """Run each key range as a run of its own (own lock, checkpoint and history), up to
+    ``parallel_partitions`` at once, under the job's own lock and run record."""
+    started = monotonic()
+    lease = None if dry_run else store.acquire(job.name, run_id, ttl=lock_ttl)
+    lost = threading.Event()
+    keeper = _LockKeeper(store, lease, lock_ttl, lost) if lease is not None else None
+    watch = Monitor(job, store) if monitor and not dry_run else None
+    try:
+        if watch is not None:
+            watch.started()
+        if not dry_run:
+            store.start_run(run_id, job.name, None)
+        try:
+            parts = plan_partitions(job, store)
+        except LoaderError as exc:
+            exc.result = combine(job, run_id, [], monotonic() - started)
+            _finish_partitioned(store, exc.result, dry_run, watch, exc)
+            raise
+        results: list[RunResult] = []
+        errors: list[LoaderError] = []
+        with ThreadPoolExecutor(max(1, job.parallel_partitions)) as pool:
+            futures = [
+                pool.submit(
+                    contextvars.copy_context().run, _run_part, part, store,
+                    partition_run_id(run_id, index), stop, dry_run, lock_ttl, options,
+                )
+                for index, part in enumerate(parts)
+            ]  # fmt: skip
+            for future in futures:
+                try:
+                    results.append(future.result())
+                except LoaderError as exc:
+                    errors.append(exc)
+                    if exc.result is not None:
+                        results.append(exc.result)
+        result = combine(job, run_id, results, monotonic() - started)
+        if keeper is not None and not errors:
+            try:
+                keeper.check()
+            except StateError as exc:
+                errors.append(exc)
+        if errors:
+            errors[0].result = result
+            _finish_partitioned(store, result, dry_run, watch, errors[0])
+            raise errors[0]
+        _finish_partitioned(store, result, dry_run, watch, None)
+        return result
+    finally:
+        if keeper is not None and lease is not None:
+            keeper.stop()
+            try:
+                store.release(lease)
+            except StateError as exc:
+                log.warning("could not release the lock: %s", exc)
+
+
+def _run_part(
+    part: Job,
+    store: StateStore,
+    run_id: str,
+    stop: threading.Event,
+    dry_run: bool,
+    lock_ttl: float,
+    options: dict[str, Any],
+) -> RunResult:
+    return run_job(
+        part, state=store, stop=stop, run_id=run_id, dry_run=dry_run, lock_ttl=lock_ttl,
+        monitor=False, **options,
+    )  # fmt: skip
+
+
+def _finish_partitioned(
+    store: StateStore,
+    result: RunResult,
+    dry_run: bool,
+    watch: Monitor | None,
+    error: LoaderError | None,
+) -> None:
+    if dry_run:
+        return
+    try:
+        store.finish_run(
+            result.run_id, result.status, rows_read=result.rows_read,
+            rows_posted=result.rows_posted, rows_rejected=result.rows_rejected,
+            requests=result.requests, retries=result.retries, error=result.error,
+        )  # fmt: skip
+    except StateError as exc:
+        log.warning("could not record the end of run %s: %s", result.run_id, exc)
+    if watch is not None:
+        watch.finished(result, error)
 
 
 class _Run:

@@ -673,3 +673,26 @@ def describe_query(config: jobmodel.Source, redactor: Redactor) -> tuple[str, ..
     _refuse_duplicates(columns)
     _cursor_indexes(config, columns)
     return columns
+
+
+def key_range(config: jobmodel.Source, redactor: Redactor, column: str) -> tuple[Any, Any]:
+    """The smallest and largest value of ``column`` in the query's result (both ``None``
+    when it has no rows), read in a read-only transaction. Raises :class:`SourceError`."""
+    engine = create_engine(config, redactor)
+    where = redactor.url(engine.url.render_as_string(hide_password=True))
+    inner = config.query.strip().rstrip(";").strip()
+    try:
+        with engine.connect() as connection:
+            _begin_read_only(connection, config)
+            found = connection.execute(
+                sa.text(f"SELECT min(s.{column}), max(s.{column}) FROM (\n{inner}\n) AS s"),
+                dict(config.params),
+            ).one()
+    except SQLAlchemyError as exc:
+        raise SourceError(
+            f"cannot read the range of source.partition.column {column!r} on {where}: "
+            f"{driver_message(exc, redactor)}"
+        ) from exc
+    finally:
+        engine.dispose()
+    return found[0], found[1]

@@ -222,6 +222,9 @@ class StateStore(Protocol):
     ) -> None: ...
     def reset(self, job: str) -> bool: ...
     def epoch(self, job: str) -> int: ...
+    def partition_bounds(
+        self, job: str, count: int, compute: Callable[[], tuple[int, ...]]
+    ) -> tuple[int, ...]: ...
     def start_run(self, run_id: str, job: str, cursor_from: Position | None) -> None: ...
     def finish_run(self, run_id: str, status: str, **counts: Any) -> None: ...
     def history(self, job: str, limit: int = ...) -> list[RunRecord]: ...
@@ -569,6 +572,11 @@ class SqlStateStore:
         try:
             with self._transaction("resetting the checkpoint") as conn:
                 deleted = conn.execute(sa.delete(_checkpoints).where(_checkpoints.c.job == job))
+                # Its partitions' checkpoints and key ranges go with it.
+                ranges = conn.execute(
+                    sa.delete(_checkpoints).where(_checkpoints.c.job.like(f"{job}#p%"))
+                )
+                conn.execute(sa.delete(_meta).where(_meta.c.key.like(f"partitions:{job}:%")))
                 key = f"epoch:{job}"
                 epoch = conn.execute(sa.select(_meta.c.value).where(_meta.c.key == key)).scalar()
                 if epoch is None:
@@ -579,15 +587,40 @@ class SqlStateStore:
                     )
         finally:
             self.release(lease)
-        return bool(deleted.rowcount)
+        return bool(deleted.rowcount or ranges.rowcount)
 
     def epoch(self, job: str) -> int:
-        """How many times ``job``'s checkpoint was reset (part of idempotency keys)."""
+        """How many times ``job``'s checkpoint was reset (part of idempotency keys); a
+        partition (``NAME#pN``) shares its job's."""
+        job = job.split("#", 1)[0]
         with self._transaction("reading the checkpoint") as conn:
             value = conn.execute(
                 sa.select(_meta.c.value).where(_meta.c.key == f"epoch:{job}")
             ).scalar()
         return int(value) if value is not None else 0
+
+    def partition_bounds(
+        self, job: str, count: int, compute: Callable[[], tuple[int, ...]]
+    ) -> tuple[int, ...]:
+        """The boundaries of ``job``'s ``count`` key ranges: computed (by ``compute``) and
+        kept at the first partitioned run, then the same for every run, so each range's
+        checkpoint keeps its meaning (``reset`` forgets them)."""
+        key = f"partitions:{job}:{count}"
+        read = sa.select(_meta.c.value).where(_meta.c.key == key)
+        with self._transaction("reading the partitions") as conn:
+            stored = conn.execute(read).scalar()
+        if stored is None:
+            bounds = compute()
+            try:
+                with self._transaction("saving the partitions") as conn:
+                    conn.execute(sa.insert(_meta).values(key=key, value=json.dumps(bounds)))
+                return bounds
+            except StateError:  # another run saved them first: use those
+                with self._transaction("reading the partitions") as conn:
+                    stored = conn.execute(read).scalar()
+                if stored is None:
+                    raise
+        return tuple(int(bound) for bound in json.loads(stored))
 
     # Run history
 

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import procrastinate
 import procrastinate.exceptions
@@ -33,7 +34,15 @@ from loader.errors import JobConfigError, JobLockedError, LoaderError, StateErro
 from loader.job import Job
 from loader.jobfile import find_job_files, load_job
 from loader.redact import mask_url
-from loader.runner import RUN_ID, RunResult, run_job
+from loader.runner import (
+    RUN_ID,
+    RunResult,
+    Status,
+    combine,
+    partition_run_id,
+    plan_partitions,
+    run_job,
+)
 from loader.state import StateStore
 
 log = logging.getLogger("loader.worker")
@@ -112,16 +121,27 @@ class JobQueue:
             return True
 
     def enqueue(
-        self, job: str, path: str | Path, *, run_id: str, slot: float | None = None
+        self,
+        job: str,
+        path: str | Path,
+        *,
+        run_id: str,
+        slot: float | None = None,
+        partition: int | None = None,
+        lane: int = 0,
     ) -> bool:
         """Queue a run of ``job`` (from the file at ``path``); ``False`` when a run of it
-        is already waiting (it will do this run's work)."""
-        task = self.app.configure_task(
-            TASK, queue=self.queue, lock=job, queueing_lock=job,
-        )  # fmt: skip
+        is already waiting (it will do this run's work).
+
+        With ``partition``, the run of that key range of a partitioned run (``run_id`` is
+        the partition's); ranges in the same ``lane`` run one at a time, so the lanes cap
+        how many run at once across all workers."""
+        name = job if partition is None else f"{job}#p{partition}"
+        lock = job if partition is None else f"{job}#lane{lane}"
+        task = self.app.configure_task(TASK, queue=self.queue, lock=lock, queueing_lock=name)
         with self._errors("queueing a run"):
             try:
-                task.defer(job=job, path=str(path), run_id=run_id, slot=slot)
+                task.defer(job=job, path=str(path), run_id=run_id, slot=slot, partition=partition)
             except procrastinate.exceptions.AlreadyEnqueued:
                 return False
         return True
@@ -243,17 +263,27 @@ class _Runtime:
         raise JobConfigError([f"job {name!r}: no job file of that name in "
                               f"{', '.join(map(str, self.paths))} or at {path}"])  # fmt: skip
 
-    def execute(self, name: str, path: str, run_id: str, slot: float | None) -> None:
+    def execute(
+        self, name: str, path: str, run_id: str, slot: float | None, partition: int | None
+    ) -> None:
         token = RUN_ID.set(run_id)
         try:
-            self._execute(name, path, run_id, slot)
+            job = self.find(name, path)
+            if partition is not None:
+                self._run_partition(job, path, run_id, slot, partition)
+            elif job.source.partition is not None:
+                self._fan_out(job, path, run_id, slot)
+            else:
+                self._run(job, path, run_id, slot, partition=None)
         finally:
             RUN_ID.reset(token)
 
-    def _execute(self, name: str, path: str, run_id: str, slot: float | None) -> None:
-        job = self.find(name, path)
-        # Procrastinate runs one run of a job at a time, so a lock held under this run id
-        # belongs to an attempt of this very run on a worker that died.
+    def _run(
+        self, job: Job, path: str, run_id: str, slot: float | None, *, partition: int | None
+    ) -> str:
+        """Run ``job`` (a whole job, or one key range); return its status."""
+        # Procrastinate runs one run of a job (or range) at a time, so a lock held under
+        # this run id belongs to an attempt of this very run on a worker that died.
         self.state.break_lock(job.name, run_id)
         log.info("run started job=%s run=%s", job.name, run_id)
         status, detail = "failed", None
@@ -262,23 +292,92 @@ class _Runtime:
             status = result.status
         except JobLockedError as exc:
             status, detail = "skipped", str(exc)
+            self.state.start_run(run_id, job.name, None)
+            self.state.finish_run(run_id, status, error=detail)
         except LoaderError as exc:
             detail = job.redactor().text(str(exc))
             raise
         finally:
             log.info("run ended job=%s run=%s status=%s%s", job.name, run_id, status,
                      f" error={detail}" if detail else "")  # fmt: skip
-            if slot is not None:
+            if slot is not None and partition is None:
                 self.state.finish_slot(job.name, slot, status, detail)
         if status == "interrupted" and self.stop.is_set():
-            again = self.queue.enqueue(job.name, path, run_id=run_id, slot=slot)
+            name, lane = job.name.split("#", 1)[0], 0
+            if partition is not None:
+                lane = partition % max(1, self.find(name, path).parallel_partitions)
+            again = self.queue.enqueue(
+                name, path, run_id=run_id, slot=slot, partition=partition, lane=lane
+            )
             done = "queued again to continue" if again else "left to the run already queued"
             log.info("job=%s run=%s %s", job.name, run_id, done)
+        return status
+
+    def _fan_out(self, job: Job, path: str, run_id: str, slot: float | None) -> None:
+        """A partitioned run: queue each key range as a run of its own; the last range
+        to end records the whole run's end."""
+        self.state.start_run(run_id, job.name, None)
+        parts = plan_partitions(job, self.state)
+        lanes = max(1, job.parallel_partitions)
+        for index in range(len(parts)):
+            part_run = partition_run_id(run_id, index)
+            queued = self.queue.enqueue(
+                job.name, path, run_id=part_run, slot=slot, partition=index, lane=index % lanes
+            )
+            if not queued:  # a range of an earlier run is still waiting: it does the work
+                self.state.start_run(part_run, parts[index].name, None)
+                self.state.finish_run(part_run, "skipped",
+                                      error="a run of this range was still waiting")  # fmt: skip
+        log.info("run split job=%s run=%s ranges=%d", job.name, run_id, len(parts))
+        self._finish_whole(job, run_id, slot, len(parts))
+
+    def _run_partition(
+        self, job: Job, path: str, run_id: str, slot: float | None, index: int
+    ) -> None:
+        parts = plan_partitions(job, self.state)
+        whole = run_id.rsplit("#p", 1)[0]
+        try:
+            self._run(parts[index], path, run_id, slot, partition=index)
+        finally:
+            self._finish_whole(job, whole, slot, len(parts))
+
+    def _finish_whole(self, job: Job, run_id: str, slot: float | None, count: int) -> None:
+        """Record the end of partitioned run ``run_id`` once every range has ended (each
+        range records its own end first, so the last one to end sees them all)."""
+        results = []
+        for index in range(count):
+            wanted = partition_run_id(run_id, index)
+            found = [r for r in self.state.history(f"{job.name}#p{index}") if r.run_id == wanted]
+            if not found or found[0].status in ("running", "interrupted"):
+                return
+            record = found[0]
+            results.append(
+                RunResult(
+                    record.job, record.run_id, cast(Status, record.status), record.rows_read,
+                    record.rows_posted, record.requests, record.retries, 0.0,
+                    rows_rejected=record.rows_rejected, error=record.error,
+                )
+            )  # fmt: skip
+        whole = combine(job, run_id, results, 0.0)
+        self.state.finish_run(
+            run_id, whole.status, rows_read=whole.rows_read, rows_posted=whole.rows_posted,
+            rows_rejected=whole.rows_rejected, requests=whole.requests, retries=whole.retries,
+            error=whole.error,
+        )  # fmt: skip
+        if slot is not None:
+            self.state.finish_slot(job.name, slot, whole.status, whole.error)
+        log.info("run ended job=%s run=%s status=%s rows=%d ranges=%d", job.name, run_id,
+                 whole.status, whole.rows_posted, count)  # fmt: skip
 
 
 def _run_task(
-    context: procrastinate.JobContext, job: str, path: str, run_id: str, slot: float | None = None
+    context: procrastinate.JobContext,
+    job: str,
+    path: str,
+    run_id: str,
+    slot: float | None = None,
+    partition: int | None = None,
 ) -> None:
     runtime = context.additional_context["loader"]
     assert isinstance(runtime, _Runtime)
-    runtime.execute(job, path, run_id, slot)
+    runtime.execute(job, path, run_id, slot, partition)

@@ -209,3 +209,36 @@ def test_the_queue_needs_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert result.returncode == 2
     assert "LOADER_STATE_URL is 'sqlite:///" in result.stderr
     assert "set LOADER_QUEUE_URL (or LOADER_STATE_URL) to a postgresql:// URL" in result.stderr
+
+
+def test_a_partitioned_run_spreads_its_ranges_over_the_workers(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """Each key range is a queued run of its own, on any worker; the whole run ends when
+    the last range does, with the sums; requests in flight stay within concurrency."""
+    endpoint.reject_when(lambda body: True, Delay(0.05, 200))
+    spec = make_job(
+        schema, endpoint.url, events(schema, 2000), batch={"size": 50}, concurrency=4,
+        source={"cursor": {"column": "id"}, "partition": {"column": "id", "count": 4}},
+    )  # fmt: skip
+    path = write_job(tmp_path, "wide", spec)
+    workers = [worker(tmp_path), worker(tmp_path)]
+    assert cli("run", "--enqueue", str(path), cwd=tmp_path).returncode == 0
+
+    def whole_run_ended() -> bool:
+        runs = history(pg_state, "wide")
+        return bool(runs) and runs[0].status != "running"
+
+    wait_until(whole_run_ended)
+    outs = [stop(w) for w in workers]
+
+    assert all(code == 0 for code, _ in outs), outs
+    assert collections.Counter(endpoint.accepted_ids()) == {i: 1 for i in range(1, 2001)}
+    (whole,) = history(pg_state, "wide")
+    assert (whole.status, whole.rows_posted) == ("succeeded", 2000)
+    ranges = [run for i in range(4) for run in history(pg_state, f"wide#p{i}")]
+    assert sorted(run.rows_posted for run in ranges) == [500] * 4
+    assert {run.pid for run in ranges} == {w.pid for w in workers}
+    arrivals = sorted(r.at for r in endpoint.requests)
+    together = max(sum(1 for t in arrivals if start <= t < start + 0.04) for start in arrivals)
+    assert together <= 4

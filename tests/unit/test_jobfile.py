@@ -119,7 +119,7 @@ retry:
 """
     assert problems(text) == [
         "jobs/x.yml:4: source.parms: unknown key; did you mean 'params'? "
-        "(allowed: url, query, params, statement_timeout, fetch_size, cursor)",
+        "(allowed: url, query, params, statement_timeout, fetch_size, cursor, partition)",
         "jobs/x.yml:6: target.url: expected an http:// or https:// URL with a host, "
         "such as https://api.example.com/v1/import",
         "jobs/x.yml:7: target.method: expected one of 'POST', 'PUT', 'PATCH' or 'DELETE', "
@@ -326,3 +326,41 @@ def test_per_row_url_placeholders_and_methods() -> None:
     assert "is not a {column} placeholder" in problems(braces + "  per_row: true\n")[0]
     item_errors = "  per_row: true\n  item_errors: {path: errors}\n"
     assert "per_row requests are refused" in problems(MINIMAL + item_errors)[0]
+
+
+def test_partition_jobs_cover_every_key_once() -> None:
+    """Partition i reads [bounds[i-1], bounds[i]); the first also takes NULLs, the last
+    every larger key; each is named NAME#pI and gets its share of concurrency."""
+    text = MINIMAL.replace(
+        "  query: SELECT 1\n", "  query: SELECT id FROM t WHERE k = :k;\n  params: {k: 1}\n"
+        "  partition: {column: id, count: 3}\n",
+    ) + "concurrency: 6\n"  # fmt: skip
+    job = parse(text)
+    parts = [job.partition_job(i, (10, 20)) for i in range(3)]
+
+    assert [p.name for p in parts] == ["x#p0", "x#p1", "x#p2"]
+    assert job.parallel_partitions == 3 and {p.concurrency for p in parts} == {2}
+    assert [p.source.query.rsplit("WHERE ", 1)[1] for p in parts] == [
+        "(loader_part.id < :loader_part_high OR loader_part.id IS NULL)",
+        "loader_part.id >= :loader_part_low AND loader_part.id < :loader_part_high",
+        "loader_part.id >= :loader_part_low",
+    ]
+    assert [dict(p.source.params) for p in parts] == [
+        {"k": 1, "loader_part_high": 10},
+        {"k": 1, "loader_part_low": 10, "loader_part_high": 20},
+        {"k": 1, "loader_part_low": 20},
+    ]
+    assert "WHERE k = :k\n) AS loader_part" in parts[1].source.query  # the ; is gone
+    assert len({p.fingerprint() for p in parts}) == 3
+    assert parts[0].source.partition is None
+
+
+def test_partition_settings_are_checked() -> None:
+    bad = MINIMAL.replace("  query: SELECT 1\n", "  query: SELECT 1\n"
+                          "  partition: {column: 'id; drop', count: 1}\n")  # fmt: skip
+    assert problems(bad) == [
+        "jobs/x.yml:4: source.partition.column: expected a plain column name (letters, "
+        'digits, _); give the column an alias in the query, e.g. SELECT o."Order Id" AS '
+        "order_id",
+        "jobs/x.yml:4: source.partition.count: expected a value >= 2, got 1",
+    ]
