@@ -177,10 +177,11 @@ def run_job(
             store.close()
 
 
-def plan_partitions(job: Job, store: StateStore) -> list[Job]:
+def plan_partitions(job: Job, store: StateStore, *, keep: bool = True) -> list[Job]:
     """The jobs of ``job``'s key ranges (see ``Job.partition_job``). The boundaries are
-    computed from the partition column's range at the first run and kept in ``store``;
-    while the result is empty there are no ranges (and nothing is kept)."""
+    computed from the partition column's range at the first run and kept in ``store``
+    (unless not ``keep``); while the result is empty there are no ranges (and nothing is
+    kept)."""
     partition = job.source.partition
     assert partition is not None
 
@@ -199,7 +200,7 @@ def plan_partitions(job: Job, store: StateStore) -> list[Job]:
         return tuple(low + span * i // partition.count for i in range(1, partition.count))
 
     try:
-        bounds = store.partition_bounds(job.name, partition.count, even_split)
+        bounds = store.partition_bounds(job.name, partition.count, even_split, keep=keep)
     except _NoRows:
         return []
     return [job.partition_job(index, bounds) for index in range(partition.count)]
@@ -259,7 +260,7 @@ def _run_partitions(
         if not dry_run:
             store.start_run(run_id, job.name, None)
         try:
-            parts = plan_partitions(job, store)
+            parts = plan_partitions(job, store, keep=not dry_run)
         except LoaderError as exc:
             exc.result = combine(job, run_id, [], monotonic() - started)
             _finish_partitioned(store, exc.result, dry_run, watch, exc)

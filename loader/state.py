@@ -223,7 +223,7 @@ class StateStore(Protocol):
     def reset(self, job: str) -> bool: ...
     def epoch(self, job: str) -> int: ...
     def partition_bounds(
-        self, job: str, count: int, compute: Callable[[], tuple[int, ...]]
+        self, job: str, count: int, compute: Callable[[], tuple[int, ...]], *, keep: bool = ...
     ) -> tuple[int, ...]: ...
     def start_run(self, run_id: str, job: str, cursor_from: Position | None) -> None: ...
     def finish_run(self, run_id: str, status: str, **counts: Any) -> None: ...
@@ -600,17 +600,25 @@ class SqlStateStore:
         return int(value) if value is not None else 0
 
     def partition_bounds(
-        self, job: str, count: int, compute: Callable[[], tuple[int, ...]]
+        self,
+        job: str,
+        count: int,
+        compute: Callable[[], tuple[int, ...]],
+        *,
+        keep: bool = True,
     ) -> tuple[int, ...]:
         """The boundaries of ``job``'s ``count`` key ranges: computed (by ``compute``) and
         kept at the first partitioned run, then the same for every run, so each range's
-        checkpoint keeps its meaning (``reset`` forgets them)."""
+        checkpoint keeps its meaning (``reset`` forgets them). ``keep=False`` (a dry run)
+        computes them without keeping them."""
         key = f"partitions:{job}:{count}"
         read = sa.select(_meta.c.value).where(_meta.c.key == key)
         with self._transaction("reading the partitions") as conn:
             stored = conn.execute(read).scalar()
         if stored is None:
             bounds = compute()
+            if not keep:
+                return bounds
             try:
                 with self._transaction("saving the partitions") as conn:
                     conn.execute(sa.insert(_meta).values(key=key, value=json.dumps(bounds)))

@@ -90,3 +90,22 @@ def test_reset_forgets_every_range_and_its_boundaries(
     runs = [state.history(f"{job.name}#p{i}", limit=1)[0] for i in range(4)]
     assert [run.rows_posted for run in runs] == [1000] * 4  # 1..4000 cut in four
     state.close()
+
+
+def test_a_dry_run_keeps_no_boundaries(
+    schema: Schema, endpoint: Endpoint, isolated_state: str
+) -> None:
+    """A dry run of a partitioned job previews requests and records nothing, not even the
+    ranges: a real run after more rows arrive cuts the span it finds then."""
+    job = build_job(partitioned(schema, endpoint))
+    state = open_state(isolated_state)
+
+    preview = run_job(job, state=state, dry_run=True)
+
+    assert preview.status == "dry-run" and preview.rows_read == 2000
+    assert endpoint.requests == [] and state.history(job.name) == []
+    schema.execute("INSERT INTO events SELECT g, 0 FROM generate_series(2001, 4000) g")
+    run_job(job, state=state)
+    runs = [state.history(f"{job.name}#p{i}", limit=1)[0] for i in range(4)]
+    assert [run.rows_posted for run in runs] == [1000] * 4
+    state.close()
