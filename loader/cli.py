@@ -180,6 +180,15 @@ def run(
             job = _retarget(job, target_url)
         grace_seconds = _duration("--grace", grace)
         if enqueue:
+            given = [name for name, value in (
+                ("--dry-run", dry_run), ("--limit", limit), ("--full-refresh", full_refresh),
+                ("--target-url", target_url)) if value]  # fmt: skip
+            if given:
+                _fail(
+                    defaults.EXIT_CONFIG,
+                    f"--enqueue runs the job file as it is on a worker; {', '.join(given)} "
+                    "cannot go with it: run here without --enqueue, or edit the file",
+                )
             _enqueue(job, job_file, env_file)
             return
     redactor = job.redactor()
@@ -256,7 +265,7 @@ def worker(
             typer.echo(f"worker started: {concurrency} run(s) at once, queue {queue.queue!r}")
             queue.work(
                 list(paths or [Path("jobs")]), store, stop=stop, concurrency=concurrency,
-                stalled_after=stalled,
+                stalled_after=stalled, env=env,
             )  # fmt: skip
         store.close()
         typer.echo("worker stopped")
@@ -434,13 +443,13 @@ def clock(
         typer.Option(envvar="PORT", help="Serve /metrics and /healthz on this port ($PORT)."),
     ] = None,
     executor: Annotated[
-        str,
+        str | None,
         typer.Option(
-            envvar=defaults.EXECUTOR_ENV,
             help="inline: run jobs in this process; procrastinate: queue them for "
-            "`loader worker` ($LOADER_EXECUTOR).",
+            "`loader worker` (default: $LOADER_EXECUTOR, from the environment or .env, "
+            "else inline).",
         ),
-    ] = "inline",
+    ] = None,
     env_file: EnvFile = Path(".env"),
 ) -> None:
     """Run the job files on their schedules until SIGTERM (a Heroku clock dyno)."""
@@ -459,6 +468,7 @@ def clock(
                 _fail(defaults.EXIT_CONFIG, "bad job files (--strict): not starting")
         # Heroku sends SIGKILL 30 s after SIGTERM: stay well inside that.
         grace_seconds = min(grace_seconds, MAX_CLOCK_GRACE)
+        executor = executor or env.get(defaults.EXECUTOR_ENV) or "inline"
         if executor not in ("inline", "procrastinate"):
             _fail(defaults.EXIT_CONFIG,
                   f"--executor (or {defaults.EXECUTOR_ENV}): expected inline or procrastinate, "

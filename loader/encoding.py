@@ -271,6 +271,8 @@ def _url_text(value: Any, name: str, row_number: int) -> str:
         return "true" if value else "false"
     if isinstance(value, str | int | Decimal | uuid.UUID):
         return str(value)
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return orjson.dumps(value, option=orjson.OPT_UTC_Z)[1:-1].decode()  # as in the body
     if isinstance(value, datetime | date):
         return value.isoformat()
     raise EncodingError(

@@ -441,6 +441,14 @@ class Target(_Model):
                              "requests are refused with their status instead")  # fmt: skip
         return self
 
+    @field_validator("omit")
+    @classmethod
+    def _omit_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"names {', '.join(map(repr, repeated))} more than once")
+        return value
+
     @property
     def placeholders(self) -> tuple[str, ...]:
         """The column names of the URL's ``{column}`` placeholders, in order."""
@@ -575,6 +583,17 @@ class Job(_Model):
         Schedule("@daily", value)
         return value
 
+    @model_validator(mode="after")
+    def _parallel_within_concurrency(self) -> Job:
+        partition = self.source.partition
+        if partition is not None and partition.parallel and partition.parallel > self.concurrency:
+            raise ValueError(
+                f"source.partition.parallel ({partition.parallel}) is more than concurrency "
+                f"({self.concurrency}): each range needs a request in flight of its own; "
+                "raise concurrency or lower parallel"
+            )
+        return self
+
     def schedule_spec(self) -> Schedule | None:
         """The parsed :class:`~loader.schedule.Schedule`, or ``None`` without one."""
         return None if self.schedule is None else Schedule(self.schedule, self.timezone)
@@ -618,17 +637,20 @@ class Job(_Model):
             clauses.append(f"{column} < :loader_part_high")
             params["loader_part_high"] = bounds[index]
         where = " AND ".join(clauses)
-        if index == 0:
+        if index == 0 and where:
             where = f"({where} OR {column} IS NULL)"
         inner = self.source.query.strip().rstrip(";").strip()
-        query = f"SELECT * FROM (\n{inner}\n) AS loader_part WHERE {where}"
+        query = f"SELECT * FROM (\n{inner}\n) AS loader_part"
+        if where:
+            query += f" WHERE {where}"
         source = self.source.model_copy(
             update={"query": query, "params": params, "partition": None}
         )
         share = max(1, self.concurrency // self.parallel_partitions)
-        copy = self.model_copy(
-            update={"name": f"{self.name}#p{index}", "source": source, "concurrency": share}
-        )
+        # No bounds yet (no keys to split): one range of everything, under a name of its
+        # own so its checkpoint is never taken for the first range's.
+        name = f"{self.name}#p{index}" if bounds else f"{self.name}#all"
+        copy = self.model_copy(update={"name": name, "source": source, "concurrency": share})
         copy._env_secrets = self._env_secrets
         return copy
 

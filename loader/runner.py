@@ -201,8 +201,8 @@ def plan_partitions(job: Job, store: StateStore, *, keep: bool = True) -> list[J
 
     try:
         bounds = store.partition_bounds(job.name, partition.count, even_split, keep=keep)
-    except _NoRows:
-        return []
+    except _NoRows:  # no keys yet (no rows, or NULL keys only): one range, kept nowhere
+        return [job.partition_job(0, ())]
     return [job.partition_job(index, bounds) for index in range(partition.count)]
 
 
@@ -267,6 +267,23 @@ def _run_partitions(
             raise
         results: list[RunResult] = []
         errors: list[LoaderError] = []
+        limit = options.get("limit")
+        if limit is not None:  # a row limit is the whole run's: one range after the other
+            for index, part in enumerate(parts):
+                room = limit - sum(result.rows_read for result in results)
+                if room <= 0 or errors:
+                    break
+                try:
+                    part_run = partition_run_id(run_id, index)
+                    limited = {**options, "limit": room}
+                    results.append(
+                        _run_part(part, store, part_run, stop, dry_run, lock_ttl, limited)
+                    )
+                except LoaderError as exc:
+                    errors.append(exc)
+                    if exc.result is not None:
+                        results.append(exc.result)
+            parts = []
         with ThreadPoolExecutor(max(1, job.parallel_partitions)) as pool:
             futures = [
                 pool.submit(
@@ -784,6 +801,9 @@ class _Pipeline:
             self.interrupted = True
             return
         except BaseException as exc:
+            # Halt now, before the next request to this URL is let go (it waits on this
+            # one's end): the run stops at its first failure.
+            self.halt.set()
             self.done.put(exc)
             return
         self.done.put((batch, rejected))

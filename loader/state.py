@@ -226,8 +226,11 @@ class StateStore(Protocol):
         self, job: str, count: int, compute: Callable[[], tuple[int, ...]], *, keep: bool = ...
     ) -> tuple[int, ...]: ...
     def start_run(self, run_id: str, job: str, cursor_from: Position | None) -> None: ...
-    def finish_run(self, run_id: str, status: str, **counts: Any) -> None: ...
+    def finish_run(
+        self, run_id: str, status: str, *, only_running: bool = ..., **counts: Any
+    ) -> bool: ...
     def history(self, job: str, limit: int = ...) -> list[RunRecord]: ...
+    def run_record(self, run_id: str) -> RunRecord | None: ...
     def dead_letters(self, job: str, limit: int | None = ...) -> list[DeadLetter]: ...
     def dead_letter_count(self, job: str) -> int: ...
     def update_dead_letter(self, letter_id: int, status: int | None, excerpt: str) -> None: ...
@@ -243,6 +246,16 @@ class StateStore(Protocol):
     def alert_state(self, job: str) -> AlertState: ...
     def save_alert_state(self, state: AlertState) -> None: ...
     def close(self) -> None: ...
+
+
+def _run_record(row: Any) -> RunRecord:
+    return RunRecord(
+        **{
+            **row._asdict(),
+            "cursor_from": decode_position(row.cursor_from) if row.cursor_from else None,
+            "cursor_to": decode_position(row.cursor_to) if row.cursor_to else None,
+        }
+    )
 
 
 def encode_position(position: Position) -> str:
@@ -574,9 +587,15 @@ class SqlStateStore:
                 deleted = conn.execute(sa.delete(_checkpoints).where(_checkpoints.c.job == job))
                 # Its partitions' checkpoints and key ranges go with it.
                 ranges = conn.execute(
-                    sa.delete(_checkpoints).where(_checkpoints.c.job.like(f"{job}#p%"))
+                    sa.delete(_checkpoints).where(
+                        _checkpoints.c.job.startswith(f"{job}#", autoescape=True)
+                    )
                 )
-                conn.execute(sa.delete(_meta).where(_meta.c.key.like(f"partitions:{job}:%")))
+                conn.execute(
+                    sa.delete(_meta).where(
+                        _meta.c.key.startswith(f"partitions:{job}:", autoescape=True)
+                    )
+                )
                 key = f"epoch:{job}"
                 epoch = conn.execute(sa.select(_meta.c.value).where(_meta.c.key == key)).scalar()
                 if epoch is None:
@@ -648,28 +667,33 @@ class SqlStateStore:
             if not again.rowcount:
                 conn.execute(sa.insert(_runs).values(run_id=run_id, job=job, **values))
 
-    def finish_run(self, run_id: str, status: str, **counts: Any) -> None:
-        """Record how a run ended: ``status`` and the counters in ``counts``."""
+    def finish_run(
+        self, run_id: str, status: str, *, only_running: bool = False, **counts: Any
+    ) -> bool:
+        """Record how a run ended: ``status`` and the counters in ``counts``; ``False``
+        when no record changed. With ``only_running``, a run that already ended is left
+        as it is, so of several processes ending one run, one records it."""
         cursor_to = counts.pop("cursor_to", None)
         values = {**counts, "status": status, "ended_at": self._clock()}
         if cursor_to is not None:
             values["cursor_to"] = encode_position(cursor_to)
         with self._transaction("recording the run") as conn:
-            conn.execute(sa.update(_runs).where(_runs.c.run_id == run_id).values(**values))
+            update = sa.update(_runs).where(_runs.c.run_id == run_id)
+            if only_running:
+                update = update.where(_runs.c.status == "running")
+            done = conn.execute(update.values(**values))
+        return bool(done.rowcount)
 
     def history(self, job: str, limit: int = 20) -> list[RunRecord]:
         """``job``'s most recent runs, newest first."""
         rows = self._newest(_runs, _runs.c.started_at, job, limit, "reading the history")
-        return [
-            RunRecord(
-                **{
-                    **row._asdict(),
-                    "cursor_from": decode_position(row.cursor_from) if row.cursor_from else None,
-                    "cursor_to": decode_position(row.cursor_to) if row.cursor_to else None,
-                }
-            )
-            for row in rows
-        ]
+        return [_run_record(row) for row in rows]
+
+    def run_record(self, run_id: str) -> RunRecord | None:
+        """The run ``run_id``, or ``None`` if it was never recorded."""
+        with self._transaction("reading the history") as conn:
+            row = conn.execute(sa.select(_runs).where(_runs.c.run_id == run_id)).first()
+        return _run_record(row) if row is not None else None
 
     # Dead letters
 

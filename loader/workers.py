@@ -21,18 +21,20 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
 import procrastinate
 import procrastinate.exceptions
+import procrastinate.jobs
 import procrastinate.worker
 
 from loader import defaults
 from loader.errors import JobConfigError, JobLockedError, LoaderError, StateError
 from loader.job import Job
 from loader.jobfile import find_job_files, load_job
+from loader.monitor import Monitor
 from loader.redact import mask_url
 from loader.runner import (
     RUN_ID,
@@ -171,12 +173,15 @@ class JobQueue:
         concurrency: int = defaults.WORKER_CONCURRENCY,
         stalled_after: float = defaults.WORKER_STALLED_AFTER,
         run: Callable[..., RunResult] = run_job,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         """Run queued runs, ``concurrency`` at once, until ``stop`` is set; then let the
         runs checkpoint, put them back in the queue, and return. Runs whose worker sent
-        no heartbeat for ``stalled_after`` seconds are put back in the queue."""
-        runtime = _Runtime(self, [Path(p) for p in paths], state, stop, run)
-        asyncio.run(self._serve(runtime, concurrency, stalled_after))
+        no heartbeat for ``stalled_after`` seconds are put back in the queue. Job files
+        are read with ``env`` (default: the environment over ``.env``)."""
+        runtime = _Runtime(self, [Path(p) for p in paths], state, stop, run, env)
+        with self._errors("running the worker"):
+            asyncio.run(self._serve(runtime, concurrency, stalled_after))
 
     async def _serve(self, runtime: _Runtime, concurrency: int, stalled_after: float) -> None:
         app = self.app.with_connector(procrastinate.PsycopgConnector(conninfo=self.url))
@@ -193,31 +198,53 @@ class JobQueue:
                 delete_jobs="successful",
             )
             serving = asyncio.create_task(worker.run())  # type: ignore[no-untyped-call]
-            sweep = 0.0
+            beat = max(0.5, stalled_after / 4)
+            sweep = heartbeat = 0.0
+            stopping = False
             loop = asyncio.get_running_loop()
             while not serving.done():
-                if runtime.stop.is_set():
+                if runtime.stop.is_set() and not stopping:
+                    stopping = True
                     worker.stop()  # type: ignore[no-untyped-call]
-                    break
-                if loop.time() >= sweep:
+                if runtime.stop.is_set() and loop.time() >= heartbeat and worker.worker_id:
+                    # Procrastinate stops its heartbeats when told to stop, while the
+                    # runs still wind down: without these, another worker would take
+                    # them for stalled and run them a second time.
+                    heartbeat = loop.time() + beat
+                    with contextlib.suppress(procrastinate.exceptions.ProcrastinateException):
+                        await app.job_manager.update_heartbeat(worker.worker_id)
+                if not runtime.stop.is_set() and loop.time() >= sweep:
                     sweep = loop.time() + max(1.0, stalled_after / 2)
                     await self._recover(app, stalled_after)
                 await asyncio.sleep(0.2)
             await serving
 
     async def _recover(self, app: procrastinate.App, stalled_after: float) -> None:
-        """Put runs whose worker went silent back in the queue."""
+        """Put runs whose worker went silent back in the queue; when a run of the same
+        job (or range) is already waiting there, end the stalled one instead: the waiting
+        run resumes from the same checkpoint."""
         try:
             stalled = await app.job_manager.get_stalled_jobs(
                 queue=self.queue, task_name=TASK, seconds_since_heartbeat=stalled_after
             )
-            for item in stalled:
-                log.warning("run %s of job %s was on a worker that went silent; "
-                            "queueing it again", item.task_kwargs.get("run_id"),
-                            item.task_kwargs.get("job"))  # fmt: skip
-                await app.job_manager.retry_job(item)
         except procrastinate.exceptions.ProcrastinateException as exc:
             log.error("could not look for stalled runs: %s", exc)
+            return
+        for item in stalled:
+            run_id, job = item.task_kwargs.get("run_id"), item.task_kwargs.get("job")
+            try:
+                await app.job_manager.retry_job(item)
+                log.warning("run %s of job %s was on a worker that went silent; queueing "
+                            "it again", run_id, job)  # fmt: skip
+            except procrastinate.exceptions.ProcrastinateException:
+                try:
+                    await app.job_manager.finish_job(
+                        item, procrastinate.jobs.Status.FAILED, delete_job=True
+                    )
+                    log.warning("run %s of job %s was on a worker that went silent; the "
+                                "run already waiting takes over", run_id, job)  # fmt: skip
+                except procrastinate.exceptions.ProcrastinateException as exc:
+                    log.error("could not recover run %s of job %s: %s", run_id, job, exc)
 
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
@@ -241,34 +268,47 @@ class _Runtime:
         state: StateStore,
         stop: threading.Event,
         run: Callable[..., RunResult],
+        env: Mapping[str, str] | None,
     ) -> None:
         self.queue = queue
         self.paths = paths
         self.state = state
         self.stop = stop
         self.run = run
+        self.env = env
 
     def find(self, name: str, path: str) -> Job:
-        """The job ``name``: from ``path`` when that file exists here, else from the
-        worker's job files."""
-        candidates = [Path(path)] if Path(path).is_file() else []
-        candidates += find_job_files(self.paths)
-        for candidate in candidates:
+        """The job ``name``: from ``path`` when that file exists here (its problems are
+        raised), else from the worker's job files."""
+        if Path(path).is_file():
+            job = load_job(path, env=self.env)
+            if job.name == name:
+                return job
+        problems: list[str] = []
+        for candidate in find_job_files(self.paths):
             try:
-                job = load_job(candidate)
-            except JobConfigError:
+                job = load_job(candidate, env=self.env)
+            except JobConfigError as exc:
+                problems += exc.problems
                 continue
             if job.name == name:
                 return job
-        raise JobConfigError([f"job {name!r}: no job file of that name in "
-                              f"{', '.join(map(str, self.paths))} or at {path}"])  # fmt: skip
+        raise JobConfigError([
+            f"job {name!r}: no job file of that name in {', '.join(map(str, self.paths))} "
+            f"or at {path}", *problems,
+        ])  # fmt: skip
 
     def execute(
         self, name: str, path: str, run_id: str, slot: float | None, partition: int | None
     ) -> None:
         token = RUN_ID.set(run_id)
         try:
-            job = self.find(name, path)
+            try:
+                job = self.find(name, path)
+            except LoaderError as exc:
+                if slot is not None and partition is None:
+                    self.state.finish_slot(name, slot, "failed", str(exc))
+                raise
             if partition is not None:
                 self._run_partition(job, path, run_id, slot, partition)
             elif job.source.partition is not None:
@@ -288,7 +328,10 @@ class _Runtime:
         log.info("run started job=%s run=%s", job.name, run_id)
         status, detail = "failed", None
         try:
-            result = self.run(job, state=self.state, stop=self.stop, run_id=run_id)
+            # A range's heartbeats and alerts are its whole run's (see _fan_out).
+            result = self.run(
+                job, state=self.state, stop=self.stop, run_id=run_id, monitor=partition is None
+            )
             status = result.status
         except JobLockedError as exc:
             status, detail = "skipped", str(exc)
@@ -309,48 +352,68 @@ class _Runtime:
             again = self.queue.enqueue(
                 name, path, run_id=run_id, slot=slot, partition=partition, lane=lane
             )
-            done = "queued again to continue" if again else "left to the run already queued"
-            log.info("job=%s run=%s %s", job.name, run_id, done)
+            if again:
+                log.info("job=%s run=%s queued again to continue", job.name, run_id)
+            else:
+                log.info("job=%s run=%s left to the run already waiting", job.name, run_id)
+                if partition is not None:  # that run does this range's work
+                    status = "skipped"
+                    self.state.finish_run(run_id, status, error="left to the run already waiting")
         return status
 
     def _fan_out(self, job: Job, path: str, run_id: str, slot: float | None) -> None:
         """A partitioned run: queue each key range as a run of its own; the last range
         to end records the whole run's end."""
+        monitor = Monitor(job, self.state)
+        monitor.started()
         self.state.start_run(run_id, job.name, None)
-        parts = plan_partitions(job, self.state)
-        lanes = max(1, job.parallel_partitions)
-        for index in range(len(parts)):
-            part_run = partition_run_id(run_id, index)
-            queued = self.queue.enqueue(
-                job.name, path, run_id=part_run, slot=slot, partition=index, lane=index % lanes
-            )
-            if not queued:  # a range of an earlier run is still waiting: it does the work
+        try:
+            parts = plan_partitions(job, self.state)
+            lanes = max(1, job.parallel_partitions)
+            for index in range(len(parts)):
+                part_run = partition_run_id(run_id, index)
                 self.state.start_run(part_run, parts[index].name, None)
-                self.state.finish_run(part_run, "skipped",
-                                      error="a run of this range was still waiting")  # fmt: skip
+                queued = self.queue.enqueue(
+                    job.name, path, run_id=part_run, slot=slot, partition=index,
+                    lane=index % lanes,
+                )  # fmt: skip
+                if not queued:  # a range of an earlier run is still waiting: it does the work
+                    waiting = "a run of this range was still waiting"
+                    self.state.finish_run(part_run, "skipped", error=waiting)
+        except LoaderError as exc:
+            detail = job.redactor().text(str(exc))
+            result = combine(job, run_id, [], 0.0)
+            self.state.finish_run(run_id, "failed", error=detail)
+            if slot is not None:
+                self.state.finish_slot(job.name, slot, "failed", detail)
+            monitor.finished(replace(result, status="failed", error=detail), exc)
+            raise
         log.info("run split job=%s run=%s ranges=%d", job.name, run_id, len(parts))
         self._finish_whole(job, run_id, slot, len(parts))
 
     def _run_partition(
         self, job: Job, path: str, run_id: str, slot: float | None, index: int
     ) -> None:
-        parts = plan_partitions(job, self.state)
         whole = run_id.rsplit("#p", 1)[0]
+        count = job.source.partition.count if job.source.partition else 0
         try:
+            parts = plan_partitions(job, self.state)
+            count = len(parts)
+            if index >= len(parts):  # the job changed since the run was split
+                self.state.finish_run(run_id, "skipped", error="the job has fewer ranges now")
+                return
             self._run(parts[index], path, run_id, slot, partition=index)
         finally:
-            self._finish_whole(job, whole, slot, len(parts))
+            self._finish_whole(job, whole, slot, count)
 
     def _finish_whole(self, job: Job, run_id: str, slot: float | None, count: int) -> None:
         """Record the end of partitioned run ``run_id`` once every range has ended (each
         range records its own end first, so the last one to end sees them all)."""
         results = []
         for index in range(count):
-            wanted = partition_run_id(run_id, index)
-            found = [r for r in self.state.history(f"{job.name}#p{index}") if r.run_id == wanted]
-            if not found or found[0].status in ("running", "interrupted"):
+            record = self.state.run_record(partition_run_id(run_id, index))
+            if record is None or record.status in ("running", "interrupted"):
                 return
-            record = found[0]
             results.append(
                 RunResult(
                     record.job, record.run_id, cast(Status, record.status), record.rows_read,
@@ -359,15 +422,17 @@ class _Runtime:
                 )
             )  # fmt: skip
         whole = combine(job, run_id, results, 0.0)
-        self.state.finish_run(
+        if not self.state.finish_run(
             run_id, whole.status, rows_read=whole.rows_read, rows_posted=whole.rows_posted,
             rows_rejected=whole.rows_rejected, requests=whole.requests, retries=whole.retries,
-            error=whole.error,
-        )  # fmt: skip
+            error=whole.error, only_running=True,
+        ):  # fmt: skip
+            return  # another range's worker, ending at the same moment, recorded it
         if slot is not None:
             self.state.finish_slot(job.name, slot, whole.status, whole.error)
         log.info("run ended job=%s run=%s status=%s rows=%d ranges=%d", job.name, run_id,
                  whole.status, whole.rows_posted, count)  # fmt: skip
+        Monitor(job, self.state).finished(whole)
 
 
 def _run_task(

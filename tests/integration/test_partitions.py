@@ -109,3 +109,41 @@ def test_a_dry_run_keeps_no_boundaries(
     runs = [state.history(f"{job.name}#p{i}", limit=1)[0] for i in range(4)]
     assert [run.rows_posted for run in runs] == [1000] * 4
     state.close()
+
+
+def test_keys_all_null_are_sent_as_one_range(
+    schema: Schema, endpoint: Endpoint, isolated_state: str
+) -> None:
+    """A partition column without values yet leaves nothing to split: the rows go as one
+    range, and no boundaries are kept."""
+    schema.execute(
+        "CREATE TABLE drafts AS SELECT g AS id, NULL::int AS k FROM generate_series(1, 30) g"
+    )
+    job = build_job(make_job(schema, endpoint.url, f"SELECT id, k FROM {schema.table('drafts')}",
+                             source={"partition": {"column": "k", "count": 3}}))  # fmt: skip
+
+    result = run_job(job)
+
+    assert result.status == "succeeded" and sorted(endpoint.accepted_ids()) == list(range(1, 31))
+    state = open_state(isolated_state)
+    assert [run.rows_posted for run in state.history(f"{job.name}#all")] == [30]
+    state.close()
+
+
+def test_a_row_limit_counts_for_the_whole_run(
+    schema: Schema, endpoint: Endpoint, isolated_state: str
+) -> None:
+    job = build_job(partitioned(schema, endpoint))
+    assert run_job(job, limit=70).rows_posted == 70
+    assert len(endpoint.accepted_ids()) == 70
+
+
+def test_reset_leaves_other_jobs_ranges_alone(schema: Schema, isolated_state: str) -> None:
+    """`state reset a_2` does not touch job a-2's ranges (`_` is not a wildcard)."""
+    state = open_state(isolated_state)
+    lease = state.acquire("a-2#p0", "r1")
+    state.record_batch(lease, "r1", fingerprint="f", position=(5,))
+    state.release(lease)
+    state.reset("a_2")
+    assert state.checkpoint("a-2#p0") is not None
+    state.close()

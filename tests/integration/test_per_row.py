@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from loader import JobConfigError, build_job, open_state, run_job
+from loader import JobConfigError, RejectedError, build_job, open_state, run_job
 from loader.errors import EncodingError, QueryError
 from loader.replay import replay_dead_letters
 from tests.integration.conftest import Schema, make_job
@@ -202,3 +202,18 @@ def test_per_row_on_the_generic_path(
         ("PATCH", "/users/1?by=ann", {"id": 1, "name": "ann"}),
         ("PATCH", "/users/2?by=bob", {"id": 2, "name": "bob"}),
     ]
+
+
+def test_a_failed_request_stops_the_next_one_to_its_url(
+    schema: Schema, endpoint: Endpoint, isolated_state: str
+) -> None:
+    """With on_reject: fail, a refused row stops the run before the next update of the
+    same contact goes out (it would otherwise overtake the failed one)."""
+    query = contacts(schema, [(1, "a@x.io", "v1"), (2, "a@x.io", "v2"), (3, "b@x.io", "v1")])
+    endpoint.script("/contacts/a%40x.io", (400, {}, b"no"))
+    job = build_job(upsert(schema, endpoint, query, concurrency=4, on_reject="fail"))
+
+    with pytest.raises(RejectedError):
+        run_job(job)
+
+    assert [r.json()["plan"] for r in endpoint.requests if r.path == "/contacts/a%40x.io"] == ["v1"]

@@ -110,9 +110,13 @@ def test_an_enqueued_run_runs_on_a_worker(
 
 
 def test_one_clock_two_workers_each_slot_runs_once(
-    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
-) -> None:
-    """The clock only queues; each slot runs once, on one of the two workers."""
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The clock only queues (LOADER_EXECUTOR read from .env); each slot runs once, on
+    one of the two workers."""
+    monkeypatch.delenv("LOADER_EXECUTOR")
+    (tmp_path / ".env").write_text("LOADER_EXECUTOR=procrastinate\n")
     query = events(schema, 20)
     spec = make_job(schema, endpoint.url, query, schedule="every 1s")
     write_job(tmp_path, "tick", spec)
@@ -221,6 +225,8 @@ def test_a_partitioned_run_spreads_its_ranges_over_the_workers(
         schema, endpoint.url, events(schema, 2000), batch={"size": 50}, concurrency=4,
         source={"cursor": {"column": "id"}, "partition": {"column": "id", "count": 4}},
     )  # fmt: skip
+    pings = Endpoint().start()
+    spec["heartbeat"] = pings.url + "/hb"
     path = write_job(tmp_path, "wide", spec)
     workers = [worker(tmp_path), worker(tmp_path)]
     assert cli("run", "--enqueue", str(path), cwd=tmp_path).returncode == 0
@@ -242,3 +248,89 @@ def test_a_partitioned_run_spreads_its_ranges_over_the_workers(
     arrivals = sorted(r.at for r in endpoint.requests)
     together = max(sum(1 for t in arrivals if start <= t < start + 0.04) for start in arrivals)
     assert together <= 4
+    # One heartbeat per whole run, not one per range.
+    pings.stop()
+    assert sorted(r.path for r in pings.requests) == ["/hb", "/hb/start"]
+
+
+def test_a_killed_run_does_not_block_the_run_waiting_behind_it(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """SIGKILL mid-run while the next run of the job is already waiting: the stalled one
+    is ended (it cannot be queued twice) and the waiting one resumes from the checkpoint."""
+    path = write_job(tmp_path, "long", slow_incremental(schema, endpoint, 200))
+    first = worker(tmp_path)
+    assert cli("run", "--enqueue", str(path), cwd=tmp_path).returncode == 0
+    wait_until(lambda: len(endpoint.accepted_ids()) >= 30)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    assert "queued run" in cli("run", "--enqueue", str(path), cwd=tmp_path).stdout
+
+    second = worker(tmp_path)
+    wait_until(lambda: set(endpoint.accepted_ids()) >= set(range(1, 201)))
+    wait_until(lambda: queue_statuses(pg_state) == [])
+    code, out = stop(second)
+
+    assert code == 0 and "the run already waiting takes over" in out, out
+    assert len(endpoint.accepted_ids()) - 200 <= 10
+
+
+def test_a_stopping_worker_keeps_its_runs_from_being_taken_for_stalled(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """While a worker told to stop waits for a slow request, it keeps sending heartbeats:
+    the other worker does not run the same run a second time meanwhile."""
+    endpoint.script("/", Delay(0.2), Delay(0.2), Delay(4.0))
+    spec = make_job(schema, endpoint.url + "/", events(schema, 100),
+                    source={"cursor": {"column": "id"}}, batch={"size": 10})  # fmt: skip
+    path = write_job(tmp_path, "slow", spec)
+    first = worker(tmp_path)
+    assert cli("run", "--enqueue", str(path), cwd=tmp_path).returncode == 0
+    wait_until(lambda: len(endpoint.requests) >= 3)  # the 4 s request is under way
+    second = worker(tmp_path)
+    code, out = stop(first)
+
+    assert code == 0 and "queued again to continue" in out, out
+    wait_until(lambda: set(endpoint.accepted_ids()) >= set(range(1, 101)))
+    code, out = stop(second)
+    assert "went silent" not in out
+    assert sorted(endpoint.accepted_ids()) == list(range(1, 101))
+
+
+def test_enqueue_refuses_options_a_worker_would_not_see(tmp_path: Path) -> None:
+    path = tmp_path / "j.yml"
+    path.write_text("source: {url: 'sqlite://', query: SELECT 1}\ntarget: {url: 'http://x.io/'}\n")
+    result = cli("run", "--enqueue", "--dry-run", "--target-url", "http://127.0.0.1:9/",
+                 str(path), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert "--dry-run, --target-url cannot go with it" in result.stderr
+
+
+def test_a_worker_without_the_queue_tables_says_how_to_set_them_up(
+    tmp_path: Path, schema: Schema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    separator = "&" if "?" in schema.url else "?"
+    monkeypatch.setenv(
+        "LOADER_STATE_URL", f"{schema.url}{separator}options=-csearch_path%3D{schema.name}"
+    )
+    (tmp_path / "jobs").mkdir()
+    result = cli("worker", "jobs", cwd=tmp_path)
+    assert result.returncode == 7, result.stderr
+    assert "`loader db upgrade`" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_partitioned_run_that_cannot_be_split_is_recorded_failed(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    schema.execute("CREATE TABLE words AS SELECT 'w' || g AS word FROM generate_series(1, 9) g")
+    spec = make_job(schema, endpoint.url, f"SELECT word FROM {schema.table('words')}",
+                    source={"partition": {"column": "word", "count": 2}})  # fmt: skip
+    path = write_job(tmp_path, "words", spec)
+    process = worker(tmp_path)
+    assert cli("run", "--enqueue", str(path), cwd=tmp_path).returncode == 0
+    wait_until(lambda: bool(history(pg_state, "words")) and
+               history(pg_state, "words")[0].status != "running")  # fmt: skip
+    stop(process)
+    (run,) = history(pg_state, "words")
+    assert run.status == "failed" and "key ranges need an integer column" in (run.error or "")
+    assert endpoint.requests == []

@@ -364,3 +364,17 @@ def test_partition_settings_are_checked() -> None:
         "order_id",
         "jobs/x.yml:4: source.partition.count: expected a value >= 2, got 1",
     ]
+
+
+def test_partition_parallel_within_concurrency_and_omit_once() -> None:
+    partition = "  partition: {column: id, count: 8, parallel: 8}\n"
+    bad = MINIMAL.replace("  query: SELECT 1\n", "  query: SELECT 1\n" + partition)
+    assert problems(bad + "concurrency: 4\n") == [
+        "jobs/x.yml:1: (top level): source.partition.parallel (8) is more than concurrency "
+        "(4): each range needs a request in flight of its own; raise concurrency or lower "
+        "parallel"
+    ]
+    assert parse(bad + "concurrency: 8\n").parallel_partitions == 8
+    assert problems(MINIMAL + "  omit: [id, x, id]\n") == [
+        "jobs/x.yml:6: target.omit: names 'id' more than once"
+    ]
