@@ -10,7 +10,7 @@ import contextlib
 import itertools
 import queue
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -655,21 +655,10 @@ def driver_message(exc: SQLAlchemyError, redactor: Redactor) -> str:
 def describe_query(config: jobmodel.Source, redactor: Redactor) -> tuple[str, ...]:
     """Connect, and ask the database for the query's columns without reading a row
     (``LIMIT 0`` in a read-only transaction). Raises :class:`SourceError`."""
-    engine = create_engine(config, redactor)
-    where = redactor.url(engine.url.render_as_string(hide_password=True))
-    inner = config.query.strip().rstrip(";").strip()
-    try:
-        with engine.connect() as connection:
-            _begin_read_only(connection, config)
-            result = connection.execute(
-                sa.text(f"SELECT * FROM (\n{inner}\n) AS s LIMIT 0"), dict(config.params)
-            )
-            columns = tuple(result.keys())
-            result.close()
-    except SQLAlchemyError as exc:
-        raise SourceError(f"{where}: {driver_message(exc, redactor)}") from exc
-    finally:
-        engine.dispose()
+    columns: tuple[str, ...] = _read_once(
+        config, redactor, "SELECT * FROM (\n{query}\n) AS s LIMIT 0",
+        lambda result: tuple(result.keys()), "",
+    )  # fmt: skip
     _refuse_duplicates(columns)
     _cursor_indexes(config, columns)
     return columns
@@ -678,21 +667,37 @@ def describe_query(config: jobmodel.Source, redactor: Redactor) -> tuple[str, ..
 def key_range(config: jobmodel.Source, redactor: Redactor, column: str) -> tuple[Any, Any]:
     """The smallest and largest value of ``column`` in the query's result (both ``None``
     when it has no rows), read in a read-only transaction. Raises :class:`SourceError`."""
+    low, high = _read_once(
+        config, redactor,
+        f"SELECT min(s.{column}), max(s.{column}) FROM (\n{{query}}\n) AS s",
+        lambda result: tuple(result.one()),
+        f"cannot read the range of source.partition.column {column!r} on ",
+    )  # fmt: skip
+    return low, high
+
+
+def _read_once(
+    config: jobmodel.Source,
+    redactor: Redactor,
+    template: str,
+    read: Callable[[sa.CursorResult[Any]], Any],
+    doing: str,
+) -> Any:
+    """Run ``template`` (``{query}`` standing for the job's query) once in a read-only
+    transaction of a connection of its own; ``read`` takes what is needed from the
+    result. Errors are :class:`SourceError` starting with ``doing`` and the database."""
     engine = create_engine(config, redactor)
     where = redactor.url(engine.url.render_as_string(hide_password=True))
     inner = config.query.strip().rstrip(";").strip()
     try:
         with engine.connect() as connection:
             _begin_read_only(connection, config)
-            found = connection.execute(
-                sa.text(f"SELECT min(s.{column}), max(s.{column}) FROM (\n{inner}\n) AS s"),
-                dict(config.params),
-            ).one()
+            result = connection.execute(sa.text(template.format(query=inner)), dict(config.params))
+            try:
+                return read(result)
+            finally:
+                result.close()
     except SQLAlchemyError as exc:
-        raise SourceError(
-            f"cannot read the range of source.partition.column {column!r} on {where}: "
-            f"{driver_message(exc, redactor)}"
-        ) from exc
+        raise SourceError(f"{doing}{where}: {driver_message(exc, redactor)}") from exc
     finally:
         engine.dispose()
-    return found[0], found[1]

@@ -82,6 +82,12 @@ class Schema:
     def table(self, name: str) -> str:
         return f"{self.name}.{name}"
 
+    @property
+    def scoped_url(self) -> str:
+        """The URL with this schema first on the search path (bare table names)."""
+        separator = "&" if "?" in self.url else "?"
+        return f"{self.url}{separator}options=-csearch_path%3D{self.name}"
+
 
 @pytest.fixture
 def schema(database_url: str) -> Iterator[Schema]:

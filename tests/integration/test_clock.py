@@ -27,8 +27,7 @@ __all__ = ["nothing_left_running"]  # the fixture, used by every test here
 @pytest.fixture
 def pg_state(schema: Schema, monkeypatch: pytest.MonkeyPatch) -> str:
     """State in PostgreSQL (as on Heroku), in the test's schema; exported to the clocks."""
-    separator = "&" if "?" in schema.url else "?"
-    url = f"{schema.url}{separator}options=-csearch_path%3D{schema.name}"
+    url = schema.scoped_url
     monkeypatch.setenv("LOADER_STATE_URL", url)
     return url
 

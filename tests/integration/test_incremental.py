@@ -44,8 +44,7 @@ def state_url(
     """The state store URL for this test, also exported for the CLI it starts."""
     if request.param == "sqlite":
         return isolated_state
-    separator = "&" if "?" in schema.url else "?"
-    url = f"{schema.url}{separator}options=-csearch_path%3D{schema.name}"
+    url = schema.scoped_url
     monkeypatch.setenv("LOADER_STATE_URL", url)
     return url
 

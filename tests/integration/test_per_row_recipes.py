@@ -17,8 +17,7 @@ JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
 def database_url(schema: Schema) -> str:
     """The test schema first on the search path: the recipes name bare tables."""
-    separator = "&" if "?" in schema.url else "?"
-    return f"{schema.url}{separator}options=-csearch_path%3D{schema.name}"
+    return schema.scoped_url
 
 
 @pytest.fixture

@@ -79,8 +79,7 @@ def ids(first: int, last: int, *, with_user_only: bool) -> list[int]:
 def database_url(schema: Schema) -> str:
     """The test database with the schema first on the search_path: the recipes name
     their table without a schema, as they would in the app's database."""
-    separator = "&" if "?" in schema.url else "?"
-    return f"{schema.url}{separator}options=-csearch_path%3D{schema.name}"
+    return schema.scoped_url
 
 
 def run(recipe: str, env: dict[str, str]) -> RunResult:

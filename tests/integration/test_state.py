@@ -29,8 +29,7 @@ class Clock:
 def url(request: pytest.FixtureRequest, schema: Schema, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'state.db'}"
-    separator = "&" if "?" in schema.url else "?"
-    return f"{schema.url}{separator}options=-csearch_path%3D{schema.name}"
+    return schema.scoped_url
 
 
 @pytest.fixture

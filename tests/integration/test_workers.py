@@ -27,8 +27,7 @@ __all__ = ["nothing_left_running"]  # the fixture, used by every test here
 @pytest.fixture
 def pg_state(schema: Schema, monkeypatch: pytest.MonkeyPatch) -> str:
     """State and queue in the test's schema, exported to the processes started."""
-    separator = "&" if "?" in schema.url else "?"
-    url = f"{schema.url}{separator}options=-csearch_path%3D{schema.name}"
+    url = schema.scoped_url
     monkeypatch.setenv("LOADER_STATE_URL", url)
     monkeypatch.setenv("LOADER_EXECUTOR", "procrastinate")
     assert cli("db", "upgrade").returncode == 0
@@ -309,10 +308,7 @@ def test_enqueue_refuses_options_a_worker_would_not_see(tmp_path: Path) -> None:
 def test_a_worker_without_the_queue_tables_says_how_to_set_them_up(
     tmp_path: Path, schema: Schema, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    separator = "&" if "?" in schema.url else "?"
-    monkeypatch.setenv(
-        "LOADER_STATE_URL", f"{schema.url}{separator}options=-csearch_path%3D{schema.name}"
-    )
+    monkeypatch.setenv("LOADER_STATE_URL", schema.scoped_url)
     (tmp_path / "jobs").mkdir()
     result = cli("worker", "jobs", cwd=tmp_path)
     assert result.returncode == 7, result.stderr
