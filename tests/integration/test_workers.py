@@ -330,3 +330,31 @@ def test_a_partitioned_run_that_cannot_be_split_is_recorded_failed(
     (run,) = history(pg_state, "words")
     assert run.status == "failed" and "key ranges need an integer column" in (run.error or "")
     assert endpoint.requests == []
+
+
+def test_a_worker_killed_in_the_middle_of_a_range_loses_nothing(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+) -> None:
+    """kill -9 of the worker running the ranges: the other worker recovers them, every
+    row arrives, and the whole run ends succeeded."""
+    endpoint.script("/", *[Delay(0.1)] * 1000)
+    spec = make_job(
+        schema, endpoint.url + "/", events(schema, 400), batch={"size": 10}, concurrency=2,
+        source={"cursor": {"column": "id"}, "partition": {"column": "id", "count": 2}},
+    )  # fmt: skip
+    path = write_job(tmp_path, "split", spec)
+    first = worker(tmp_path)
+    assert cli("run", "--enqueue", str(path), cwd=tmp_path).returncode == 0
+    wait_until(lambda: len(endpoint.accepted_ids()) >= 60)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+
+    second = worker(tmp_path)
+    wait_until(lambda: set(endpoint.accepted_ids()) >= set(range(1, 401)))
+    wait_until(lambda: history(pg_state, "split")[0].status != "running")
+    code, out = stop(second)
+
+    assert code == 0 and "went silent" in out, out
+    (whole,) = history(pg_state, "split")
+    assert whole.status == "succeeded"
+    assert len(endpoint.accepted_ids()) - 400 <= 2 * 10  # a batch in flight per range
