@@ -47,7 +47,9 @@ def write_job(directory: Path, name: str, spec: dict[str, Any]) -> Path:
 
 
 def start_clock(cwd: Path, *args: str) -> subprocess.Popen[str]:
-    return start_loader(cwd, "clock", "jobs", *args)
+    """A clock process, returned once it is up (its first log line: signal handlers are
+    installed by then), or once it has exited."""
+    return start_loader(cwd, "clock", "jobs", *args, up="loader.clock")
 
 
 def stop_clock(process: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, float]:
@@ -177,7 +179,7 @@ def test_a_restart_after_missed_slots_makes_one_catch_up_run(
     write_job(tmp_path / "jobs", "gap", scheduled(schema, endpoint, query, schedule="every 1s"))
 
     clock = start_clock(tmp_path)
-    time.sleep(1.6)
+    read_until(clock, "run ended job=gap")
     stop_clock(clock)
     state = open_state(pg_state)
     before = {s.slot_at for s in state.slots("gap")}

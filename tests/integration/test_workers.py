@@ -18,7 +18,7 @@ import yaml
 
 from loader import JobQueue, open_state
 from tests.integration.conftest import Schema, make_job
-from tests.support.processes import nothing_left_running, start_loader, terminate
+from tests.support.processes import finish, nothing_left_running, start_loader, terminate
 from tests.support.server import Delay, Endpoint
 
 __all__ = ["nothing_left_running"]  # the fixture, used by every test here
@@ -42,7 +42,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 
 
 def worker(cwd: Path, *args: str) -> subprocess.Popen[str]:
-    return start_loader(cwd, "worker", "jobs", "--stalled-after", "2s", *args)
+    return start_loader(cwd, "worker", "jobs", "--stalled-after", "2s", *args, up="worker started")
 
 
 def stop(process: subprocess.Popen[str]) -> tuple[int, str]:
@@ -120,7 +120,7 @@ def test_one_clock_two_workers_each_slot_runs_once(
     spec = make_job(schema, endpoint.url, query, schedule="every 1s")
     write_job(tmp_path, "tick", spec)
     workers = [worker(tmp_path), worker(tmp_path)]
-    clock = start_loader(tmp_path, "clock", "jobs")
+    clock = start_loader(tmp_path, "clock", "jobs", up="loader.clock")
 
     time.sleep(6)
     clock_code, clock_out = stop(clock)
@@ -162,7 +162,7 @@ def test_a_run_on_a_killed_worker_resumes_on_another(
     assert cli("run", "--enqueue", str(path), cwd=tmp_path).returncode == 0
     wait_until(lambda: len(endpoint.accepted_ids()) >= 50)
     first.send_signal(signal.SIGKILL)
-    first.communicate()
+    finish(first)
 
     second = worker(tmp_path)
     wait_until(lambda: set(endpoint.accepted_ids()) >= set(range(1, 301)))
@@ -262,7 +262,7 @@ def test_a_killed_run_does_not_block_the_run_waiting_behind_it(
     assert cli("run", "--enqueue", str(path), cwd=tmp_path).returncode == 0
     wait_until(lambda: len(endpoint.accepted_ids()) >= 30)
     first.send_signal(signal.SIGKILL)
-    first.communicate()
+    finish(first)
     assert "queued run" in cli("run", "--enqueue", str(path), cwd=tmp_path).stdout
 
     second = worker(tmp_path)
@@ -347,7 +347,7 @@ def test_a_worker_killed_in_the_middle_of_a_range_loses_nothing(
     assert cli("run", "--enqueue", str(path), cwd=tmp_path).returncode == 0
     wait_until(lambda: len(endpoint.accepted_ids()) >= 60)
     first.send_signal(signal.SIGKILL)
-    first.communicate()
+    finish(first)
 
     second = worker(tmp_path)
     wait_until(lambda: set(endpoint.accepted_ids()) >= set(range(1, 401)))
