@@ -646,9 +646,8 @@ def status(
                 rows.append({"job": path.stem, "file": str(path), "problem": exc.problems[0]})
                 continue
             last = next(iter(store.history(job.name, limit=1)), None)
-            checkpoint = store.checkpoint(job.name)
             schedule = job.schedule_spec()
-            lag = cursor_lag(checkpoint.position if checkpoint else None, now)
+            lag = cursor_lag(store.lag_position(job.name), now)
             rows.append({
                 "job": job.name,
                 "file": str(path),

@@ -224,6 +224,12 @@ def combine(job: Job, run_id: str, results: Sequence[RunResult], duration: float
             status = cast(Status, worst)
             break
     errors = [result.error for result in results if result.error]
+    # How far the job lags is how far its least advanced range does.
+    positions = [r.checkpoint for r in results if r.checkpoint]
+    try:
+        checkpoint = min(positions, default=None, key=lambda position: position[0])
+    except TypeError:
+        checkpoint = None
     return RunResult(
         job=job.name, run_id=run_id, status=status,
         rows_read=sum(r.rows_read for r in results),
@@ -231,7 +237,7 @@ def combine(job: Job, run_id: str, results: Sequence[RunResult], duration: float
         requests=sum(r.requests for r in results), retries=sum(r.retries for r in results),
         duration=duration, rows_rejected=sum(r.rows_rejected for r in results),
         throttled=sum(r.throttled for r in results), error=errors[0] if errors else None,
-        preview=tuple(p for r in results for p in r.preview),
+        preview=tuple(p for r in results for p in r.preview), checkpoint=checkpoint,
     )  # fmt: skip
 
 

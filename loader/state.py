@@ -210,6 +210,7 @@ class StateStore(Protocol):
     def release(self, lease: Lease) -> None: ...
     def break_lock(self, job: str, owner: str) -> bool: ...
     def checkpoint(self, job: str) -> Checkpoint | None: ...
+    def lag_position(self, job: str) -> Position | None: ...
     def record_batch(
         self,
         lease: Lease,
@@ -525,6 +526,22 @@ class SqlStateStore:
         return Checkpoint(
             row.job, row.fingerprint, decode_position(row.position), row.run_id, row.updated_at
         )
+
+    def lag_position(self, job: str) -> Position | None:
+        """The position that tells how far ``job`` lags: its checkpoint's, or, for a
+        partitioned job, that of its least advanced range."""
+        with self._transaction("reading the checkpoint") as conn:
+            rows = conn.execute(
+                sa.select(_checkpoints.c.position).where(
+                    (_checkpoints.c.job == job)
+                    | _checkpoints.c.job.startswith(f"{job}#", autoescape=True)
+                )
+            ).all()
+        positions = [decode_position(row.position) for row in rows]
+        try:
+            return min((p for p in positions if p), default=None, key=lambda p: p[0])
+        except TypeError:  # values of different types: none is comparable
+            return None
 
     def record_batch(
         self,

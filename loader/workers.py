@@ -421,7 +421,9 @@ class _Runtime:
                     rows_rejected=record.rows_rejected, error=record.error,
                 )
             )  # fmt: skip
-        whole = combine(job, run_id, results, 0.0)
+        whole = replace(
+            combine(job, run_id, results, 0.0), checkpoint=self.state.lag_position(job.name)
+        )
         if not self.state.finish_run(
             run_id, whole.status, rows_read=whole.rows_read, rows_posted=whole.rows_posted,
             rows_rejected=whole.rows_rejected, requests=whole.requests, retries=whole.retries,

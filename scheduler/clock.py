@@ -152,10 +152,10 @@ class Clock:
         """Keep the cursor-lag gauge current between runs (it grows while runs stop)."""
         for name in list(self.jobs):
             try:
-                checkpoint = self.state.checkpoint(name)
+                position = self.state.lag_position(name)
             except LoaderError:
                 continue
-            lag = loader.cursor_lag(checkpoint.position if checkpoint else None, now)
+            lag = loader.cursor_lag(position, now)
             if lag is not None:
                 self.metrics.cursor_lag.labels(name).set(lag)
 
@@ -381,8 +381,7 @@ class Clock:
                  run_id, status, rows, duration, f" error={detail}" if detail else "")  # fmt: skip
         try:
             self.state.finish_slot(job.name, slot, status, detail)
-            checkpoint = self.state.checkpoint(job.name)
-            lag = loader.cursor_lag(checkpoint.position if checkpoint else None, self.now())
+            lag = loader.cursor_lag(self.state.lag_position(job.name), self.now())
             self.metrics.observe(
                 job.name, result, status, lag=lag, now=self.now(),
                 dead_letters=self.state.dead_letter_count(job.name),

@@ -4,11 +4,12 @@ checkpoint, side by side within the job's concurrency."""
 from __future__ import annotations
 
 import collections
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from loader import RejectedError, build_job, open_state, run_job
+from loader import RejectedError, build_job, flush_notifications, open_state, run_job
 from tests.integration.conftest import Schema, make_job
 from tests.support.server import Delay, Endpoint
 
@@ -146,4 +147,33 @@ def test_reset_leaves_other_jobs_ranges_alone(schema: Schema, isolated_state: st
     state.release(lease)
     state.reset("a_2")
     assert state.checkpoint("a-2#p0") is not None
+    state.close()
+
+
+def test_a_partitioned_job_lags_as_much_as_its_slowest_range(
+    schema: Schema, endpoint: Endpoint, isolated_state: str
+) -> None:
+    """Cursor lag (status, metrics, max_lag alerts) is that of the least advanced range:
+    the run's result carries it, and so does the state store."""
+    schema.execute(
+        "CREATE TABLE ev AS SELECT g AS id, timestamptz '2024-01-01 00:00:00+00' + "
+        "g * interval '1 day' AS at FROM generate_series(1, 40) g"
+    )
+    job = build_job(make_job(
+        schema, endpoint.url, f"SELECT id, at FROM {schema.table('ev')}",
+        source={"cursor": {"column": "at", "key": "id"},
+                "partition": {"column": "id", "count": 2}},
+        alerts={"webhook": endpoint.url + "/alerts", "max_lag": "1h"},
+    ))  # fmt: skip
+    state = open_state(isolated_state)
+
+    result = run_job(job, state=state)
+
+    # Ranges 1..20 and 21..40: the first range's last row (day 20) is the oldest.
+    expected = (datetime(2024, 1, 21, tzinfo=UTC), 20)
+    assert result.checkpoint == expected
+    assert state.lag_position(job.name) == expected
+    assert flush_notifications(timeout=10)
+    lagging = [r.json() for r in endpoint.requests if r.path == "/alerts"]
+    assert [a["event"] for a in lagging] == ["lagging"]
     state.close()
