@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn
@@ -216,7 +216,8 @@ def run(
 def _enqueue(job: Job, job_file: Path, env_file: Path) -> None:
     from loader.workers import JobQueue, queue_url
 
-    run_id = f"{job.name}@{datetime.now().astimezone().strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    # Like a slot's run id (UTC), marked as a one-off by the process id.
+    run_id = f"{job.name}@{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}"
     with JobQueue(queue_url(environment(env_file))) as queue:
         if queue.enqueue(job.name, job_file, run_id=run_id):
             typer.echo(f"queued run {run_id} of {job.name}")

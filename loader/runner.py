@@ -10,6 +10,7 @@ A batch is done when the endpoint acknowledged it, or when its rejected rows are
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import operator
 import queue
@@ -273,38 +274,36 @@ def _run_partitions(
             raise
         results: list[RunResult] = []
         errors: list[LoaderError] = []
+
+        def collect(call: Callable[[], RunResult]) -> None:
+            try:
+                results.append(call())
+            except LoaderError as exc:
+                errors.append(exc)
+                if exc.result is not None:
+                    results.append(exc.result)
+
         limit = options.get("limit")
         if limit is not None:  # a row limit is the whole run's: one range after the other
             for index, part in enumerate(parts):
                 room = limit - sum(result.rows_read for result in results)
                 if room <= 0 or errors:
                     break
-                try:
-                    part_run = partition_run_id(run_id, index)
-                    limited = {**options, "limit": room}
-                    results.append(
-                        _run_part(part, store, part_run, stop, dry_run, lock_ttl, limited)
+                collect(functools.partial(
+                    _run_part, part, store, partition_run_id(run_id, index), stop, dry_run,
+                    lock_ttl, {**options, "limit": room},
+                ))  # fmt: skip
+        else:
+            with ThreadPoolExecutor(max(1, job.parallel_partitions)) as pool:
+                futures = [
+                    pool.submit(
+                        contextvars.copy_context().run, _run_part, part, store,
+                        partition_run_id(run_id, index), stop, dry_run, lock_ttl, options,
                     )
-                except LoaderError as exc:
-                    errors.append(exc)
-                    if exc.result is not None:
-                        results.append(exc.result)
-            parts = []
-        with ThreadPoolExecutor(max(1, job.parallel_partitions)) as pool:
-            futures = [
-                pool.submit(
-                    contextvars.copy_context().run, _run_part, part, store,
-                    partition_run_id(run_id, index), stop, dry_run, lock_ttl, options,
-                )
-                for index, part in enumerate(parts)
-            ]  # fmt: skip
-            for future in futures:
-                try:
-                    results.append(future.result())
-                except LoaderError as exc:
-                    errors.append(exc)
-                    if exc.result is not None:
-                        results.append(exc.result)
+                    for index, part in enumerate(parts)
+                ]  # fmt: skip
+                for future in futures:
+                    collect(future.result)
         result = combine(job, run_id, results, monotonic() - started)
         if keeper is not None and not errors:
             try:

@@ -319,9 +319,17 @@ class _Runtime:
             RUN_ID.reset(token)
 
     def _run(
-        self, job: Job, path: str, run_id: str, slot: float | None, *, partition: int | None
+        self,
+        job: Job,
+        path: str,
+        run_id: str,
+        slot: float | None,
+        *,
+        partition: int | None,
+        lane: int = 0,
     ) -> str:
-        """Run ``job`` (a whole job, or one key range); return its status."""
+        """Run ``job`` (a whole job, or key range ``partition`` in ``lane``); return its
+        status."""
         # Procrastinate runs one run of a job (or range) at a time, so a lock held under
         # this run id belongs to an attempt of this very run on a worker that died.
         self.state.break_lock(job.name, run_id)
@@ -346,11 +354,13 @@ class _Runtime:
             if slot is not None and partition is None:
                 self.state.finish_slot(job.name, slot, status, detail)
         if status == "interrupted" and self.stop.is_set():
-            name, lane = job.name.split("#", 1)[0], 0
-            if partition is not None:
-                lane = partition % max(1, self.find(name, path).parallel_partitions)
             again = self.queue.enqueue(
-                name, path, run_id=run_id, slot=slot, partition=partition, lane=lane
+                job.name.split("#", 1)[0],
+                path,
+                run_id=run_id,
+                slot=slot,
+                partition=partition,
+                lane=lane,
             )
             if again:
                 log.info("job=%s run=%s queued again to continue", job.name, run_id)
@@ -369,13 +379,12 @@ class _Runtime:
         self.state.start_run(run_id, job.name, None)
         try:
             parts = plan_partitions(job, self.state)
-            lanes = max(1, job.parallel_partitions)
             for index in range(len(parts)):
                 part_run = partition_run_id(run_id, index)
                 self.state.start_run(part_run, parts[index].name, None)
                 queued = self.queue.enqueue(
                     job.name, path, run_id=part_run, slot=slot, partition=index,
-                    lane=index % lanes,
+                    lane=_lane(job, index),
                 )  # fmt: skip
                 if not queued:  # a range of an earlier run is still waiting: it does the work
                     waiting = "a run of this range was still waiting"
@@ -402,7 +411,7 @@ class _Runtime:
             if index >= len(parts):  # the job changed since the run was split
                 self.state.finish_run(run_id, "skipped", error="the job has fewer ranges now")
                 return
-            self._run(parts[index], path, run_id, slot, partition=index)
+            self._run(parts[index], path, run_id, slot, partition=index, lane=_lane(job, index))
         finally:
             self._finish_whole(job, whole, slot, count)
 
@@ -435,6 +444,11 @@ class _Runtime:
         log.info("run ended job=%s run=%s status=%s rows=%d ranges=%d", job.name, run_id,
                  whole.status, whole.rows_posted, count)  # fmt: skip
         Monitor(job, self.state).finished(whole)
+
+
+def _lane(job: Job, index: int) -> int:
+    """The lane of ``job``'s range ``index``: ranges of one lane run one at a time."""
+    return index % max(1, job.parallel_partitions)
 
 
 def _run_task(

@@ -99,6 +99,14 @@ def schema(database_url: str) -> Iterator[Schema]:
         conn.execute(f"DROP SCHEMA {name} CASCADE")
 
 
+@pytest.fixture
+def pg_state(schema: Schema, monkeypatch: pytest.MonkeyPatch) -> str:
+    """State in PostgreSQL (as on Heroku), in the test's schema; exported to the
+    processes a test starts."""
+    monkeypatch.setenv("LOADER_STATE_URL", schema.scoped_url)
+    return schema.scoped_url
+
+
 def make_job(schema: Schema, endpoint_url: str, query: str, **sections: Any) -> dict[str, Any]:
     """A job mapping reading ``query`` from the test database and posting to ``endpoint_url``."""
     source = {"url": schema.url, "query": query, **sections.pop("source", {})}

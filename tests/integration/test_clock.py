@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from loader import RunResult, open_state
@@ -22,14 +21,6 @@ from tests.support.processes import nothing_left_running, read_until, start_load
 from tests.support.server import Delay, Endpoint
 
 __all__ = ["nothing_left_running"]  # the fixture, used by every test here
-
-
-@pytest.fixture
-def pg_state(schema: Schema, monkeypatch: pytest.MonkeyPatch) -> str:
-    """State in PostgreSQL (as on Heroku), in the test's schema; exported to the clocks."""
-    url = schema.scoped_url
-    monkeypatch.setenv("LOADER_STATE_URL", url)
-    return url
 
 
 def events_table(schema: Schema, count: int) -> str:

@@ -15,22 +15,15 @@ from tests.support.contracts import ContactsApi, SlackWebhook
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
 
-def database_url(schema: Schema) -> str:
-    """The test schema first on the search path: the recipes name bare tables."""
-    return schema.scoped_url
-
-
 @pytest.fixture
 def crm() -> Iterator[ContactsApi]:
     with ContactsApi(token="crm-secret") as server:
-        assert isinstance(server, ContactsApi)
         yield server
 
 
 @pytest.fixture
 def slack() -> Iterator[SlackWebhook]:
     with SlackWebhook(rate_per_second=1) as server:
-        assert isinstance(server, SlackWebhook)
         yield server
 
 
@@ -52,7 +45,7 @@ def test_contacts_upsert_recipe(schema: Schema, crm: ContactsApi) -> None:
         "('user7+tag@example.com', 'F7', 'L7', 'pro', now() - interval '10 minutes'), "
         "(NULL, 'No', 'Email', 'free', now() - interval '10 minutes')"
     )
-    env = {"DATABASE_URL": database_url(schema), "CRM_URL": crm.url, "CRM_TOKEN": "crm-secret"}
+    env = {"DATABASE_URL": schema.scoped_url, "CRM_URL": crm.url, "CRM_TOKEN": "crm-secret"}
     job = load_job(JOBS / "contacts_upsert.yml", env=env)
 
     result = run_job(job)
@@ -91,7 +84,7 @@ def test_slack_webhook_recipe(schema: Schema, slack: SlackWebhook) -> None:
         "SELECT 'a' || g || '@x.io', 'pro', g, now() - interval '1 minute' + g * interval '1 s' "
         "FROM generate_series(1, 4) g"
     )
-    env = {"DATABASE_URL": database_url(schema), "SLACK_WEBHOOK_URL": slack.webhook_url}
+    env = {"DATABASE_URL": schema.scoped_url, "SLACK_WEBHOOK_URL": slack.webhook_url}
     job = load_job(JOBS / "slack_signups.yml", env=env)
 
     result = run_job(job)

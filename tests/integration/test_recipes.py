@@ -76,12 +76,6 @@ def ids(first: int, last: int, *, with_user_only: bool) -> list[int]:
     return [i for i in range(first, last + 1) if not (with_user_only and i % 250 == 0)]
 
 
-def database_url(schema: Schema) -> str:
-    """The test database with the schema first on the search_path: the recipes name
-    their table without a schema, as they would in the app's database."""
-    return schema.scoped_url
-
-
 def run(recipe: str, env: dict[str, str]) -> RunResult:
     return run_job(load_job(JOBS / recipe, env=env))
 
@@ -126,7 +120,7 @@ def segment() -> Iterator[SegmentBatch]:
 
 
 def segment_env(schema: Schema, server: SegmentBatch, **extra: str) -> dict[str, str]:
-    env = {"DATABASE_URL": database_url(schema), "SEGMENT_API_URL": server.url}
+    env = {"DATABASE_URL": schema.scoped_url, "SEGMENT_API_URL": server.url}
     return {**env, "SEGMENT_WRITE_KEY": WRITE_KEY, **extra}
 
 
@@ -203,7 +197,7 @@ def amplitude() -> Iterator[AmplitudeV2]:
 
 
 def amplitude_env(schema: Schema, server: AmplitudeV2, **extra: str) -> dict[str, str]:
-    env = {"DATABASE_URL": database_url(schema), "AMPLITUDE_API_URL": server.url}
+    env = {"DATABASE_URL": schema.scoped_url, "AMPLITUDE_API_URL": server.url}
     return {**env, "AMPLITUDE_API_KEY": AMPLITUDE_KEY, **extra}
 
 
@@ -278,7 +272,7 @@ def mixpanel() -> Iterator[MixpanelImport]:
 
 
 def mixpanel_env(schema: Schema, server: MixpanelImport, **extra: str) -> dict[str, str]:
-    env = {"DATABASE_URL": database_url(schema), "MIXPANEL_API_URL": server.url,
+    env = {"DATABASE_URL": schema.scoped_url, "MIXPANEL_API_URL": server.url,
            "MIXPANEL_PROJECT_ID": MP_PROJECT, "MIXPANEL_SERVICE_ACCOUNT": MP_ACCOUNT}  # fmt: skip
     return {**env, "MIXPANEL_SERVICE_SECRET": MP_SECRET, **extra}
 

@@ -25,13 +25,11 @@ __all__ = ["nothing_left_running"]  # the fixture, used by every test here
 
 
 @pytest.fixture
-def pg_state(schema: Schema, monkeypatch: pytest.MonkeyPatch) -> str:
+def pg_state(pg_state: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """State and queue in the test's schema, exported to the processes started."""
-    url = schema.scoped_url
-    monkeypatch.setenv("LOADER_STATE_URL", url)
     monkeypatch.setenv("LOADER_EXECUTOR", "procrastinate")
     assert cli("db", "upgrade").returncode == 0
-    return url
+    return pg_state
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
