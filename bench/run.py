@@ -1,7 +1,7 @@
 """Run loader and the naive baseline on the same table and endpoint, in turn, and print
 rows/s, CPU seconds and peak RSS for each, with the ratio.
 
-    python -m bench.run --rows 1000000 [--concurrency 4] [--only loader] [--cursor]
+    python -m bench.run --rows 1000000 [--concurrency 4] [--only loader] [--cursor] [--repeat N]
 
 The database comes from ``--database`` or ``LOADER_BENCH_DATABASE_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/postgres``).
@@ -10,9 +10,11 @@ The database comes from ``--database`` or ``LOADER_BENCH_DATABASE_URL`` (default
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,7 @@ class Measure:
     distinct: int
     requests: int
     endpoint_cpu: float
+    machine_cpu: float
 
     @property
     def rate(self) -> float:
@@ -61,22 +64,34 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy() -> float:
+    """CPU seconds every process on the machine used so far (Linux /proc/stat): the
+    database's share is the machine's less the loader's and the endpoint's."""
+    user, nice, system, _idle, _iowait, irq, softirq = map(
+        int, Path("/proc/stat").read_text().split()[1:8]
+    )
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
     name: str, command: list[str], endpoint: str, env: dict[str, str], server_pid: int
 ) -> Measure:
     """Run ``command`` to completion; wall time, its CPU time and peak RSS (wait4)."""
     http(f"{endpoint}/reset", "POST")
     server_cpu = cpu_of(server_pid)
+    busy = machine_busy()
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
+    busy = machine_busy() - busy
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{name} failed with exit code {os.waitstatus_to_exitcode(status)}")
     stats = http(f"{endpoint}/stats")
     return Measure(
         name, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
         stats["rows"], stats["distinct_ids"], stats["requests"], cpu_of(server_pid) - server_cpu,
+        busy,
     )  # fmt: skip
 
 
@@ -108,7 +123,17 @@ def main() -> None:
     parser.add_argument(
         "--cursor", action="store_true", help="run loader with cursor: {column: id}"
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the pair N times, each ratio in its pair"
+    )
     args = parser.parse_args()
+
+    # Both loaders start from compiled bytecode, as after a regular `pip install`: with
+    # PYTHONDONTWRITEBYTECODE set (some images do), an editable install would otherwise
+    # compile loader's own modules again at every start.
+    root = Path(__file__).resolve().parent.parent
+    for package in ("loader", "bench"):
+        compileall.compile_dir(root / package, quiet=1)
 
     table = ensure_table(args.database, args.rows)
     port = free_port()
@@ -119,34 +144,45 @@ def main() -> None:
     assert server.stdout is not None and server.stdout.readline().strip() == "ready"
     state_dir = tempfile.mkdtemp()
     env = {**os.environ, "LOADER_STATE_URL": f"sqlite:///{state_dir}/state.db"}
-    results = []
+    rounds: list[list[Measure]] = []
     try:
-        if args.only in (None, "baseline"):
-            baseline = [sys.executable, "-m", "bench.baseline", args.database, table]
-            results.append(
-                measure(
+        for _ in range(args.repeat):
+            results = []
+            if args.only in (None, "baseline"):
+                baseline = [sys.executable, "-m", "bench.baseline", args.database, table]
+                results.append(measure(
                     "baseline", [*baseline, endpoint_url + "/in"], endpoint_url, env, server.pid
-                )
-            )
-        if args.only in (None, "loader"):
-            job = loader_job(args.database, table, endpoint_url + "/in", args)
-            results.append(measure(
-                "loader",
-                [sys.executable, "-m", "loader", "run", "--full-refresh", str(job)],
-                endpoint_url, env, server.pid,
-            ))  # fmt: skip
+                ))  # fmt: skip
+            if args.only in (None, "loader"):
+                job = loader_job(args.database, table, endpoint_url + "/in", args)
+                results.append(measure(
+                    "loader",
+                    [sys.executable, "-m", "loader", "run", "--full-refresh", str(job)],
+                    endpoint_url, env, server.pid,
+                ))  # fmt: skip
+            report(args, results)
+            rounds.append(results)
     finally:
         server.terminate()
         server.wait()
+    ratios = [pair[1].rate / pair[0].rate for pair in rounds if len(pair) == 2]
+    if len(ratios) > 1:
+        print(
+            f"\nratios over {len(ratios)} pairs: {', '.join(f'{r:.2f}x' for r in ratios)}; "
+            f"median {statistics.median(ratios):.2f}x, lowest {min(ratios):.2f}x"
+        )
 
+
+def report(args: argparse.Namespace, results: list[Measure]) -> None:
     print(f"\n{args.rows:,} rows, batch {args.batch}, loader concurrency {args.concurrency}")
     print(f"{'':10}{'rows/s':>12}{'seconds':>10}{'CPU s':>8}{'CPU s/M':>9}{'peak RSS':>10}"
-          f"{'requests':>10}{'distinct':>10}{'endpoint CPU s':>16}")  # fmt: skip
+          f"{'requests':>10}{'distinct':>10}{'endpoint CPU s':>16}"
+          f"{'machine CPU s':>15}")  # fmt: skip
     for m in results:
         print(
             f"{m.name:10}{m.rate:>12,.0f}{m.seconds:>10.2f}{m.cpu:>8.2f}"
             f"{m.cpu / m.rows * 1e6 if m.rows else 0:>9.2f}{m.peak_rss_mb:>8.0f}MB"
-            f"{m.requests:>10,}{m.distinct:>10,}{m.endpoint_cpu:>16.2f}"
+            f"{m.requests:>10,}{m.distinct:>10,}{m.endpoint_cpu:>16.2f}{m.machine_cpu:>15.2f}"
         )
         if m.distinct != args.rows:
             print(f"  !! {m.name}: {m.distinct:,} distinct ids received, expected {args.rows:,}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import queue
+import re
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
@@ -108,6 +109,38 @@ def _fast_expression(column: str, type_name: str, decimals: str) -> str:
     return column
 
 
+# Types whose JSON is their text form (the finite-number checks are in the expression).
+_BARE_JSON = {"bool", "int2", "int4", "int8", "float4", "float8", "json", "jsonb"}
+# Types whose text form never needs escaping inside a JSON string.
+_PLAIN_STRINGS = {"uuid", "timestamptz"}
+# Column names written into the SQL as JSON keys as they are; any other name (one that
+# JSON or SQL would have to escape) takes row_to_json.
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ $.-]*")
+
+
+def _value_text(value: str, type_name: str, decimals: str) -> str:
+    """SQL for the JSON text of one value (NULL for null), as ``to_json`` writes it."""
+    if type_name in _BARE_JSON or (type_name == "numeric" and decimals != "string"):
+        return f"({value})::text"
+    if type_name in _PLAIN_STRINGS:
+        return f"""'"' || ({value})::text || '"'"""
+    return f"to_json({value})::text"
+
+
+def _json_object(fields: Sequence[tuple[str, str]]) -> str | None:
+    """SQL for one row's JSON object from ``(name, SQL for the value's JSON text)``: the
+    same text as ``row_to_json`` writes, as both convert each value the same way
+    (``to_json``), built by concatenation, which costs PostgreSQL about a quarter less
+    CPU than forming a record and converting it. ``None`` for a name that needs escaping."""
+    if not all(_PLAIN_NAME.fullmatch(name) for name, _ in fields):
+        return None
+    parts = [
+        f"""'{"," if i else "{"}"{name}":' || coalesce({text}, 'null')"""
+        for i, (name, text) in enumerate(fields)
+    ]
+    return " || ".join([*parts, "'}'"]) if parts else "'{}'"
+
+
 def fast_query(
     config: jobmodel.Source,
     dialect: sa.Dialect,
@@ -121,25 +154,29 @@ def fast_query(
     ``omit`` columns), followed by the cursor's values and then the ``values`` columns;
     ``None`` when a column's type is not one it can write exactly."""
     quote = dialect.identifier_preparer.quote
-    expressions = []
+    fields = []
     for name in described.columns:
         if name in omit:
             continue
         type_name = _FAST_TYPES.get(described.types[name])
         if type_name is None:
             return None
-        expressions.append(
-            f"{_fast_expression('s.' + quote(name), type_name, decimals)} AS {quote(name)}"
-        )
+        value = _fast_expression("s." + quote(name), type_name, decimals)
+        fields.append((name, value, _value_text(value, type_name, decimals)))
     where, order, params = _cursor_clauses(config, dialect, position, "s", described)
     keys = "".join(f", {column}" for column in [*order, *(f"s.{quote(v)}" for v in values)])
     inner = config.query.strip().rstrip(";").strip()
     # UTF-8 bytes, fetched in binary: psycopg hands them over without a Python call per row.
-    sql = (
-        f"SELECT convert_to(row_to_json(loader_row)::text, 'UTF8') AS loader_json{keys}\n"
-        f"FROM (\n{inner}\n) AS s\n"
-        f"CROSS JOIN LATERAL (SELECT {', '.join(expressions)}) AS loader_row"
-    )
+    built = _json_object([(name, text) for name, _, text in fields])
+    if built is not None:
+        sql = f"SELECT convert_to({built}, 'UTF8') AS loader_json{keys}\nFROM (\n{inner}\n) AS s"
+    else:
+        projection = ", ".join(f"{value} AS {quote(name)}" for name, value, _ in fields)
+        sql = (
+            f"SELECT convert_to(row_to_json(loader_row)::text, 'UTF8') AS loader_json{keys}\n"
+            f"FROM (\n{inner}\n) AS s\n"
+            f"CROSS JOIN LATERAL (SELECT {projection}) AS loader_row"
+        )
     if where:
         sql += f"\nWHERE {where}"
     if order:

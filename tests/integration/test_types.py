@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from hashlib import md5
+from typing import Any
 
 import pytest
 
@@ -190,6 +191,52 @@ def test_the_fast_path_and_the_generic_path_agree(schema: Schema, endpoint: Endp
             other.pop("at_tz")
         )
         assert row == other
+
+
+@pytest.mark.parametrize("decimals", ["number", "string"])
+def test_the_concatenated_json_is_row_to_json_byte_for_byte(
+    schema: Schema, endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch, decimals: str
+) -> None:
+    """The fast path builds each object by concatenating each value's JSON; the bodies
+    equal, byte for byte, those of row_to_json (which it takes for a name JSON would have
+    to escape), for every type, a row of NULLs and the edge values."""
+    import loader.source
+
+    schema.execute(EVERY_TYPE.replace(f"generate_series(1, {ROWS})", "generate_series(1, 300)"))
+    table = schema.table("every_type")
+    schema.execute(f"INSERT INTO {table} (id) VALUES (0)")
+    schema.execute(
+        f"INSERT INTO {table} (id, amount, ratio, label, at_tz, doc, ints) VALUES "
+        """(-1, 'NaN', '-Infinity', E'tab\\t ctrl \\x01 é "q" \\\\ /', 'infinity', """
+        "'{}', '{}')"
+    )
+    built: list[str | None] = []
+    concatenate = loader.source._json_object
+
+    def recorded(fields: Any) -> str | None:
+        built.append(concatenate(fields))
+        return built[-1]
+
+    monkeypatch.setattr(loader.source, "_json_object", recorded)
+    query = f"SELECT * FROM {table} ORDER BY id"
+    run_job(build_job(make_job(schema, endpoint.url + "/a", query, target={"decimals": decimals})))
+    monkeypatch.setattr(loader.source, "_json_object", lambda fields: None)
+    run_job(build_job(make_job(schema, endpoint.url + "/b", query, target={"decimals": decimals})))
+
+    assert built and all(sql is not None and "row_to_json" not in sql for sql in built)
+    concatenated = b"".join(r.body for r in endpoint.requests if r.path == "/a")
+    by_record = b"".join(r.body for r in endpoint.requests if r.path == "/b")
+    assert concatenated == by_record
+    assert len(endpoint.rows("/a")) == 302
+
+
+def test_names_json_would_escape_take_row_to_json(schema: Schema, endpoint: Endpoint) -> None:
+    """Column names with a quote, a backslash or a letter outside ASCII arrive as they are."""
+    query = 'SELECT 1 AS "say ""hi""", 2 AS "back\\slash", 3 AS "ünï"'
+    run_job(build_job(make_job(schema, endpoint.url, query)))
+
+    (request,) = endpoint.requests
+    assert request.body == b'[{"say \\"hi\\"":1,"back\\\\slash":2,"\xc3\xbcn\xc3\xaf":3}]'
 
 
 def test_fast_path_edge_values(schema: Schema, endpoint: Endpoint) -> None:
