@@ -17,13 +17,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from loader import defaults
 from loader._version import __version__
-from loader.check import check_job
 from loader.errors import (
     CursorOrderError,
     EncodingError,
@@ -34,17 +33,17 @@ from loader.errors import (
     SourceError,
     StateError,
 )
-from loader.example import create_example_database
 from loader.job import Job, job_schema
 from loader.jobfile import dump_job, environment, find_job_files, load_job
 from loader.monitor import cursor_lag
 from loader.monitor import flush as flush_notifications
-from loader.receiver import Received, Receiver
 from loader.redact import Redactor, mask_registered
-from loader.replay import replay_dead_letters
 from loader.runner import RUN_ID, RunResult, run_job
 from loader.state import Position, open_state
 from loader.units import parse_duration
+
+if TYPE_CHECKING:
+    from loader.receiver import Received
 
 app = typer.Typer(
     name="loader",
@@ -402,6 +401,8 @@ def deadletter_list(
 @deadletter_app.command("replay")
 def deadletter_replay(job_file: JobFile, env_file: EnvFile = Path(".env")) -> None:
     """Send the job's dead letters again; those accepted leave the table."""
+    from loader.replay import replay_dead_letters
+
     with _exit_codes(Redactor()):
         job = _load(job_file, env_file)
     with _exit_codes(job.redactor()):
@@ -533,6 +534,8 @@ def show(job_file: JobFile, env_file: EnvFile = Path(".env")) -> None:
 def check(job_file: JobFile, env_file: EnvFile = Path(".env")) -> None:
     """Check that the job can reach its database, its endpoint and the state store,
     without sending anything."""
+    from loader.check import check_job
+
     with _exit_codes(Redactor()):
         job = _load(job_file, env_file)
         results = check_job(job)
@@ -708,6 +711,8 @@ def receive(
     body: Annotated[bool, typer.Option("--body", help="Print each request's body too.")] = False,
 ) -> None:
     """Serve a local endpoint that accepts every request and prints what arrives."""
+    from loader.receiver import Receiver
+
     receiver = Receiver(host, port, on_request=lambda r: _print_received(r, show_body=body))
     typer.echo(f"listening on {receiver.url} (Ctrl-C to stop)")
     try:
@@ -727,6 +732,9 @@ def demo(
     ),
 ) -> None:
     """Create the example SQLite database, start a local receiver and run the example job."""
+    from loader.example import create_example_database
+    from loader.receiver import Receiver
+
     redactor = Redactor()
     with _exit_codes(redactor):
         created = create_example_database(database, rows)

@@ -19,13 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import smtplib
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
-from email.message import EmailMessage
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -128,6 +126,9 @@ def flush(timeout: float = 15.0) -> bool:
 def send_email(smtp_url: str, sender: str, to: tuple[str, ...], subject: str, body: str) -> None:
     """Mail through ``smtp_url``: ``smtp://user:password@host:port`` (STARTTLS when the
     server offers it) or ``smtps://`` (TLS from the start)."""
+    import smtplib  # on first use: runs that send no mail skip its import
+    from email.message import EmailMessage
+
     parts = urlsplit(smtp_url)
     message = EmailMessage()
     message["From"], message["To"], message["Subject"] = sender, ", ".join(to), subject

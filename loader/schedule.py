@@ -21,15 +21,25 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from croniter import croniter
 
 from loader.units import parse_duration
 
 _EVERY = re.compile(r"^every\s+(\S+)$", re.IGNORECASE)
 # Enough steps to cross any DST fold, however dense the expression.
 _MAX_STEPS = 10_000
+
+if TYPE_CHECKING:
+    from croniter import croniter
+
+
+def _croniter() -> type[croniter]:
+    """croniter, imported on first use: importing it runs a subprocess (``file``, through
+    ``platform.architecture``), a cost that runs without a cron schedule need not pay."""
+    from croniter import croniter
+
+    return croniter
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,7 @@ class Schedule:
             if seconds < 1:
                 raise ValueError(f"an interval must be 1s or more, got {self.text!r}")
             object.__setattr__(self, "interval", seconds)
-        elif not croniter.is_valid(self.text):
+        elif not _croniter().is_valid(self.text):
             raise ValueError(
                 f"expected a cron expression such as '*/15 * * * *', an alias such as "
                 f"@hourly or @daily, or an interval such as 'every 30s', got {self.text!r}"
@@ -74,7 +84,7 @@ class Schedule:
             return (math.floor(instant / self.interval) + 1) * self.interval
         zone: ZoneInfo = getattr(self, "_zone")  # noqa: B009 - set in __post_init__
         local = datetime.fromtimestamp(instant, zone).replace(tzinfo=None)
-        candidates = croniter(self.text, local)
+        candidates = _croniter()(self.text, local)
         for _ in range(_MAX_STEPS):
             wall = candidates.get_next(datetime)
             # fold=0: the first of a repeated time; a skipped time lands after the gap.
@@ -99,7 +109,7 @@ class Schedule:
         # Start past any DST fold: inside a repeated hour the latest slot may lie at a
         # later wall-clock time (its first occurrence). Going back from there, slots
         # come in decreasing order; the first at or before the instant is the latest.
-        candidates = croniter(self.text, local + timedelta(hours=3))
+        candidates = _croniter()(self.text, local + timedelta(hours=3))
         for _ in range(_MAX_STEPS):
             wall = candidates.get_prev(datetime)
             slot = float(wall.replace(tzinfo=zone, fold=0).timestamp())

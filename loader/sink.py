@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import email.utils
 import gzip
 import hashlib
 import json
@@ -76,6 +75,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     value = value.strip()
     if value.isascii() and value.isdigit():
         return float(value)
+    import email.utils  # on first use: most answers give seconds, or nothing
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -204,29 +205,49 @@ class Sink:
         self._verify: ssl.SSLContext | bool = False
         if target.url.startswith("https:") or target.ca_bundle or target.client_cert:
             self._verify = tls_context(target)
-        # One client, so one keep-alive connection, per sending thread: no pool to share
+        self._url = httpx.URL(target.url)
+        self._timeout = httpx.Timeout(target.timeout).as_dict()
+        # Requests go straight to a transport: a client's cookie jar, auth and redirect
+        # steps cost a third of the CPU of a request, and loader needs none of them. One
+        # transport, so one keep-alive connection, per sending thread: no pool to share
         # (and to contend for) between threads.
         self._local = threading.local()
-        self._clients: list[httpx.Client] = []
-        self._clients_lock = threading.Lock()
+        self._opened: list[httpx.BaseTransport | httpx.Client] = []
+        self._opened_lock = threading.Lock()
+        self._token_client: httpx.Client | None = None
 
     @property
-    def _client(self) -> httpx.Client:
-        client: httpx.Client | None = getattr(self._local, "client", None)
-        if client is None:
-            client = httpx.Client(
-                timeout=self._target.timeout,
-                follow_redirects=False,
-                trust_env=False,
-                transport=self._transport,
+    def _connection(self) -> httpx.BaseTransport:
+        transport: httpx.BaseTransport | None = getattr(self._local, "transport", None)
+        if transport is None:
+            transport = self._transport or httpx.HTTPTransport(
                 verify=self._verify,
+                trust_env=False,
                 proxy=self._target.proxy,
                 limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             )
-            self._local.client = client
-            with self._clients_lock:
-                self._clients.append(client)
-        return client
+            self._local.transport = transport
+            if self._transport is None:
+                with self._opened_lock:
+                    self._opened.append(transport)
+        return transport
+
+    def _token(self) -> str:
+        """The OAuth2 token, fetched through a client of its own when needed."""
+        assert self._oauth2 is not None
+        with self._opened_lock:
+            if self._token_client is None:
+                self._token_client = httpx.Client(
+                    timeout=self._target.timeout,
+                    follow_redirects=False,
+                    trust_env=False,
+                    transport=self._transport,
+                    verify=self._verify,
+                    proxy=self._target.proxy,
+                )
+                self._opened.append(self._token_client)
+            client = self._token_client
+        return self._oauth2.get(client)
 
     def __enter__(self) -> Sink:
         return self
@@ -236,10 +257,11 @@ class Sink:
 
     def close(self) -> None:
         """Close the connections of every thread."""
-        with self._clients_lock:
-            for client in self._clients:
-                client.close()
-            self._clients.clear()
+        with self._opened_lock:
+            for opened in self._opened:
+                opened.close()
+            self._opened.clear()
+            self._token_client = None
 
     def prepare(self, body: bytes, key: str, url: str | None = None) -> Request:
         """The request for ``body``, with secret headers masked (for display)."""
@@ -279,7 +301,7 @@ class Sink:
         for fresh_token in (False, True):
             token = None
             if self._oauth2 is not None:
-                token = self._oauth2.get(self._client)
+                token = self._token()
                 headers["Authorization"] = f"Bearer {token}"
             again, refused = self._attempt(
                 method, url, what, headers, body, retry_401=not fresh_token
@@ -303,7 +325,14 @@ class Sink:
         """One request: whether to send it again with a fresh token, and the rows a 2xx
         answer refused."""
         try:
-            with self._client.stream(method, url, content=body, headers=headers) as response:
+            request = httpx.Request(
+                method,
+                self._url if url == self._target.url else url,
+                content=body,
+                headers=headers,
+                extensions={"timeout": self._timeout},
+            )
+            with contextlib.closing(self._connection.handle_request(request)) as response:
                 status = response.status_code
                 if status == 401 and retry_401 and self._oauth2 is not None:
                     return True, []

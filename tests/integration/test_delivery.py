@@ -255,6 +255,19 @@ def test_a_redirect_is_not_followed(schema: Schema, endpoint: Endpoint) -> None:
     assert [r.path for r in endpoint.requests] == ["/"]
 
 
+def test_cookies_the_endpoint_sets_are_not_sent_back(schema: Schema, endpoint: Endpoint) -> None:
+    """Every request is built from the job alone: a Set-Cookie answer changes nothing."""
+    endpoint.script("/", (200, {"Set-Cookie": "session=abc; Path=/"}))
+    job = build_job(
+        make_job(schema, endpoint.url + "/", numbers(schema, 6), batch={"size": 2}, concurrency=1)
+    )
+
+    run_job(job)
+
+    assert len(endpoint.requests) == 3
+    assert all("Cookie" not in r.headers for r in endpoint.requests)
+
+
 def test_bad_sql_sends_nothing(schema: Schema, endpoint: Endpoint) -> None:
     """A query error is a SourceError with the database's message; nothing is sent."""
     job = build_job(make_job(schema, endpoint.url, "SELECT nope FROM nowhere"))
