@@ -66,11 +66,17 @@ def batches(
         while start < len(rows):
             room = max_rows - len(pending)
             window = rows[start : start + room]
-            # The body size after adding the first k rows of the window, minus `size`:
-            # each row brings its separator, except the first row of an empty body.
-            grown = list(accumulate(map(add, map(len, window), repeat(sep))))
             limit = max_bytes - size + (0 if pending else sep)
-            fits = bisect_right(grown, limit)
+            # What the body grows by with the whole window (each row brings its separator,
+            # except the first row of an empty body); when over the limit, with each of
+            # its first k rows.
+            whole = sum(map(len, window)) + sep * len(window)
+            if whole <= limit:
+                fits, added = len(window), whole
+            else:
+                grown = list(accumulate(map(add, map(len, window), repeat(sep))))
+                fits = bisect_right(grown, limit)
+                added = grown[fits - 1] if fits else 0
             if fits == 0:
                 if pending:
                     seq += 1
@@ -79,7 +85,7 @@ def batches(
                     continue
                 raise _too_large(rows[start], row_number + 1, overhead, max_bytes)
             pending.extend(window[:fits])
-            size += grown[fits - 1] - (0 if len(pending) > fits else sep)
+            size += added - (0 if len(pending) > fits else sep)
             start += fits
             row_number += fits
             marker = chunk.marker(start - 1)

@@ -569,7 +569,7 @@ class _Run:
             if indexes:
                 previous = self.check_cursor(raw, indexes, previous, counters.rows_read)
             if stream.json_rows:
-                rows = [row[0] for row in raw]
+                rows = list(map(_json_of, raw))
             else:
                 encode = encoder.encode
                 rows = [encode(row) for row in raw]
@@ -637,6 +637,9 @@ def framing_for(job: Job) -> Framing:
         dict(envelope.fields) if envelope else None,
         single=job.target.per_row,
     )
+
+
+_json_of = operator.itemgetter(0)  # a fast-path row's JSON
 
 
 def _position_of(raw: Sequence[Sequence[Any]], indexes: tuple[int, ...]) -> Callable[[int], Any]:

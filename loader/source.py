@@ -11,6 +11,7 @@ import itertools
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -540,10 +541,17 @@ def _streamed_chunks(
     memory. Waiting longer than ``timeout`` for a chunk cancels the query."""
     ready: queue.Queue[Any] = queue.Queue(maxsize=2)
     done, timed_out = threading.Event(), threading.Event()
+    deadline: float | None = None  # when the chunk being read is overdue
 
-    def cancel() -> None:
-        timed_out.set()
-        connection.cancel_safe()
+    def watch() -> None:
+        """Cancel the query when a chunk is overdue (one thread for the whole read)."""
+        while not done.is_set():
+            due, now = deadline, time.monotonic()
+            if due is not None and now >= due:
+                timed_out.set()
+                connection.cancel_safe()
+                return
+            done.wait(1.0 if due is None else min(1.0, due - now))
 
     def put(item: Any) -> None:
         while not done.is_set():
@@ -554,17 +562,15 @@ def _streamed_chunks(
                 continue
 
     def fetch() -> None:
+        nonlocal deadline
         try:
             while not done.is_set():
-                watchdog = threading.Timer(timeout, cancel) if timeout else None
-                if watchdog is not None:
-                    watchdog.daemon = True
-                    watchdog.start()
+                if timeout:
+                    deadline = time.monotonic() + timeout
                 try:
                     chunk = list(itertools.islice(rows, size))
                 finally:
-                    if watchdog is not None:
-                        watchdog.cancel()
+                    deadline = None
                 put(chunk)
                 if not chunk:
                     return
@@ -576,6 +582,8 @@ def _streamed_chunks(
 
     fetcher = threading.Thread(target=fetch, name="loader-fetch", daemon=True)
     fetcher.start()
+    if timeout:
+        threading.Thread(target=watch, name="loader-fetch-timeout", daemon=True).start()
     try:
         while True:
             item = ready.get()
