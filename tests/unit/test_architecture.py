@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import loader
@@ -106,3 +108,15 @@ def test_one_root_exception() -> None:
     """Every public exception derives from LoaderError."""
     errors = [getattr(loader, n) for n in loader.__all__ if n.endswith("Error")]
     assert errors and all(issubclass(e, loader.LoaderError) for e in errors)
+
+
+def test_a_run_does_not_import_what_only_other_commands_need() -> None:
+    """Start-up is part of every run: croniter (whose import starts a subprocess), mail,
+    the receiver's HTTP server, the queue and the authoring tools load on first use."""
+    lazy = ["croniter", "smtplib", "http.server", "procrastinate", "loader.check",
+            "loader.replay", "loader.example", "loader.receiver", "loader.workers"]  # fmt: skip
+    code = f"import sys, loader.cli; print([m for m in {lazy!r} if m in sys.modules])"
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert output.strip() == "[]"
