@@ -182,6 +182,7 @@ class Sink:
         self.safe_url = redactor.url(target.url)
         self._headers = {
             "Content-Type": content_type,
+            "Accept": "*/*",
             "User-Agent": user_agent,
             **target.headers,
         }

@@ -89,6 +89,18 @@ _FAST_TYPES = {
 }  # fmt: skip
 
 
+def _quoter(dialect: sa.Dialect) -> Callable[[str], str]:
+    """Quotes identifiers in SQL that goes through ``sa.text()``: as the dialect does,
+    but without doubling ``%`` for the driver, which ``text()`` does itself."""
+    preparer = dialect.identifier_preparer
+
+    def quote(name: str) -> str:
+        escaped = name.replace(preparer.escape_quote, preparer.escape_to_quote)
+        return f"{preparer.initial_quote}{escaped}{preparer.final_quote}"
+
+    return quote
+
+
 def _fast_expression(column: str, type_name: str, decimals: str) -> str:
     """SQL for one column's value, such that ``row_to_json`` writes loader's JSON."""
     if type_name == "timestamptz":
@@ -154,7 +166,7 @@ def fast_query(
     """The query rewritten so PostgreSQL writes each row's JSON object itself (without the
     ``omit`` columns), followed by the cursor's values and then the ``values`` columns;
     ``None`` when a column's type is not one it can write exactly."""
-    quote = dialect.identifier_preparer.quote
+    quote = _quoter(dialect)
     fields = []
     for name in described.columns:
         if name in omit:
@@ -243,7 +255,7 @@ def _cursor_clauses(
     cursor = config.cursor
     if cursor is None:
         return "", [], {}
-    quote = dialect.identifier_preparer.quote
+    quote = _quoter(dialect)
     columns = [f"{alias}.{quote(cursor.column)}"]
     if cursor.key:
         columns.append(f"{alias}.{quote(cursor.key)}")
@@ -448,7 +460,7 @@ def _refuse_nulls(
     cursor = config.cursor
     if cursor is None or cursor.on_null != "fail":
         return
-    quote = connection.dialect.identifier_preparer.quote
+    quote = _quoter(connection.dialect)
     names = [cursor.column] + ([cursor.key] if cursor.key else [])
     inner = config.query.strip().rstrip(";").strip()
     test = " OR ".join(f"s.{quote(name)} IS NULL" for name in names)
@@ -542,16 +554,26 @@ def _streamed_chunks(
     ready: queue.Queue[Any] = queue.Queue(maxsize=2)
     done, timed_out = threading.Event(), threading.Event()
     deadline: float | None = None  # when the chunk being read is overdue
+    watching = threading.Condition()  # guards `deadline`; notified when it changes
 
     def watch() -> None:
         """Cancel the query when a chunk is overdue (one thread for the whole read)."""
-        while not done.is_set():
-            due, now = deadline, time.monotonic()
-            if due is not None and now >= due:
-                timed_out.set()
-                connection.cancel_safe()
-                return
-            done.wait(1.0 if due is None else min(1.0, due - now))
+        with watching:
+            while not done.is_set():
+                if deadline is None:
+                    watching.wait()
+                elif (left := deadline - time.monotonic()) > 0:
+                    watching.wait(left)
+                else:
+                    timed_out.set()
+                    connection.cancel_safe()
+                    return
+
+    def overdue_at(when: float | None) -> None:
+        nonlocal deadline
+        with watching:
+            deadline = when
+            watching.notify()
 
     def put(item: Any) -> None:
         while not done.is_set():
@@ -562,15 +584,15 @@ def _streamed_chunks(
                 continue
 
     def fetch() -> None:
-        nonlocal deadline
         try:
             while not done.is_set():
                 if timeout:
-                    deadline = time.monotonic() + timeout
+                    overdue_at(time.monotonic() + timeout)
                 try:
                     chunk = list(itertools.islice(rows, size))
                 finally:
-                    deadline = None
+                    if timeout:
+                        overdue_at(None)
                 put(chunk)
                 if not chunk:
                     return
@@ -599,7 +621,9 @@ def _streamed_chunks(
                 return
             yield item
     finally:
-        done.set()
+        with watching:
+            done.set()
+            watching.notify()
         fetcher.join(timeout=1)
         if fetcher.is_alive():  # still waiting for rows nobody wants: stop the query
             connection.cancel_safe()

@@ -114,6 +114,7 @@ def test_requests_carry_headers_and_a_stable_idempotency_key(
     for request in endpoint.requests:
         assert request.headers["User-Agent"].startswith("loader/")
         assert request.headers["Content-Type"] == "application/json"
+        assert request.headers["Accept"] == "*/*"
         assert request.headers["X-Tenant"] == "acme"
     assert (result.requests, result.retries, result.rows_posted) == (4, 2, 4)
 

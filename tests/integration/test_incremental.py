@@ -561,3 +561,29 @@ def test_lag_on_local_timestamps_uses_the_database_time_zone(
     run_job(build_job(spec))
 
     assert endpoint.accepted_ids() == [1]
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_cursor_columns_with_a_percent_sign(
+    schema: Schema, endpoint: Endpoint, state_url: str, generic: bool
+) -> None:
+    """Column names with ``%`` (quoted as they are, never escaped twice for the driver)
+    work as the cursor's column and key, on the fast path and the generic one."""
+    schema.execute(
+        'CREATE TABLE pct AS SELECT g AS "n%", g * 10 AS "50% off" FROM generate_series(1, 5) g'
+    )
+    extra = ", ARRAY[now()] AS forces_generic" if generic else ""
+    query = f'SELECT "n%", "50% off"{extra} FROM {schema.table("pct")}'
+    job = build_job(
+        make_job(schema, endpoint.url, query, source={"cursor": {"column": "50% off", "key": "n%"}})
+    )
+    state = open_state(state_url)
+
+    first = run_job(job, state=state)
+    schema.execute(f"INSERT INTO {schema.table('pct')} VALUES (6, 60)")
+    second = run_job(job, state=state)
+    state.close()
+
+    assert (first.rows_posted, second.rows_posted) == (5, 1)
+    assert [row["n%"] for row in endpoint.rows()] == [1, 2, 3, 4, 5, 6]
+    assert endpoint.rows()[0]["50% off"] == 10
