@@ -102,7 +102,7 @@ def _quoter(dialect: sa.Dialect) -> Callable[[str], str]:
 
 
 def _fast_expression(column: str, type_name: str, decimals: str) -> str:
-    """SQL for one column's value, such that ``row_to_json`` writes loader's JSON."""
+    """SQL for one column's value, such that its JSON (``to_json``) is loader's JSON."""
     if type_name == "timestamptz":
         # The session is in UTC; the text form trims trailing zeros of the fraction.
         return (
@@ -513,7 +513,7 @@ def _open_fast(
     @contextlib.contextmanager
     def stream() -> Iterator[RowStream]:
         # Streamed (not a DECLAREd cursor) so PostgreSQL may use a parallel plan, and
-        # asked to: row_to_json is the costly part, and workers share it. The statement
+        # asked to: writing the JSON is the costly part, and workers share it. The statement
         # timeout is then watched here, per chunk, as it is per FETCH on the other path.
         raw.execute("SET LOCAL statement_timeout = 0")
         raw.execute("SET LOCAL IntervalStyle = 'iso_8601'")  # ISO 8601 durations in JSON
