@@ -144,17 +144,17 @@ def main() -> None:
     assert server.stdout is not None and server.stdout.readline().strip() == "ready"
     state_dir = tempfile.mkdtemp()
     env = {**os.environ, "LOADER_STATE_URL": f"sqlite:///{state_dir}/state.db"}
+    baseline = [sys.executable, "-m", "bench.baseline", args.database, table]
+    job = loader_job(args.database, table, endpoint_url + "/in", args)
     rounds: list[list[Measure]] = []
     try:
         for _ in range(args.repeat):
             results = []
             if args.only in (None, "baseline"):
-                baseline = [sys.executable, "-m", "bench.baseline", args.database, table]
                 results.append(measure(
                     "baseline", [*baseline, endpoint_url + "/in"], endpoint_url, env, server.pid
                 ))  # fmt: skip
             if args.only in (None, "loader"):
-                job = loader_job(args.database, table, endpoint_url + "/in", args)
                 results.append(measure(
                     "loader",
                     [sys.executable, "-m", "loader", "run", "--full-refresh", str(job)],
