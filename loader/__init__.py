@@ -21,6 +21,7 @@ from loader.errors import (
     JobConfigError,
     JobLockedError,
     LoaderError,
+    LockLostError,
     QueryError,
     RejectedError,
     RetriesExhaustedError,
@@ -32,9 +33,11 @@ from loader.errors import (
 )
 from loader.job import Batch, Cursor, Envelope, Job, Retry, Source, Target
 from loader.jobfile import build_job, environment, find_job_files, load_job, parse_job
+from loader.logs import RUN_ID
 from loader.monitor import cursor_lag
 from loader.monitor import flush as flush_notifications
-from loader.runner import RUN_ID, RunResult, run_job
+from loader.result import RunResult, Status
+from loader.runner import run_job
 from loader.schedule import Schedule
 from loader.state import StateStore, open_state
 
@@ -63,6 +66,7 @@ __all__ = [
     "JobLockedError",
     "JobQueue",
     "LoaderError",
+    "LockLostError",
     "QueryError",
     "QueuedRun",
     "RUN_ID",
@@ -77,6 +81,7 @@ __all__ = [
     "SourceError",
     "StateError",
     "StateStore",
+    "Status",
     "Target",
     "TooManyRejectionsError",
     "__version__",

@@ -35,11 +35,13 @@ from loader.errors import (
 )
 from loader.job import Job, job_schema
 from loader.jobfile import dump_job, environment, find_job_files, load_job
+from loader.logs import RUN_ID
 from loader.monitor import cursor_lag
 from loader.monitor import flush as flush_notifications
 from loader.redact import Redactor, mask_registered
-from loader.runner import RUN_ID, RunResult, run_job
-from loader.state import Position, open_state
+from loader.result import Position, RunResult
+from loader.runner import run_job
+from loader.state import open_state
 from loader.units import parse_duration
 
 if TYPE_CHECKING:

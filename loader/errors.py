@@ -14,7 +14,8 @@ Branches follow what the caller does next::
     │   └── RetriesExhaustedError         the retry policy gave up; __cause__ is the last attempt
     ├── StateError                        the state store failed, or holds a checkpoint that
     │   │                                 no longer matches the job (asks for --full-refresh)
-    │   └── JobLockedError                another run holds the job; .holder
+    │   ├── JobLockedError                another run holds the job; .holder
+    │   └── LockLostError                 the run's lock was taken over; it stops at once
     └── CursorOrderError                  the cursor went backwards or was NULL
 
 Messages say what failed, where, the offending value and the fix. They never hold a
@@ -28,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from loader.runner import RunResult
+    from loader.result import RunResult
 
 
 class LoaderError(Exception):
@@ -118,6 +119,11 @@ class JobLockedError(StateError):
     def __init__(self, message: str, *, holder: str) -> None:
         super().__init__(message)
         self.holder = holder
+
+
+class LockLostError(StateError):
+    """Another run took over this run's lock (its lease expired, or a worker resuming the
+    run broke it): the run stops without moving the checkpoint."""
 
 
 class CursorOrderError(LoaderError):

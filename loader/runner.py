@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any
 
 from loader import defaults
 from loader._version import __version__
@@ -31,65 +31,33 @@ from loader.encoding import Framing, RowEncoder, UrlFiller, framing
 from loader.errors import (
     CursorOrderError,
     LoaderError,
+    LockLostError,
     QueryError,
     RejectedError,
     StateError,
     TooManyRejectionsError,
 )
 from loader.job import Job
+from loader.logs import RUN_ID
 from loader.monitor import Monitor
 from loader.redact import Redactor
+from loader.result import Position, RunResult, Status, combine
 from loader.retry import Interrupted, RetryPolicy
 from loader.sink import ItemError, Request, Sink, idempotency_key
 from loader.source import RowStream, key_range, open_stream
-from loader.state import Lease, Position, StateStore, encode_position, open_state
+from loader.state import Lease, StateStore, encode_position, open_state
 
 if TYPE_CHECKING:
     import httpx
 
 log = logging.getLogger("loader")
 
-#: The run id of the run in progress in this context (for log lines).
-RUN_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("loader_run_id", default=None)
-
-Status = Literal["succeeded", "partial", "failed", "interrupted", "dry-run", "running"]
 USER_AGENT = f"loader/{__version__}"
 #: Rejections that are about the request, not a row: bisecting would not isolate anything.
 NOT_ROW_STATUSES = frozenset({401, 403, 404, 405, 407})
 #: With per-row requests a 404 is about the row's resource (its URL), not the target.
 NOT_ROW_STATUSES_PER_ROW = NOT_ROW_STATUSES - {404}
 _ORDERED_TYPES = frozenset({int, float, Decimal, datetime, date})
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What one run did. ``requests`` counts HTTP attempts, retries included.
-
-    ``status`` is ``succeeded`` (every row delivered), ``partial`` (every row delivered
-    or dead-lettered, some dead-lettered), ``failed``, ``interrupted`` or ``dry-run``.
-    ``throttled`` counts 429 answers; ``in_flight`` the requests under way (for progress).
-    ``checkpoint`` is the cursor position saved last (``None`` without a cursor).
-    """
-
-    job: str
-    run_id: str
-    status: Status
-    rows_read: int
-    rows_posted: int
-    requests: int
-    retries: int
-    duration: float
-    rows_rejected: int = 0
-    throttled: int = 0
-    in_flight: int = 0
-    checkpoint: Position | None = None
-    error: str | None = None
-    preview: tuple[Request, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """True when every row read was delivered (or it was a dry run)."""
-        return self.status in ("succeeded", "dry-run")
 
 
 @dataclass
@@ -216,32 +184,6 @@ def partition_run_id(run_id: str, index: int) -> str:
     return f"{run_id}#p{index}"
 
 
-def combine(job: Job, run_id: str, results: Sequence[RunResult], duration: float) -> RunResult:
-    """One result for a partitioned run: the sums, and the worst status."""
-    statuses = {result.status for result in results}
-    status: Status = "succeeded"
-    for worst in ("failed", "interrupted", "partial", "dry-run"):
-        if worst in statuses:
-            status = cast(Status, worst)
-            break
-    errors = [result.error for result in results if result.error]
-    # How far the job lags is how far its least advanced range does.
-    positions = [r.checkpoint for r in results if r.checkpoint]
-    try:
-        checkpoint = min(positions, default=None, key=lambda position: position[0])
-    except TypeError:
-        checkpoint = None
-    return RunResult(
-        job=job.name, run_id=run_id, status=status,
-        rows_read=sum(r.rows_read for r in results),
-        rows_posted=sum(r.rows_posted for r in results),
-        requests=sum(r.requests for r in results), retries=sum(r.retries for r in results),
-        duration=duration, rows_rejected=sum(r.rows_rejected for r in results),
-        throttled=sum(r.throttled for r in results), error=errors[0] if errors else None,
-        preview=tuple(p for r in results for p in r.preview), checkpoint=checkpoint,
-    )  # fmt: skip
-
-
 def _run_partitions(
     job: Job,
     store: StateStore,
@@ -269,7 +211,7 @@ def _run_partitions(
         try:
             parts = plan_partitions(job, store, keep=not dry_run)
         except LoaderError as exc:
-            exc.result = combine(job, run_id, [], monotonic() - started)
+            exc.result = combine(job.name, run_id, [], monotonic() - started)
             _finish_partitioned(store, exc.result, dry_run, watch, exc)
             raise
         results: list[RunResult] = []
@@ -304,7 +246,7 @@ def _run_partitions(
                 ]  # fmt: skip
                 for future in futures:
                     collect(future.result)
-        result = combine(job, run_id, results, monotonic() - started)
+        result = combine(job.name, run_id, results, monotonic() - started)
         if keeper is not None and not errors:
             try:
                 keeper.check()
@@ -415,7 +357,7 @@ class _Run:
             try:
                 status = self.deliver(None, position, dry_run=True, **options)
             except LoaderError as exc:
-                exc.result = self.result("failed", self.redactor.text(str(exc)))
+                exc.result = self.result(Status.FAILED, self.redactor.text(str(exc)))
                 raise
             return self.result(status)
         lease = self.store.acquire(job.name, self.run_id, ttl=self.lock_ttl)
@@ -431,8 +373,8 @@ class _Run:
                 status = self.deliver(lease, position, dry_run=False, **options)
                 keeper.check()
             except LoaderError as exc:
-                exc.result = self.result("failed", self.redactor.text(str(exc)))
-                self.finish("failed", exc.result.error)
+                exc.result = self.result(Status.FAILED, self.redactor.text(str(exc)))
+                self.finish(Status.FAILED, exc.result.error)
                 if self.monitor is not None:
                     self.monitor.finished(exc.result, exc)
                 raise
@@ -521,13 +463,13 @@ class _Run:
                     if len(self.counters.preview) < preview:
                         key = idempotency_key(job.name, scope, batch.body)
                         self.counters.preview.append(sink.prepare(batch.body, key, batch.url))
-                return "dry-run"
+                return Status.DRY_RUN
             assert lease is not None
             sender = _Sender(job, sink, frame, self.counters, self.redactor, sleep)
             interrupted = _Pipeline(self, lease, sender, stop).run(produced)
         if interrupted:
-            return "interrupted"
-        return "partial" if self.counters.rows_rejected else "succeeded"
+            return Status.INTERRUPTED
+        return Status.PARTIAL if self.counters.rows_rejected else Status.SUCCEEDED
 
     def scoped(
         self, produced: Iterator[Batch], position: Position | None
@@ -841,7 +783,7 @@ class _Pipeline:
         if position is not None:
             counters.checkpoint = position
         if run.progress is not None:
-            run.progress(run.result("running"))
+            run.progress(run.result(Status.RUNNING))
 
 
 class _Sender:
@@ -993,8 +935,7 @@ class _LockKeeper:
             try:
                 self._store.renew(self._lease, ttl=self._ttl)
             except StateError as exc:
-                lost_for_sure = "lost the lock" in str(exc)
-                if lost_for_sure or time.monotonic() - renewed > self._ttl * 0.8:
+                if isinstance(exc, LockLostError) or time.monotonic() - renewed > self._ttl * 0.8:
                     self._error = exc
                     self._lost.set()
                     return

@@ -19,39 +19,15 @@ from typing import Any, cast
 
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from loader import job as jobmodel
+from loader.database import DRIVER_HINTS, driver_message, engine_url
 from loader.encoding import json_fragment
 from loader.errors import CursorOrderError, JobConfigError, QueryError, SourceError
-from loader.redact import Redactor, mask_url
-
-_DRIVER_HINTS = {
-    "psycopg": "psycopg[binary]",
-    "MySQLdb": "'dynoloader[mysql]'",
-    "pymysql": "'dynoloader[mysql]'",
-    "pyodbc": "pyodbc",
-    "oracledb": "oracledb",
-}
-
-
-def engine_url(url: str) -> sa.URL:
-    """Parse an SQLAlchemy URL; ``postgres://`` and ``postgresql://`` mean psycopg 3."""
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://") :]
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError) as exc:
-        raise JobConfigError(
-            [f"source.url: cannot parse {mask_url(url)!r} as an SQLAlchemy URL"]
-        ) from exc
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    elif parsed.drivername in ("mysql", "mariadb"):
-        parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
-    return parsed
+from loader.redact import Redactor
 
 
 @dataclass
@@ -331,7 +307,7 @@ def create_engine(config: jobmodel.Source, redactor: Redactor) -> sa.Engine:
         engine = sa.create_engine(url, poolclass=NullPool, connect_args=connect_args)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         missing = getattr(exc, "name", None) or url.drivername
-        hint = _DRIVER_HINTS.get(str(missing), str(missing))
+        hint = DRIVER_HINTS.get(str(missing), str(missing))
         raise SourceError(
             f"source.url: no driver for {url.drivername!r} ({exc}); "
             f"install it with: pip install {hint}"
@@ -711,14 +687,6 @@ def _refuse_duplicates(columns: tuple[str, ...]) -> None:
                 f"{position}); give one an alias, e.g. SELECT a.{name}, b.{name} AS b_{name}"
             )
         seen[name] = position
-
-
-def driver_message(exc: SQLAlchemyError, redactor: Redactor) -> str:
-    """The driver's message, on one line, without secrets or SQLAlchemy's boilerplate."""
-    orig = getattr(exc, "orig", None)
-    text = str(orig) if orig is not None else str(exc).split("\n(Background", 1)[0]
-    text = " ".join(text.split())
-    return redactor.text(text)
 
 
 def describe_query(config: jobmodel.Source, redactor: Redactor) -> tuple[str, ...]:

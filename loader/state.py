@@ -32,13 +32,13 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from loader import defaults
-from loader.errors import JobLockedError, StateError
+from loader.database import driver_message, engine_url
+from loader.errors import JobLockedError, LockLostError, StateError
 from loader.redact import Redactor, mask_url
-from loader.source import driver_message, engine_url
+from loader.result import Position
 
 SCHEMA_VERSION = 1
 
-Position = tuple[Any, ...]
 """A cursor position: ``(column value, key value)``, or ``(column value,)``."""
 
 _metadata = sa.MetaData()
@@ -490,7 +490,7 @@ class SqlStateStore:
             .values(expires_at=self._clock() + ttl)
         )
         if result.rowcount != 1:
-            raise StateError(
+            raise LockLostError(
                 f"run {lease.owner} lost the lock of job {lease.job!r} to another run; "
                 "it stops without moving the checkpoint"
             )

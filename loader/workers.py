@@ -23,7 +23,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import cast
 
 import procrastinate
 import procrastinate.exceptions
@@ -34,17 +33,11 @@ from loader import defaults
 from loader.errors import JobConfigError, JobLockedError, LoaderError, StateError
 from loader.job import Job
 from loader.jobfile import find_job_files, load_job
+from loader.logs import RUN_ID
 from loader.monitor import Monitor
 from loader.redact import mask_url
-from loader.runner import (
-    RUN_ID,
-    RunResult,
-    Status,
-    combine,
-    partition_run_id,
-    plan_partitions,
-    run_job,
-)
+from loader.result import RunResult, Status, combine
+from loader.runner import partition_run_id, plan_partitions, run_job
 from loader.state import StateStore
 
 log = logging.getLogger("loader.worker")
@@ -391,11 +384,11 @@ class _Runtime:
                     self.state.finish_run(part_run, "skipped", error=waiting)
         except LoaderError as exc:
             detail = job.redactor().text(str(exc))
-            result = combine(job, run_id, [], 0.0)
+            result = combine(job.name, run_id, [], 0.0)
             self.state.finish_run(run_id, "failed", error=detail)
             if slot is not None:
                 self.state.finish_slot(job.name, slot, "failed", detail)
-            monitor.finished(replace(result, status="failed", error=detail), exc)
+            monitor.finished(replace(result, status=Status.FAILED, error=detail), exc)
             raise
         log.info("run split job=%s run=%s ranges=%d", job.name, run_id, len(parts))
         self._finish_whole(job, run_id, slot, len(parts))
@@ -425,13 +418,13 @@ class _Runtime:
                 return
             results.append(
                 RunResult(
-                    record.job, record.run_id, cast(Status, record.status), record.rows_read,
+                    record.job, record.run_id, Status(record.status), record.rows_read,
                     record.rows_posted, record.requests, record.retries, 0.0,
                     rows_rejected=record.rows_rejected, error=record.error,
                 )
             )  # fmt: skip
         whole = replace(
-            combine(job, run_id, results, 0.0), checkpoint=self.state.lag_position(job.name)
+            combine(job.name, run_id, results, 0.0), checkpoint=self.state.lag_position(job.name)
         )
         if not self.state.finish_run(
             run_id, whole.status, rows_read=whole.rows_read, rows_posted=whole.rows_posted,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from loader import JobLockedError, StateError, build_job, open_state, run_job
+from loader import JobLockedError, LockLostError, StateError, build_job, open_state, run_job
 from loader.runner import _LockKeeper
 from loader.state import Lease, SqlStateStore
 from tests.integration.conftest import Schema, make_job
@@ -125,28 +125,28 @@ def test_keys_change_after_a_reset(
 class FlakyStore:
     """A state store whose renewals fail as scripted."""
 
-    def __init__(self, *failures: str) -> None:
+    def __init__(self, *failures: StateError) -> None:
         self.failures = list(failures)
         self.renewals = 0
 
     def renew(self, lease: Lease, *, ttl: float) -> None:
         self.renewals += 1
         if self.failures:
-            raise StateError(self.failures.pop(0))
+            raise self.failures.pop(0)
 
 
 def test_a_failed_renewal_is_retried_before_the_lock_is_given_up() -> None:
     """One transient error does not stop the run; losing the lock does, at once."""
     lease = Lease("job", "run", 1)
     lost = threading.Event()
-    keeper = _LockKeeper(FlakyStore("database restarting"), lease, 0.3, lost)  # type: ignore[arg-type]
+    keeper = _LockKeeper(FlakyStore(StateError("database restarting")), lease, 0.3, lost)  # type: ignore[arg-type]
     time.sleep(0.5)
     keeper.stop()
     assert not lost.is_set()
     keeper.check()
 
     lost = threading.Event()
-    store = FlakyStore("run x lost the lock of job 'job' to another run")
+    store = FlakyStore(LockLostError("run x lost the lock of job 'job' to another run"))
     keeper = _LockKeeper(store, lease, 0.3, lost)  # type: ignore[arg-type]
     assert lost.wait(2)
     keeper.stop()

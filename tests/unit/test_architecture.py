@@ -13,10 +13,10 @@ PACKAGE = Path(loader.__file__).parent
 
 # A module may import loader modules of a strictly lower rank only.
 RANKS = {
-    "errors": 0, "defaults": 0, "units": 0, "_version": 0,
-    "redact": 1, "schedule": 1, "ratelimit": 1,
+    "errors": 0, "defaults": 0, "units": 0, "_version": 0, "logs": 0,
+    "redact": 1, "schedule": 1, "ratelimit": 1, "result": 1,
     "job": 2,
-    "jobfile": 3, "encoding": 3,
+    "jobfile": 3, "encoding": 3, "database": 3,
     "source": 4, "batching": 4, "sink": 4, "retry": 4,
     "state": 5,
     "monitor": 6,
@@ -31,7 +31,7 @@ HOMES = {
     "dotenv": {"jobfile"},
     "pydantic": {"job"},
     "orjson": {"encoding"},
-    "sqlalchemy": {"source", "state"},
+    "sqlalchemy": {"source", "state", "database"},
     "psycopg": {"source"},
     "httpx": {"sink"},
     "certifi": {"sink"},
