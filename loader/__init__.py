@@ -36,8 +36,9 @@ from loader.jobfile import build_job, environment, find_job_files, load_job, par
 from loader.logs import RUN_ID
 from loader.monitor import cursor_lag
 from loader.monitor import flush as flush_notifications
+from loader.options import RunOptions
+from loader.outcome import Outcome, run_and_record, run_job
 from loader.result import RunResult, Status
-from loader.runner import run_job
 from loader.schedule import Schedule
 from loader.state import StateStore, open_state
 
@@ -67,6 +68,7 @@ __all__ = [
     "JobQueue",
     "LoaderError",
     "LockLostError",
+    "Outcome",
     "QueryError",
     "QueuedRun",
     "RUN_ID",
@@ -74,6 +76,7 @@ __all__ = [
     "RetriesExhaustedError",
     "Retry",
     "RetryableSinkError",
+    "RunOptions",
     "RunResult",
     "Schedule",
     "SinkError",
@@ -95,5 +98,6 @@ __all__ = [
     "open_state",
     "parse_job",
     "queue_url",
+    "run_and_record",
     "run_job",
 ]

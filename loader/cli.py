@@ -38,9 +38,9 @@ from loader.jobfile import dump_job, environment, find_job_files, load_job
 from loader.logs import RUN_ID
 from loader.monitor import cursor_lag
 from loader.monitor import flush as flush_notifications
+from loader.outcome import run_job
 from loader.redact import Redactor, mask_registered
 from loader.result import Position, RunResult
-from loader.runner import run_job
 from loader.state import open_state
 from loader.units import parse_duration
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import uuid
@@ -10,12 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from loader import defaults
+from loader.delivery import Counters, Delivery, framing_for, open_sink
 from loader.encoding import UrlFiller, loads
 from loader.errors import JobConfigError, RejectedError
 from loader.job import Job
-from loader.retry import Interrupted, RetryPolicy
-from loader.runner import USER_AGENT, framing_for
-from loader.sink import Sink, idempotency_key
+from loader.lease import held
+from loader.retry import Interrupted
 from loader.state import StateStore, open_state
 
 if TYPE_CHECKING:
@@ -59,51 +59,45 @@ def replay_dead_letters(
             ])  # fmt: skip
         filler = UrlFiller(job.target.url, job.target.placeholders)
     store = state if state is not None else open_state()
-    stop = stop or threading.Event()
-    redactor = job.redactor()
-    frame = framing_for(job)
-    policy = RetryPolicy.from_config(job.retry)
-    delivered = rejected = 0
-    lease = None
     try:
-        lease = store.acquire(job.name, f"replay-{uuid.uuid4().hex[:8]}")
-        with Sink(
-            job.target,
-            redactor,
-            user_agent=USER_AGENT,
-            content_type=frame.content_type,
-            transport=transport,
-        ) as sink:
-            for letter in store.dead_letters(job.name):
-                if stop.is_set():
-                    break
-                body = frame.body([letter.row])
-                url = _url_for(job, letter.row, filler)
-                # A new key per attempt: an endpoint that caches answers per key would
-                # otherwise repeat its old rejection.
-                scope = f"deadletter:{letter.id}:{letter.attempts}"
-                key = idempotency_key(job.name, scope, body)
-                try:
-                    send = functools.partial(sink.send, body, key, 1, url)
-                    refused = policy.call(send, sleep=sleep, stop=stop)
-                    if refused:
-                        raise RejectedError(refused[0].message, url=sink.safe_url,
-                                            status=refused[0].status,
-                                            body_excerpt=refused[0].message)  # fmt: skip
-                except Interrupted:
-                    break
-                except RejectedError as exc:
-                    rejected += 1
-                    store.update_dead_letter(letter.id, exc.status, exc.body_excerpt)
-                    log.warning("dead letter %d rejected again: %s", letter.id, exc)
-                    continue
-                store.delete_dead_letters([letter.id])
-                delivered += 1
+        with held(store, job.name, f"replay-{uuid.uuid4().hex[:8]}", defaults.LOCK_TTL):
+            return _replay(job, store, stop or threading.Event(), sleep, transport, filler)
     finally:
-        if lease is not None:
-            store.release(lease)
         if state is None:
             store.close()
+
+
+def _replay(
+    job: Job,
+    store: StateStore,
+    stop: threading.Event,
+    sleep: Callable[[float], None] | None,
+    transport: httpx.BaseTransport | None,
+    filler: UrlFiller | None,
+) -> ReplayResult:
+    """Send each letter once more (see :func:`replay_dead_letters`), under the lock."""
+    redactor = job.redactor()
+    frame = framing_for(job)
+    delivered = rejected = 0
+    with open_sink(job, redactor, frame, transport) as sink:
+        delivery = Delivery(job, sink, frame, Counters(), redactor, sleep)
+        for letter in store.dead_letters(job.name):
+            if stop.is_set():
+                break
+            # A new key per attempt: an endpoint that caches answers per key would
+            # otherwise repeat its old rejection.
+            scope = f"deadletter:{letter.id}:{letter.attempts}"
+            try:
+                delivery.send_once(letter.row, scope, stop, _url_for(job, letter.row, filler))
+            except Interrupted:
+                break
+            except RejectedError as exc:
+                rejected += 1
+                store.update_dead_letter(letter.id, exc.status, exc.body_excerpt)
+                log.warning("dead letter %d rejected again: %s", letter.id, exc)
+                continue
+            store.delete_dead_letters([letter.id])
+            delivered += 1
     return ReplayResult(delivered, rejected)
 
 

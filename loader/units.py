@@ -1,8 +1,10 @@
-"""Durations and sizes written with units, as in job files: ``250ms``, ``30s``, ``1MB``."""
+"""Durations and sizes written with units, as in job files (``250ms``, ``30s``, ``1MB``),
+and timestamps as people read them."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS = {
@@ -64,3 +66,10 @@ def format_size(size: int) -> str:
         if size >= factor and size % factor == 0:
             return f"{size // factor}{unit}"
     return f"{size}B"
+
+
+def utc_text(timestamp: float) -> str:
+    """``timestamp`` (Unix seconds) as ISO 8601 in UTC to the second: ``2026-11-26T05:40:00Z``."""
+    return (
+        datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )

@@ -33,11 +33,12 @@ from loader import defaults
 from loader.errors import JobConfigError, JobLockedError, LoaderError, StateError
 from loader.job import Job
 from loader.jobfile import find_job_files, load_job
+from loader.journal import Journal
 from loader.logs import RUN_ID
-from loader.monitor import Monitor
+from loader.outcome import record_slot, run_and_record, run_job
+from loader.partitions import lane, partition_run_id, plan_partitions
 from loader.redact import mask_url
 from loader.result import RunResult, Status, combine
-from loader.runner import partition_run_id, plan_partitions, run_job
 from loader.state import StateStore
 
 log = logging.getLogger("loader.worker")
@@ -300,7 +301,7 @@ class _Runtime:
                 job = self.find(name, path)
             except LoaderError as exc:
                 if slot is not None and partition is None:
-                    self.state.finish_slot(name, slot, "failed", str(exc))
+                    self.state.finish_slot(name, slot, Status.FAILED, str(exc))
                 raise
             if partition is not None:
                 self._run_partition(job, path, run_id, slot, partition)
@@ -320,78 +321,73 @@ class _Runtime:
         *,
         partition: int | None,
         lane: int = 0,
-    ) -> str:
+    ) -> Status:
         """Run ``job`` (a whole job, or key range ``partition`` in ``lane``); return its
-        status."""
+        status. A run that fails raises its error (Procrastinate records the task failed)."""
         # Procrastinate runs one run of a job (or range) at a time, so a lock held under
         # this run id belongs to an attempt of this very run on a worker that died.
         self.state.break_lock(job.name, run_id)
-        log.info("run started job=%s run=%s", job.name, run_id)
-        status, detail = "failed", None
-        try:
-            # A range's heartbeats and alerts are its whole run's (see _fan_out).
-            result = self.run(
-                job, state=self.state, stop=self.stop, run_id=run_id, monitor=partition is None
-            )
-            status = result.status
-        except JobLockedError as exc:
-            status, detail = "skipped", str(exc)
-            self.state.start_run(run_id, job.name, None)
-            self.state.finish_run(run_id, status, error=detail)
-        except LoaderError as exc:
-            detail = job.redactor().text(str(exc))
-            raise
-        finally:
-            log.info("run ended job=%s run=%s status=%s%s", job.name, run_id, status,
-                     f" error={detail}" if detail else "")  # fmt: skip
-            if slot is not None and partition is None:
-                self.state.finish_slot(job.name, slot, status, detail)
-        if status == "interrupted" and self.stop.is_set():
-            again = self.queue.enqueue(
-                job.name.split("#", 1)[0],
-                path,
-                run_id=run_id,
-                slot=slot,
-                partition=partition,
-                lane=lane,
-            )
-            if again:
-                log.info("job=%s run=%s queued again to continue", job.name, run_id)
-            else:
-                log.info("job=%s run=%s left to the run already waiting", job.name, run_id)
-                if partition is not None:  # that run does this range's work
-                    status = "skipped"
-                    self.state.finish_run(run_id, status, error="left to the run already waiting")
-        return status
+        # A range's heartbeats and alerts are its whole run's (see _fan_out).
+        outcome = run_and_record(
+            job, self.state, run_id, slot=slot if partition is None else None, run=self.run,
+            record_skipped=True, stop=self.stop, monitor=partition is None,
+        )  # fmt: skip
+        if outcome.error is not None and not isinstance(outcome.error, JobLockedError):
+            raise outcome.error
+        if outcome.status == Status.INTERRUPTED and self.stop.is_set():
+            return self._again(job, path, run_id, slot, partition, lane)
+        return Status(outcome.status)
+
+    def _again(
+        self, job: Job, path: str, run_id: str, slot: float | None, partition: int | None, lane: int
+    ) -> Status:
+        """Queue an interrupted run again, to continue from its checkpoint."""
+        again = self.queue.enqueue(
+            job.name.split("#", 1)[0], path, run_id=run_id, slot=slot, partition=partition,
+            lane=lane,
+        )  # fmt: skip
+        if again:
+            log.info("job=%s run=%s queued again to continue", job.name, run_id)
+            return Status.INTERRUPTED
+        log.info("job=%s run=%s left to the run already waiting", job.name, run_id)
+        if partition is None:
+            return Status.INTERRUPTED
+        # That run does this range's work.
+        self.state.finish_run(run_id, Status.SKIPPED, error="left to the run already waiting")
+        return Status.SKIPPED
 
     def _fan_out(self, job: Job, path: str, run_id: str, slot: float | None) -> None:
         """A partitioned run: queue each key range as a run of its own; the last range
         to end records the whole run's end."""
-        monitor = Monitor(job, self.state)
-        monitor.started()
-        self.state.start_run(run_id, job.name, None)
+        journal = Journal(job, self.state, run_id, monitor=True)
+        journal.started()
+        journal.began(None)
         try:
             parts = plan_partitions(job, self.state)
             for index in range(len(parts)):
-                part_run = partition_run_id(run_id, index)
-                self.state.start_run(part_run, parts[index].name, None)
-                queued = self.queue.enqueue(
-                    job.name, path, run_id=part_run, slot=slot, partition=index,
-                    lane=_lane(job, index),
-                )  # fmt: skip
-                if not queued:  # a range of an earlier run is still waiting: it does the work
-                    waiting = "a run of this range was still waiting"
-                    self.state.finish_run(part_run, "skipped", error=waiting)
+                self._queue_range(job, path, run_id, slot, parts[index], index)
         except LoaderError as exc:
             detail = job.redactor().text(str(exc))
-            result = combine(job.name, run_id, [], 0.0)
-            self.state.finish_run(run_id, "failed", error=detail)
+            result = replace(combine(job.name, run_id, [], 0.0), status=Status.FAILED,
+                             error=detail)  # fmt: skip
+            journal.ended(result, exc)
             if slot is not None:
-                self.state.finish_slot(job.name, slot, "failed", detail)
-            monitor.finished(replace(result, status=Status.FAILED, error=detail), exc)
+                record_slot(self.state, job.name, slot, Status.FAILED, detail)
             raise
         log.info("run split job=%s run=%s ranges=%d", job.name, run_id, len(parts))
         self._finish_whole(job, run_id, slot, len(parts))
+
+    def _queue_range(
+        self, job: Job, path: str, run_id: str, slot: float | None, part: Job, index: int
+    ) -> None:
+        part_run = partition_run_id(run_id, index)
+        self.state.start_run(part_run, part.name, None)
+        queued = self.queue.enqueue(
+            job.name, path, run_id=part_run, slot=slot, partition=index, lane=lane(job, index)
+        )
+        if not queued:  # a range of an earlier run is still waiting: it does the work
+            waiting = "a run of this range was still waiting"
+            self.state.finish_run(part_run, Status.SKIPPED, error=waiting)
 
     def _run_partition(
         self, job: Job, path: str, run_id: str, slot: float | None, index: int
@@ -402,9 +398,9 @@ class _Runtime:
             parts = plan_partitions(job, self.state)
             count = len(parts)
             if index >= len(parts):  # the job changed since the run was split
-                self.state.finish_run(run_id, "skipped", error="the job has fewer ranges now")
+                self.state.finish_run(run_id, Status.SKIPPED, error="the job has fewer ranges now")
                 return
-            self._run(parts[index], path, run_id, slot, partition=index, lane=_lane(job, index))
+            self._run(parts[index], path, run_id, slot, partition=index, lane=lane(job, index))
         finally:
             self._finish_whole(job, whole, slot, count)
 
@@ -414,7 +410,7 @@ class _Runtime:
         results = []
         for index in range(count):
             record = self.state.run_record(partition_run_id(run_id, index))
-            if record is None or record.status in ("running", "interrupted"):
+            if record is None or not Status(record.status).ended:
                 return
             results.append(
                 RunResult(
@@ -426,22 +422,13 @@ class _Runtime:
         whole = replace(
             combine(job.name, run_id, results, 0.0), checkpoint=self.state.lag_position(job.name)
         )
-        if not self.state.finish_run(
-            run_id, whole.status, rows_read=whole.rows_read, rows_posted=whole.rows_posted,
-            rows_rejected=whole.rows_rejected, requests=whole.requests, retries=whole.retries,
-            error=whole.error, only_running=True,
-        ):  # fmt: skip
-            return  # another range's worker, ending at the same moment, recorded it
+        # Another range's worker, ending at the same moment, may have recorded it.
+        if not Journal(job, self.state, run_id, monitor=True).ended(whole, only_running=True):
+            return
         if slot is not None:
-            self.state.finish_slot(job.name, slot, whole.status, whole.error)
+            record_slot(self.state, job.name, slot, whole.status, whole.error)
         log.info("run ended job=%s run=%s status=%s rows=%d ranges=%d", job.name, run_id,
                  whole.status, whole.rows_posted, count)  # fmt: skip
-        Monitor(job, self.state).finished(whole)
-
-
-def _lane(job: Job, index: int) -> int:
-    """The lane of ``job``'s range ``index``: ranges of one lane run one at a time."""
-    return index % max(1, job.parallel_partitions)
 
 
 def _run_task(

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import loader
-from loader import Job, JobConfigError, JobLockedError, LoaderError, Schedule, StateStore
+from loader import Job, JobConfigError, LoaderError, Schedule, StateStore, Status
 from scheduler.metrics import Metrics, MetricsServer
 
 log = logging.getLogger("loader.clock")
@@ -300,7 +300,9 @@ class Clock:
             with self._lock:
                 busy = job.name in self.running
             if busy:
-                self.state.finish_slot(job.name, slot, "skipped", "the previous run is still going")
+                self.state.finish_slot(
+                    job.name, slot, Status.SKIPPED, "the previous run is still going"
+                )
                 log.warning("job=%s run=%s skipped: the previous run is still going",
                             job.name, run_id)  # fmt: skip
                 return
@@ -320,19 +322,19 @@ class Clock:
         record its end before this returns)."""
         job = scheduled.job
         assert self.enqueue is not None
-        self._record_slot(job, slot, "queued", None)
+        self._record_slot(job, slot, Status.QUEUED, None)
         try:
             queued = self.enqueue(job.name, scheduled.path, run_id=run_id, slot=slot)
         except LoaderError as exc:
             log.error("job=%s run=%s could not be queued: %s", job.name, run_id, exc)
-            self._record_slot(job, slot, "failed", f"could not be queued: {exc}")
+            self._record_slot(job, slot, Status.FAILED, f"could not be queued: {exc}")
             return
         if queued:
             log.info("run queued job=%s run=%s slot=%s", job.name, run_id, _when(slot))
         else:
             detail = "a run of the job is still waiting in the queue"
             log.warning("job=%s run=%s skipped: %s", job.name, run_id, detail)
-            self._record_slot(job, slot, "skipped", detail)
+            self._record_slot(job, slot, Status.SKIPPED, detail)
 
     def _finished(self, name: str) -> Callable[[Future[None]], None]:
         def forget(_future: Future[None]) -> None:
@@ -344,7 +346,7 @@ class Clock:
     def _run_one(self, job: Job, run_id: str, slot: float, stop: threading.Event) -> None:
         """Run one slot; never raises (a failing job must not stop the clock)."""
         if stop.is_set():  # queued behind other runs while the clock was stopping
-            self._record_slot(job, slot, "skipped", "the clock was stopping")
+            self._record_slot(job, slot, Status.SKIPPED, "the clock was stopping")
             return
         token = loader.RUN_ID.set(run_id)
         try:
@@ -359,35 +361,17 @@ class Clock:
             log.error("job=%s could not record its slot: %s", job.name, exc)
 
     def _run(self, job: Job, run_id: str, slot: float, stop: threading.Event) -> None:
-        started = time.monotonic()
-        log.info("run started job=%s run=%s slot=%s", job.name, run_id, _when(slot))
-        status, rows, detail = "failed", 0, None
-        result: loader.RunResult | None = None
+        outcome = loader.run_and_record(
+            job, self.state, run_id, slot=slot, run=self.run_job, stop=stop
+        )
         try:
-            result = self.run_job(job, state=self.state, stop=stop, run_id=run_id)
-            status, rows = result.status, result.rows_posted
-        except JobLockedError as exc:
-            status, detail = "skipped", str(exc)
-        except LoaderError as exc:
-            status, detail = "failed", job.redactor().text(str(exc))
-            result = exc.result
-            if exc.result is not None:
-                rows = exc.result.rows_posted
-        except Exception as exc:  # a bug in a run must not stop the clock
-            status, detail = "failed", job.redactor().text(f"{type(exc).__name__}: {exc}")
-            log.exception("run crashed job=%s run=%s", job.name, run_id)
-        duration = time.monotonic() - started
-        log.info("run ended job=%s run=%s status=%s rows=%d duration=%.2fs%s", job.name,
-                 run_id, status, rows, duration, f" error={detail}" if detail else "")  # fmt: skip
-        try:
-            self.state.finish_slot(job.name, slot, status, detail)
             lag = loader.cursor_lag(self.state.lag_position(job.name), self.now())
             self.metrics.observe(
-                job.name, result, status, lag=lag, now=self.now(),
+                job.name, outcome.result, outcome.status, lag=lag, now=self.now(),
                 dead_letters=self.state.dead_letter_count(job.name),
             )  # fmt: skip
         except LoaderError as exc:
-            log.error("job=%s run=%s could not record its slot: %s", job.name, run_id, exc)
+            log.error("job=%s run=%s could not record its metrics: %s", job.name, run_id, exc)
 
     def _shutdown(self) -> None:
         with self._lock:

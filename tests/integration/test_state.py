@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from loader import JobLockedError, LockLostError, StateError, build_job, open_state, run_job
-from loader.runner import _LockKeeper
+from loader.lease import LockKeeper
 from loader.state import Lease, SqlStateStore
 from tests.integration.conftest import Schema, make_job
 from tests.support.server import Endpoint
@@ -139,7 +139,7 @@ def test_a_failed_renewal_is_retried_before_the_lock_is_given_up() -> None:
     """One transient error does not stop the run; losing the lock does, at once."""
     lease = Lease("job", "run", 1)
     lost = threading.Event()
-    keeper = _LockKeeper(FlakyStore(StateError("database restarting")), lease, 0.3, lost)  # type: ignore[arg-type]
+    keeper = LockKeeper(FlakyStore(StateError("database restarting")), lease, 0.3, lost)  # type: ignore[arg-type]
     time.sleep(0.5)
     keeper.stop()
     assert not lost.is_set()
@@ -147,7 +147,7 @@ def test_a_failed_renewal_is_retried_before_the_lock_is_given_up() -> None:
 
     lost = threading.Event()
     store = FlakyStore(LockLostError("run x lost the lock of job 'job' to another run"))
-    keeper = _LockKeeper(store, lease, 0.3, lost)  # type: ignore[arg-type]
+    keeper = LockKeeper(store, lease, 0.3, lost)  # type: ignore[arg-type]
     assert lost.wait(2)
     keeper.stop()
     with pytest.raises(StateError, match="lost the lock"):

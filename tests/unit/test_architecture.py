@@ -18,9 +18,9 @@ RANKS = {
     "job": 2,
     "jobfile": 3, "encoding": 3, "database": 3,
     "source": 4, "batching": 4, "sink": 4, "retry": 4,
-    "state": 5,
-    "monitor": 6,
-    "runner": 7,
+    "state": 5, "options": 0.5,
+    "monitor": 6, "lease": 6, "delivery": 6, "pipeline": 6.5, "rows": 6.3,
+    "journal": 6.6, "runner": 7, "partitions": 7.1, "outcome": 7.2,
     "receiver": 8, "example": 8, "replay": 8, "check": 8, "workers": 8,
     "cli": 9, "__init__": 9, "__main__": 10,
 }  # fmt: skip

@@ -1,0 +1,225 @@
+"""Delivering rows: what one batch, or one dead letter, goes through before it counts.
+
+A request is retried under the job's :class:`~loader.retry.RetryPolicy` with the same
+idempotency key. A rejected batch is bisected until each rejected row stands alone; rows
+a 2xx answer refuses (``target.item_errors``) are rejected the same way. Rejected rows
+follow ``on_reject`` and count towards the circuit breaker (``max_rejected``). Runs and
+replays both deliver through :class:`Delivery`, so they answer an endpoint the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from loader._version import __version__
+from loader.encoding import Framing, framing
+from loader.errors import RejectedError, TooManyRejectionsError
+from loader.job import Job
+from loader.redact import Redactor
+from loader.result import Position
+from loader.retry import RetryPolicy, StopSignal
+from loader.sink import ItemError, Request, Sink, idempotency_key
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger("loader")
+
+USER_AGENT = f"loader/{__version__}"
+#: Rejections that are about the request, not a row: bisecting would not isolate anything.
+NOT_ROW_STATUSES = frozenset({401, 403, 404, 405, 407})
+#: With per-row requests a 404 is about the row's resource (its URL), not the target.
+NOT_ROW_STATUSES_PER_ROW = NOT_ROW_STATUSES - {404}
+
+#: Rows an endpoint rejected, each with its rejection.
+Rejected = list[tuple[bytes, RejectedError]]
+
+
+@dataclass
+class Counters:
+    """A run's counts so far, updated by the reader, the senders and the committer."""
+
+    rows_read: int = 0
+    rows_posted: int = 0
+    rows_rejected: int = 0
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    in_flight: int = 0
+    checkpoint: Position | None = None
+    preview: list[Request] = field(default_factory=list)
+
+
+def framing_for(job: Job) -> Framing:
+    """The body framing a job's target asks for."""
+    envelope = job.target.envelope
+    return framing(
+        job.target.format,
+        envelope.key if envelope else None,
+        dict(envelope.fields) if envelope else None,
+        single=job.target.per_row,
+    )
+
+
+@contextmanager
+def open_sink(
+    job: Job, redactor: Redactor, frame: Framing, transport: httpx.BaseTransport | None
+) -> Iterator[Sink]:
+    """The job's endpoint, open for requests framed by ``frame``."""
+    with Sink(
+        job.target,
+        redactor,
+        user_agent=USER_AGENT,
+        content_type=frame.content_type,
+        transport=transport,
+    ) as sink:
+        yield sink
+
+
+class Delivery:
+    """Delivers batches to one sink: retries, then bisects a rejected batch to isolate
+    bad rows. Used from several threads at once; counts go to ``counters``."""
+
+    def __init__(
+        self,
+        job: Job,
+        sink: Sink,
+        frame: Framing,
+        counters: Counters,
+        redactor: Redactor,
+        sleep: Callable[[float], None] | None,
+    ) -> None:
+        self.job = job
+        self.sink = sink
+        self.frame = frame
+        self.counters = counters
+        self.redactor = redactor
+        self.sleep = sleep
+        self.policy = RetryPolicy.from_config(job.retry)
+        self.lock = threading.Lock()
+        self.rejected_seen = 0
+
+    def send(
+        self, rows: list[bytes], body: bytes, scope: str, stop: StopSignal, url: str | None = None
+    ) -> Rejected:
+        """Deliver ``rows`` (to ``url``, for a per-row request); return the rows the
+        endpoint rejected, with the rejection.
+
+        ``scope`` keys the idempotency keys (see :func:`loader.sink.idempotency_key`).
+        Raises :class:`RejectedError` when rejections are not row-specific (401, 403...)
+        or ``on_reject: fail``, :class:`TooManyRejectionsError` past ``max_rejected``,
+        and :class:`~loader.retry.Interrupted` when ``stop`` ends a retry wait.
+        """
+        try:
+            return self.refused(rows, self.attempt(body, scope, stop, len(rows), url))
+        except RejectedError as exc:
+            if self.about_request(exc) or self.job.on_reject == "fail":
+                raise
+            if len(rows) == 1:
+                return self.reject(rows[0], exc)
+        rejected: Rejected = []
+        self.bisect(rows, 0, scope, rejected, stop)
+        return rejected
+
+    def send_once(self, row: bytes, scope: str, stop: StopSignal, url: str | None) -> None:
+        """Deliver one row on its own, retried but never bisected and never counted
+        towards the circuit breaker (a dead letter's replay). Raises :class:`RejectedError`
+        when the endpoint refuses it, by status or in a 2xx answer."""
+        refused = self.attempt(self.frame.body([row]), scope, stop, 1, url)
+        if refused:
+            first = refused[0]
+            raise RejectedError(
+                first.message, url=self.sink.safe_url, status=first.status,
+                body_excerpt=first.message,
+            )  # fmt: skip
+
+    def bisect(
+        self, rows: list[bytes], offset: int, scope: str, rejected: Rejected, stop: StopSignal
+    ) -> None:
+        """Send each half of ``rows`` (at ``offset`` in the batch) on its own, recursing
+        into rejected halves until the rejected rows stand alone."""
+        middle = len(rows) // 2
+        for start, half in ((offset, rows[:middle]), (offset + middle, rows[middle:])):
+            try:
+                errors = self.attempt(self.frame.body(half), f"{scope}/{start}+{len(half)}",
+                                      stop, len(half))  # fmt: skip
+                rejected.extend(self.refused(half, errors))
+            except RejectedError as exc:
+                if self.about_request(exc):
+                    raise
+                if len(half) == 1:
+                    rejected.extend(self.reject(half[0], exc))
+                else:
+                    self.bisect(half, start, scope, rejected, stop)
+
+    def refused(self, rows: list[bytes], errors: list[ItemError]) -> Rejected:
+        """Rows a 2xx answer refused (``target.item_errors``), as rejections."""
+        rejected: Rejected = []
+        for error in errors:
+            if not 0 <= error.index < len(rows):
+                continue
+            rejection = RejectedError(
+                f"{self.sink.safe_url} refused row {error.index} of the request: {error.message}",
+                url=self.sink.safe_url, status=error.status, body_excerpt=error.message,
+            )  # fmt: skip
+            if self.job.on_reject == "fail":
+                raise rejection
+            rejected.extend(self.reject(rows[error.index], rejection))
+        return rejected
+
+    def about_request(self, error: RejectedError) -> bool:
+        """True for rejections of the request rather than a row (401, 403...), unless
+        ``target.statuses`` says the status is a row's rejection."""
+        about = NOT_ROW_STATUSES_PER_ROW if self.job.target.per_row else NOT_ROW_STATUSES
+        return error.status in about and error.status not in self.job.target.statuses
+
+    def reject(self, row: bytes, error: RejectedError) -> Rejected:
+        """Count ``row``'s rejection; past ``max_rejected``, the circuit breaker trips."""
+        with self.lock:
+            self.rejected_seen += 1
+            total = self.rejected_seen
+        log.warning("row rejected (%d so far this run): %s", total, error)
+        if total > self.job.max_rejected:
+            raise TooManyRejectionsError(
+                f"{total} rows rejected in this run, more than max_rejected "
+                f"({self.job.max_rejected}); stopping so a broken mapping does not burn "
+                f"through the table. Last rejection: {error}",
+                url=error.url,
+                status=error.status or 0,
+                body_excerpt=error.body_excerpt,
+            ) from error
+        return [(row, error)]
+
+    def attempt(
+        self, body: bytes, scope: str, stop: StopSignal, rows: int = 1, url: str | None = None
+    ) -> list[ItemError]:
+        """Send ``body`` until the endpoint acknowledges it or the retry policy gives
+        up, each attempt with the same idempotency key; return the rows it refused."""
+        key = idempotency_key(self.job.name, scope, body)
+
+        def once() -> list[ItemError]:
+            with self.lock:
+                self.counters.requests += 1
+                self.counters.in_flight += 1
+            try:
+                return self.sink.send(body, key, rows, url)
+            finally:
+                with self.lock:
+                    self.counters.in_flight -= 1
+
+        def on_retry(attempt: int, wait: float, error: Exception) -> None:
+            with self.lock:
+                self.counters.retries += 1
+                if getattr(error, "status", None) == 429:
+                    self.counters.throttled += 1
+            log.warning(
+                "attempt %d/%d failed: %s; retrying in %.2fs",
+                attempt, self.policy.attempts, self.redactor.text(str(error)), wait,
+            )  # fmt: skip
+
+        return self.policy.call(once, sleep=self.sleep, stop=stop, on_retry=on_retry)

@@ -1,0 +1,68 @@
+"""Writing down how a run went: its history record, its heartbeats and alerts.
+
+Every path that runs a job (a run, a partitioned run and its ranges, a worker's run)
+records its start and its end through :class:`Journal`, so a run's record, its
+heartbeats and its alerts always agree. Recording never fails the run: a state store
+that cannot take the end of a run is logged, and the run's own result stands.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from loader.errors import LoaderError, StateError
+from loader.job import Job
+from loader.monitor import Monitor
+from loader.result import Position, RunResult
+from loader.state import StateStore
+
+log = logging.getLogger("loader")
+
+
+class Journal:
+    """The record of run ``run_id`` of ``job``. ``monitor`` sends the job's heartbeats
+    and alerts (a range of a partitioned run leaves them to the whole run)."""
+
+    def __init__(self, job: Job, store: StateStore, run_id: str, *, monitor: bool) -> None:
+        self.job = job
+        self.store = store
+        self.run_id = run_id
+        self.monitor = Monitor(job, store) if monitor else None
+
+    def started(self) -> None:
+        """The run took the job: its start heartbeat."""
+        if self.monitor is not None:
+            self.monitor.started()
+
+    def began(self, position: Position | None, name: str | None = None) -> None:
+        """The run's history record (of ``name``, the job's by default), from
+        ``position``."""
+        self.store.start_run(self.run_id, name or self.job.name, position)
+
+    def ended(
+        self,
+        result: RunResult,
+        error: LoaderError | None = None,
+        *,
+        cursor: bool = False,
+        only_running: bool = False,
+    ) -> bool:
+        """Record how the run ended (with its checkpoint when ``cursor``), then send its
+        heartbeat and alerts. ``only_running`` leaves a record that already ended as it
+        is and returns ``False`` (several processes ending one run record it once)."""
+        counts = result.counts()
+        if cursor:
+            counts["cursor_to"] = result.checkpoint
+        try:
+            recorded = self.store.finish_run(
+                result.run_id, result.status, error=result.error, only_running=only_running,
+                **counts,
+            )  # fmt: skip
+        except StateError as exc:
+            log.warning("could not record the end of run %s: %s", result.run_id, exc)
+            recorded = True
+        if only_running and not recorded:
+            return False
+        if self.monitor is not None:
+            self.monitor.finished(result, error)
+        return True
