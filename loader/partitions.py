@@ -221,6 +221,6 @@ class _Whole:
                 self.running[index] = result
                 whole = combine(self.job.name, self.run_id, list(self.running.values()),
                                 self.options.monotonic() - self.started)  # fmt: skip
-            report(whole)
+                report(whole)  # under the lock: reports arrive in order, never going back
 
         return update

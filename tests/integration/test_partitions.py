@@ -177,3 +177,18 @@ def test_a_partitioned_job_lags_as_much_as_its_slowest_range(
     lagging = [r.json() for r in endpoint.requests if r.path == "/alerts"]
     assert [a["event"] for a in lagging] == ["lagging"]
     state.close()
+
+
+def test_a_partitioned_run_reports_progress_of_the_whole_run(
+    schema: Schema, endpoint: Endpoint, isolated_state: str
+) -> None:
+    """progress= reaches the ranges (it used to be dropped): each report is the sum over
+    the ranges so far, never going back, and the last one counts every row."""
+    job = build_job(partitioned(schema, endpoint))
+    reports: list[int] = []
+    result = run_job(job, progress=lambda so_far: reports.append(so_far.rows_posted))
+
+    assert result.rows_posted == 2000
+    assert reports and reports == sorted(reports)
+    assert reports[-1] == 2000
+    assert max(reports) > 500  # more than one range's rows: the sums, not one range's
