@@ -31,6 +31,7 @@ from loader import defaults
 from loader.errors import LoaderError, TooManyRejectionsError
 from loader.job import Job
 from loader.redact import mask_url, register_secrets
+from loader.result import RunResult, Status
 from loader.sink import notify
 from loader.state import AlertState, StateStore
 
@@ -190,7 +191,7 @@ class Monitor:
         except Exception:
             log.exception("job=%s heartbeat failed", self.job.name)
 
-    def finished(self, result: Any, error: LoaderError | None = None) -> None:
+    def finished(self, result: RunResult, error: LoaderError | None = None) -> None:
         """A run ended with ``result`` (a RunResult), failed with ``error`` if given.
         Never raises: telling the owner must not break the run."""
         try:
@@ -198,10 +199,10 @@ class Monitor:
         except Exception:
             log.exception("job=%s alerting failed", self.job.name)
 
-    def _finished(self, result: Any, error: LoaderError | None) -> None:
-        if error is None and result.status == "interrupted":
+    def _finished(self, result: RunResult, error: LoaderError | None) -> None:
+        if error is None and result.status == Status.INTERRUPTED:
             return  # stopped by a signal: neither a failure nor a success
-        failed = error is not None or result.status == "failed"
+        failed = error is not None or result.status == Status.FAILED
         self._heartbeat("/fail" if failed else "")
         try:
             state = self.store.alert_state(self.job.name)
@@ -214,10 +215,10 @@ class Monitor:
             self._send(alert)
 
     def _decide(
-        self, state: AlertState, result: Any, error: LoaderError | None
+        self, state: AlertState, result: RunResult, error: LoaderError | None
     ) -> tuple[list[Alert], AlertState]:
         now = self.now()
-        failed = error is not None or result.status == "failed"
+        failed = error is not None or result.status == Status.FAILED
         lag = cursor_lag(result.checkpoint, now)
         events: list[str] = []
         if failed:
@@ -232,7 +233,7 @@ class Monitor:
         else:
             if state.failing_since is not None:
                 events.append("recovered")
-            if result.status in ("succeeded", "partial"):
+            if result.status in (Status.SUCCEEDED, Status.PARTIAL):
                 state = replace(state, failing_since=None, last_success_at=now)
             if result.rows_rejected:
                 events.append("rejected_rows")

@@ -58,7 +58,7 @@ class Metrics:
             self.retries.labels(job).inc(result.retries)
             self.throttled.labels(job).inc(result.throttled)
             self.duration.labels(job).set(result.duration)
-        if status in ("succeeded", "partial"):
+        if status in (loader.Status.SUCCEEDED, loader.Status.PARTIAL):
             self.last_success.labels(job).set(now)
         if lag is not None:
             self.cursor_lag.labels(job).set(lag)
