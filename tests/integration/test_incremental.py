@@ -249,8 +249,10 @@ def test_two_concurrent_runs_one_is_locked_out(
 ) -> None:
     """While one run holds the job, a second exits with the locked code and sends nothing."""
     query = events(schema, 50)
-    endpoint.reject_when(lambda body: True, Delay(0.3, 200))
-    spec = incremental(schema, endpoint, query, batch={"size": 10})
+    # One request at a time, each taking a second: the first run holds the job for 5 s,
+    # long enough for the second process to start even on a busy machine.
+    endpoint.reject_when(lambda body: True, Delay(1.0, 200))
+    spec = incremental(schema, endpoint, query, batch={"size": 10}, concurrency=1)
     first = threading.Thread(target=run_job, args=(build_job(spec),))
     first.start()
     while not endpoint.requests:
