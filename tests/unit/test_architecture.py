@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,38 +11,58 @@ from pathlib import Path
 import loader
 
 PACKAGE = Path(loader.__file__).parent
-
-# A module may import loader modules of a strictly lower rank only.
-RANKS = {
-    "errors": 0, "defaults": 0, "units": 0, "_version": 0, "logs": 0,
-    "redact": 1, "schedule": 1, "ratelimit": 1, "result": 1,
-    "job": 2,
-    "jobfile": 3, "encoding": 3, "database": 3,
-    "source": 4, "batching": 4, "sink": 4, "retry": 4,
-    "state": 5, "options": 0.5,
-    "monitor": 6, "lease": 6, "delivery": 6, "pipeline": 6.5, "rows": 6.3,
-    "journal": 6.6, "runner": 7, "partitions": 7.1, "outcome": 7.2,
-    "receiver": 8, "example": 8, "replay": 8, "check": 8, "workers": 8,
-    "cli": 9, "__init__": 9, "__main__": 10,
-}  # fmt: skip
-
-# Each third-party library is imported (at run time) by one module only.
-HOMES = {
-    "yaml": {"jobfile"},
-    "dotenv": {"jobfile"},
-    "pydantic": {"job"},
-    "orjson": {"encoding"},
-    "sqlalchemy": {"source", "state", "database"},
-    "psycopg": {"source"},
-    "httpx": {"sink"},
-    "certifi": {"sink"},
-    "croniter": {"schedule"},
-    "tenacity": {"retry"},
-    "typer": {"cli"},
-    "rich": {"cli"},
-    "prometheus_client": set(),  # the clock's, in scheduler/
-    "procrastinate": {"workers"},
+ROOT = PACKAGE.parent
+README = ROOT / "README.md"
+LIBRARIES = {
+    "yaml",
+    "dotenv",
+    "pydantic",
+    "orjson",
+    "sqlalchemy",
+    "psycopg",
+    "httpx",
+    "certifi",
+    "croniter",
+    "tenacity",
+    "typer",
+    "rich",
+    "prometheus_client",
+    "procrastinate",
 }
+
+
+def documented_map() -> tuple[dict[str, tuple[int, int]], dict[str, set[str]]]:
+    """The layer map in the README's Development section: each module's (layer, place in
+    its row), and each third-party library's modules."""
+    section = README.read_text().split("### The map of `loader/`", 1)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    places: dict[str, tuple[int, int]] = {}
+    homes: dict[str, set[str]] = {}
+    for row in rows:
+        layer, modules, libraries = (cell.strip() for cell in row.strip("|").split("|")[:3])
+        for place, name in enumerate(re.findall(r"`([\w.]+)`", modules)):
+            assert name not in places, f"{name} is in the map twice"
+            places[name] = (int(layer.split()[0]), place)
+        for clause in filter(None, (c.strip() for c in libraries.split(";"))):
+            names, _, owners = clause.partition(" in ")
+            for library in re.findall(r"`(\w+)`", names):
+                homes.setdefault(library, set()).update(re.findall(r"`(\w+)`", owners))
+    return places, homes
+
+
+PLACES, HOMES = documented_map()
+
+
+def modules() -> dict[str, list[Path]]:
+    """Every module of the library by its name in the map: a package (``state/``) is one
+    module, and ``scheduler/`` (installed as ``loader.scheduler``) is ``scheduler``."""
+    found: dict[str, list[Path]] = {}
+    for path in PACKAGE.glob("*.py"):
+        found.setdefault(path.stem, []).append(path)
+    for package in [p for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()]:
+        found.setdefault(package.name, []).extend(package.rglob("*.py"))
+    found["scheduler"] = sorted((ROOT / "scheduler").rglob("*.py"))
+    return found
 
 
 def runtime_imports(path: Path) -> set[str]:
@@ -64,26 +85,39 @@ def runtime_imports(path: Path) -> set[str]:
     return names
 
 
-def test_every_module_has_a_rank() -> None:
-    """New modules must be placed in the layering above."""
-    assert {p.stem for p in PACKAGE.glob("*.py")} == set(RANKS)
+def loader_module(name: str) -> str | None:
+    """The map's name of the loader module an import names, if any."""
+    parts = name.split(".")
+    if parts[0] != "loader" or len(parts) == 1:
+        return None
+    return parts[1] if parts[1] in PLACES else None
+
+
+def test_every_module_is_in_the_documented_map() -> None:
+    """New modules must be placed in the README's map, and the map names no module that
+    is gone."""
+    assert set(modules()) == set(PLACES)
 
 
 def test_imports_point_downward() -> None:
-    """A module imports only loader modules below it."""
-    for path in PACKAGE.glob("*.py"):
-        for name in runtime_imports(path):
-            parts = name.split(".")
-            if parts[0] == "loader" and len(parts) > 1 and parts[1] in RANKS:
-                assert RANKS[parts[1]] < RANKS[path.stem], f"{path.stem} imports {name}"
+    """A module imports only modules of a lower layer, or of its own layer listed before
+    it (modules of one package import each other freely)."""
+    for name, paths in modules().items():
+        for path in paths:
+            for imported in map(loader_module, runtime_imports(path)):
+                if imported is None or imported == name:
+                    continue
+                assert PLACES[imported] < PLACES[name], f"{path}: {name} imports {imported}"
 
 
-def test_each_library_lives_in_one_module() -> None:
-    """Swapping a library touches one file."""
-    for path in PACKAGE.glob("*.py"):
-        for name in runtime_imports(path):
-            home = HOMES.get(name.split(".")[0])
-            assert home is None or path.stem in home, f"{path.stem} imports {name}"
+def test_each_library_lives_in_its_documented_modules() -> None:
+    """Swapping a library touches only the modules the map names for it."""
+    for name, paths in modules().items():
+        for path in paths:
+            for imported in runtime_imports(path):
+                library = imported.split(".")[0]
+                if library in LIBRARIES:
+                    assert name in HOMES.get(library, set()), f"{path} imports {imported}"
 
 
 def test_scheduler_uses_the_public_api_only() -> None:
