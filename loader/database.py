@@ -1,16 +1,22 @@
-"""Database URLs and driver messages: what the source and the state store share.
+"""Connections to the source database: URLs, drivers, engines and read-only sessions.
 
 ``postgres://`` and ``postgresql://`` URLs mean psycopg 3; a driver's error becomes one
-line without secrets.
+line without secrets. The state store shares the URL parsing and the driver messages.
 """
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from collections.abc import Callable
+from typing import Any
 
-from loader.errors import JobConfigError
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from loader import job as jobmodel
+from loader.encoding import json_fragment
+from loader.errors import JobConfigError, SourceError
 from loader.redact import Redactor, mask_url
 
 #: The package to install for each driver SQLAlchemy may fail to import.
@@ -46,3 +52,76 @@ def driver_message(exc: SQLAlchemyError, redactor: Redactor) -> str:
     text = str(orig) if orig is not None else str(exc).split("\n(Background", 1)[0]
     text = " ".join(text.split())
     return redactor.text(text)
+
+
+def create_engine(config: jobmodel.Source, redactor: Redactor) -> sa.Engine:
+    """An engine for one run: no pool, json/jsonb kept as exact text on PostgreSQL.
+    Raises :class:`SourceError` naming the package to install when the driver is missing."""
+    url = engine_url(config.url)
+    try:
+        # The rows are read in a thread other than the one that connects (one at a time).
+        connect_args = {"check_same_thread": False} if url.get_backend_name() == "sqlite" else {}
+        engine = sa.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        missing = getattr(exc, "name", None) or url.drivername
+        hint = DRIVER_HINTS.get(str(missing), str(missing))
+        raise SourceError(
+            f"source.url: no driver for {url.drivername!r} ({exc}); "
+            f"install it with: pip install {hint}"
+        ) from exc
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+        from psycopg.types.json import set_json_loads
+
+        @sa.event.listens_for(engine, "connect")
+        def _exact_json(dbapi_connection: Any, _record: Any) -> None:
+            set_json_loads(json_fragment, dbapi_connection)
+
+    return engine
+
+
+def begin_read_only(connection: Connection, config: jobmodel.Source) -> str | None:
+    """Start the read-only transaction; on PostgreSQL return the session's own time zone
+    (the zone of its timestamps without time zone) before switching it to UTC."""
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        timeout_ms = int(config.statement_timeout * 1000)
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        zone = connection.exec_driver_sql("SHOW TimeZone").scalar()
+        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {timeout_ms}")
+        connection.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
+        connection.exec_driver_sql("SET LOCAL DateStyle = 'ISO, YMD'")
+        return str(zone)
+    if dialect == "sqlite":
+        connection.exec_driver_sql("PRAGMA query_only = ON")
+    elif dialect == "mysql":
+        # Before the first query: it applies to the transaction that query starts. No
+        # statement timeout: MySQL's would cut a long streamed read, not a slow fetch.
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        connection.exec_driver_sql("SET time_zone = '+00:00'")
+    return None
+
+
+def read_once(
+    config: jobmodel.Source,
+    redactor: Redactor,
+    sql: str,
+    read: Callable[[sa.CursorResult[Any]], Any],
+    doing: str,
+) -> Any:
+    """Run ``sql`` (with the job's parameters) once in a read-only transaction of a
+    connection of its own; ``read`` takes what is needed from the result. Errors are
+    :class:`SourceError` starting with ``doing`` and the database."""
+    engine = create_engine(config, redactor)
+    where = redactor.url(engine.url.render_as_string(hide_password=True))
+    try:
+        with engine.connect() as connection:
+            begin_read_only(connection, config)
+            result = connection.execute(sa.text(sql), dict(config.params))
+            try:
+                return read(result)
+            finally:
+                result.close()
+    except SQLAlchemyError as exc:
+        raise SourceError(f"{doing}{where}: {driver_message(exc, redactor)}") from exc
+    finally:
+        engine.dispose()

@@ -200,7 +200,7 @@ def test_the_concatenated_json_is_row_to_json_byte_for_byte(
     """The fast path builds each object by concatenating each value's JSON; the bodies
     equal, byte for byte, those of row_to_json (which it takes for a name JSON would have
     to escape), for every type, a row of NULLs and the edge values."""
-    import loader.source
+    import loader.pgjson
 
     schema.execute(EVERY_TYPE.replace(f"generate_series(1, {ROWS})", "generate_series(1, 300)"))
     table = schema.table("every_type")
@@ -211,16 +211,16 @@ def test_the_concatenated_json_is_row_to_json_byte_for_byte(
         "'{}', '{}')"
     )
     built: list[str | None] = []
-    concatenate = loader.source._json_object
+    concatenate = loader.pgjson._json_object
 
     def recorded(fields: Any) -> str | None:
         built.append(concatenate(fields))
         return built[-1]
 
-    monkeypatch.setattr(loader.source, "_json_object", recorded)
+    monkeypatch.setattr(loader.pgjson, "_json_object", recorded)
     query = f"SELECT * FROM {table} ORDER BY id"
     run_job(build_job(make_job(schema, endpoint.url + "/a", query, target={"decimals": decimals})))
-    monkeypatch.setattr(loader.source, "_json_object", lambda fields: None)
+    monkeypatch.setattr(loader.pgjson, "_json_object", lambda fields: None)
     run_job(build_job(make_job(schema, endpoint.url + "/b", query, target={"decimals": decimals})))
 
     assert built and all(sql is not None and "row_to_json" not in sql for sql in built)
