@@ -1,8 +1,10 @@
-"""Durations and sizes written with units, as in job files: ``250ms``, ``30s``, ``1MB``."""
+"""Durations and sizes written with units, as in job files: ``250ms``, ``30s``, ``1MB``;
+and instants written as ISO 8601 text for messages and logs."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS = {
@@ -64,3 +66,13 @@ def format_size(size: int) -> str:
         if size >= factor and size % factor == 0:
             return f"{size // factor}{unit}"
     return f"{size}B"
+
+
+def when(timestamp: float, *, utc: bool = False) -> str:
+    """Render a Unix ``timestamp`` as ISO 8601 to the second: in the local time zone with
+    its offset (``2024-05-01T12:00:00+02:00``), or with ``utc`` in UTC with a ``Z``
+    (``2024-05-01T10:00:00Z``)."""
+    if utc:
+        instant = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+        return instant.replace("+00:00", "Z")
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
