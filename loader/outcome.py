@@ -25,7 +25,7 @@ from loader.partitions import run_partitions
 from loader.result import RunResult, Status
 from loader.runner import run_once
 from loader.state import StateStore, open_state
-from loader.units import utc_text
+from loader.units import when
 
 log = logging.getLogger("loader")
 
@@ -108,7 +108,7 @@ def run_and_record(
     for: its end is recorded with the outcome's status and detail.
     """
     started = monotonic()
-    at = f" slot={utc_text(slot)}" if slot is not None else ""
+    at = f" slot={when(slot, utc=True)}" if slot is not None else ""
     log.info("run started job=%s run=%s%s", job.name, run_id, at)
     outcome = _attempt(job, state, run_id, run, record_skipped, options)
     outcome = replace(outcome, duration=monotonic() - started)

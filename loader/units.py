@@ -1,5 +1,5 @@
-"""Durations and sizes written with units, as in job files (``250ms``, ``30s``, ``1MB``),
-and timestamps as people read them."""
+"""Durations and sizes written with units, as in job files: ``250ms``, ``30s``, ``1MB``;
+and instants written as ISO 8601 text for messages and logs."""
 
 from __future__ import annotations
 
@@ -68,8 +68,11 @@ def format_size(size: int) -> str:
     return f"{size}B"
 
 
-def utc_text(timestamp: float) -> str:
-    """``timestamp`` (Unix seconds) as ISO 8601 in UTC to the second: ``2026-11-26T05:40:00Z``."""
-    return (
-        datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
+def when(timestamp: float, *, utc: bool = False) -> str:
+    """Render a Unix ``timestamp`` as ISO 8601 to the second: in the local time zone with
+    its offset (``2024-05-01T12:00:00+02:00``), or with ``utc`` in UTC with a ``Z``
+    (``2024-05-01T10:00:00Z``)."""
+    if utc:
+        instant = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+        return instant.replace("+00:00", "Z")
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
-from loader.units import format_duration, format_size, parse_duration, parse_size
+from loader.units import format_duration, format_size, parse_duration, parse_size, when
 
 
 @pytest.mark.parametrize(
@@ -44,3 +46,10 @@ def test_sizes_need_a_known_unit() -> None:
     """A bare number or an unknown unit is refused with the accepted forms."""
     with pytest.raises(ValueError, match="expected a size with a unit"):
         parse_size("10 megs")
+
+
+def test_when_renders_an_instant_in_local_time_or_utc() -> None:
+    """Local time carries its offset; UTC ends in Z; both to the second."""
+    assert when(0.0, utc=True) == "1970-01-01T00:00:00Z"
+    assert when(1.9, utc=True) == "1970-01-01T00:00:01Z"
+    assert datetime.fromisoformat(when(86400.0)).timestamp() == 86400.0
