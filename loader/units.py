@@ -1,8 +1,10 @@
-"""Durations and sizes written with units, as in job files: ``250ms``, ``30s``, ``1MB``."""
+"""Durations and sizes written with units, as in job files: ``250ms``, ``30s``, ``1MB``;
+times as people read them."""
 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS = {
@@ -64,3 +66,8 @@ def format_size(size: int) -> str:
         if size >= factor and size % factor == 0:
             return f"{size // factor}{unit}"
     return f"{size}B"
+
+
+def format_timestamp(timestamp: float) -> str:
+    """Render a Unix time in the local time zone, to the second (ISO 8601, with offset)."""
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
