@@ -70,6 +70,27 @@ ALERT_FROM_ENV: Final = "LOADER_ALERT_FROM"
 #: Rows one run may have rejected before the circuit breaker stops it.
 MAX_REJECTED: Final = 100
 
+# Defaults of the ``loader`` command's options.
+#: The job files' directory when a command is given none.
+JOBS_DIR: Final = "jobs"
+#: The file of variables commands read (``--env-file``); the environment wins.
+ENV_FILE: Final = ".env"
+#: Seconds ``loader worker`` gives running jobs to checkpoint and end after SIGTERM.
+WORKER_GRACE: Final = 25.0
+#: Longest grace the clock and workers accept: Heroku sends SIGKILL 30 s after SIGTERM.
+MAX_CLOCK_GRACE: Final = 25.0
+#: Seconds a command waits at exit for its alerts and heartbeats to go out.
+NOTIFY_FLUSH_TIMEOUT: Final = 15.0
+#: Runs ``loader history`` shows.
+HISTORY_LIMIT: Final = 20
+#: Dead letters ``loader deadletter list`` shows.
+DEAD_LETTER_LIST_LIMIT: Final = 50
+#: Where ``loader receive`` listens.
+RECEIVER_HOST: Final = "127.0.0.1"
+RECEIVER_PORT: Final = 8000
+#: Sign-ups in ``loader demo``'s example database.
+DEMO_ROWS: Final = 1000
+
 # Exit codes of the ``loader`` command.
 #: Every row was delivered (or, with ``--dry-run``, read and encoded).
 EXIT_OK: Final = 0

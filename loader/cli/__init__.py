@@ -1,0 +1,106 @@
+"""The ``loader`` command: parse arguments, call one library function, render, map
+errors to exit codes (see :mod:`loader.defaults`). Nothing here that a library user
+would need.
+
+This module builds the typer application from the commands of its submodules: ``run``
+(one run, or queue it), ``inspect`` (look without changing anything), ``store`` (the
+state store's checkpoints, dead letters and tables), ``serve`` (clock, worker, receiver,
+demo) and ``scaffold`` (``init``). Commands that need a heavy library (the queue, the
+clock, the receiver) import it when called, so every run does not pay for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from loader import defaults
+from loader._version import __version__
+from loader.cli import inspect, run, scaffold, serve, store
+from loader.cli.options import log_to, set_log_format
+from loader.logs import LOG_FORMATS
+
+app = typer.Typer(
+    name="loader",
+    help="Run a SQL query and post the rows to an HTTP endpoint.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+state_app = typer.Typer(help="Show or reset a job's checkpoint.", no_args_is_help=True)
+deadletter_app = typer.Typer(help="Rows the endpoint rejected.", no_args_is_help=True)
+db_app = typer.Typer(help="The state store's and the queue's tables.", no_args_is_help=True)
+app.add_typer(state_app, name="state")
+app.add_typer(deadletter_app, name="deadletter")
+app.add_typer(db_app, name="db")
+
+EXIT_CODES_HELP = (
+    f"Exit codes: {defaults.EXIT_OK} delivered, {defaults.EXIT_CONFIG} bad job file or usage, "
+    f"{defaults.EXIT_SOURCE} database failed, {defaults.EXIT_DELIVERY} delivery failed, "
+    f"{defaults.EXIT_LOCKED} locked, {defaults.EXIT_REJECTED_ROWS} done with rejected rows, "
+    f"{defaults.EXIT_STATE} state store failed, {defaults.EXIT_INTERRUPTED} interrupted, "
+    f"{defaults.EXIT_INTERNAL} internal error."
+)
+CLOCK_EXIT_CODES_HELP = (
+    f"Exit codes: {defaults.EXIT_OK} stopped by a signal, "
+    f"{defaults.EXIT_CONFIG} bad job files with --strict."
+)
+WORKER_EXIT_CODES_HELP = (
+    f"Exit codes: {defaults.EXIT_OK} stopped by a signal, {defaults.EXIT_CONFIG} bad "
+    f"configuration, {defaults.EXIT_STATE} queue failed."
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"loader {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log run progress.")] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            help="auto: JSON lines when the output is not a terminal, text when it is.",
+        ),
+    ] = "auto",
+) -> None:
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter("expected auto, text or json", param_hint="--log-format")
+    set_log_format(log_format)
+    log_to(logging.INFO if verbose else logging.WARNING, sys.stderr)
+
+
+# Registered in this order, which is the order of `loader --help`.
+app.command(epilog=EXIT_CODES_HELP)(run.run)
+app.command(epilog=WORKER_EXIT_CODES_HELP)(serve.worker)
+db_app.command("upgrade")(store.db_upgrade)
+app.command()(inspect.validate)
+app.command()(inspect.history)
+state_app.command("show")(store.state_show)
+state_app.command("reset")(store.state_reset)
+deadletter_app.command("list")(store.deadletter_list)
+deadletter_app.command("replay")(store.deadletter_replay)
+deadletter_app.command("purge")(store.deadletter_purge)
+app.command(epilog=CLOCK_EXIT_CODES_HELP)(serve.clock)
+app.command()(inspect.show)
+app.command()(inspect.check)
+app.command()(inspect.schema)
+app.command()(scaffold.init)
+app.command()(inspect.status)
+app.command()(serve.receive)
+app.command()(serve.demo)
+
+
+def main() -> None:
+    """Entry point of the ``loader`` console script."""
+    app()

@@ -1,0 +1,123 @@
+"""What the commands share: option types, loading a job file, and turning loader's
+errors into a message on stderr and the documented exit code (:mod:`loader.defaults`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, NoReturn, TextIO
+
+import typer
+
+from loader import defaults
+from loader.cli.output import print_summary
+from loader.errors import (
+    CursorOrderError,
+    EncodingError,
+    JobConfigError,
+    JobLockedError,
+    LoaderError,
+    SinkError,
+    SourceError,
+    StateError,
+)
+from loader.job import Job
+from loader.jobfile import environment, load_job
+from loader.logs import configure_logging
+from loader.redact import Redactor
+from loader.units import parse_duration
+
+EnvFile = Annotated[
+    Path,
+    typer.Option("--env-file", help="Read variables from this file; the environment wins."),
+]
+JobFile = Annotated[Path, typer.Argument(help="The job file (YAML).")]
+JobPaths = Annotated[
+    list[Path] | None,
+    typer.Argument(help=f"Job files or directories (default: {defaults.JOBS_DIR}/)."),
+]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+#: The default of every ``--env-file``.
+ENV_FILE = Path(defaults.ENV_FILE)
+
+_log_format = "auto"
+
+
+def set_log_format(value: str) -> None:
+    """Remember ``--log-format`` for the commands that log to stdout."""
+    global _log_format
+    _log_format = value
+
+
+def log_to(level: int, stream: TextIO) -> None:
+    """Send log records at ``level`` or above to ``stream``, in the chosen format."""
+    configure_logging(level, stream, _log_format)
+
+
+def log_progress_to_stdout() -> None:
+    """The long-running commands (clock, worker) log their progress to stdout."""
+    log_to(logging.INFO, sys.stdout)
+
+
+def job_roots(paths: list[Path] | None) -> list[Path]:
+    """The given job files and directories, else the jobs directory."""
+    return list(paths or [Path(defaults.JOBS_DIR)])
+
+
+def load(job_file: Path, env_file: Path) -> Job:
+    """The job in ``job_file``, its variables from the environment over ``env_file``."""
+    return load_job(job_file, env=environment(env_file))
+
+
+def duration(option: str, text: str) -> float:
+    """``text`` (``20s``) in seconds; a :class:`JobConfigError` naming ``option`` if bad."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise JobConfigError([f"{option}: {exc}"]) from exc
+
+
+@contextmanager
+def exit_codes(redactor: Redactor) -> Iterator[None]:
+    """Turn loader's errors into a message on stderr and the documented exit code."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except JobConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(redactor.text(problem), err=True)
+        raise typer.Exit(defaults.EXIT_CONFIG) from None
+    except LoaderError as exc:
+        if exc.result is not None:
+            print_summary(exc.result, redactor, to_stderr=True)
+        fail(exit_code(exc), redactor.text(str(exc)))
+    except KeyboardInterrupt:
+        fail(defaults.EXIT_INTERRUPTED, "interrupted")
+    except Exception:  # the last line of defence: never print a secret
+        typer.echo(redactor.text(traceback.format_exc()), err=True)
+        fail(defaults.EXIT_INTERNAL, "internal error (the traceback above); please report it")
+
+
+def exit_code(exc: LoaderError) -> int:
+    """The exit code documented for ``exc``'s kind of failure."""
+    if isinstance(exc, JobLockedError):
+        return defaults.EXIT_LOCKED
+    if isinstance(exc, StateError):
+        return defaults.EXIT_STATE
+    if isinstance(exc, SourceError | CursorOrderError):
+        return defaults.EXIT_SOURCE
+    if isinstance(exc, SinkError | EncodingError):
+        return defaults.EXIT_DELIVERY
+    return defaults.EXIT_INTERNAL
+
+
+def fail(code: int, message: str) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code``."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)

@@ -1,0 +1,121 @@
+"""What the commands print: run summaries, dry-run requests, received requests, tables
+and the progress line. rich is imported on first drawing only: ``loader run`` off a
+terminal does not pay for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from loader.redact import Redactor
+from loader.result import Position, RunResult
+
+if TYPE_CHECKING:
+    from loader.receiver import Received
+
+#: Characters of a body shown (dry-run requests, ``loader receive --body``).
+BODY_CHARS = 4000
+
+
+def print_summary(result: RunResult, redactor: Redactor, *, to_stderr: bool = False) -> None:
+    """The dry run's requests (bodies redacted), then the run's counters and checkpoint."""
+    for number, request in enumerate(result.preview, start=1):
+        typer.echo(f"--- request {number} of {len(result.preview)} shown (dry run: not sent) ---")
+        typer.echo(f"{request.method} {request.url}")
+        for name, value in request.headers.items():
+            typer.echo(f"{name}: {value}")
+        typer.echo("")
+        typer.echo(show_body(request.body, redactor))
+    lines = [
+        f"{result.job}: {result.status} in {result.duration:.2f}s (run {result.run_id})",
+        f"  rows read    {result.rows_read:>12,}",
+        f"  rows posted  {result.rows_posted:>12,}",
+        f"  requests     {result.requests:>12,}",
+        f"  retries      {result.retries:>12,}",
+    ]
+    if result.rows_rejected:
+        lines.append(f"  rejected     {result.rows_rejected:>12,}")
+    if result.checkpoint is not None:
+        lines.append(f"  checkpoint   {position(result.checkpoint)}")
+    typer.echo("\n".join(lines), err=to_stderr)
+
+
+@contextmanager
+def progress(enabled: bool) -> Iterator[Callable[[RunResult], None] | None]:
+    """On a terminal, a progress line (rows/s, requests in flight); nothing otherwise."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+        console=console(stderr=True), transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("starting", total=None)
+        started = time.monotonic()
+
+        def update(result: RunResult) -> None:
+            rate = result.rows_posted / max(time.monotonic() - started, 1e-6)
+            bar.update(task, description=(
+                f"{result.rows_posted:,} rows posted, {rate:,.0f} rows/s, "
+                f"{result.in_flight} requests in flight, {result.retries} retries"
+            ))  # fmt: skip
+
+        yield update
+
+
+def position(value: Position | None) -> str:
+    """A cursor position as text: its values, comma-separated, datetimes in ISO 8601."""
+    if value is None:
+        return ""
+    return ", ".join(v.isoformat() if isinstance(v, datetime) else str(v) for v in value)
+
+
+def table(*columns: str) -> Any:
+    """An empty rich table with these column headers."""
+    from rich.table import Table
+
+    return Table(*columns)
+
+
+def console(*, stderr: bool = False) -> Any:
+    """A rich console on stdout (or stderr): 200 columns wide off a terminal, no colour
+    when ``NO_COLOR`` is set."""
+    from rich.console import Console  # drawing only: not paid by `loader run` off a terminal
+
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 200
+    return Console(stderr=stderr, width=width, no_color="NO_COLOR" in os.environ)
+
+
+def show_body(body: bytes, redactor: Redactor, limit: int = BODY_CHARS) -> str:
+    """``body`` as text, secrets masked, cut after ``limit`` characters."""
+    text = redactor.text(body.decode("utf-8", "replace"))  # mask first: a cut hides nothing
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(body):,} bytes in all)"
+    return text
+
+
+def print_received(received: Received, *, show_body: bool) -> None:
+    """One line per request the receiver got; with ``show_body``, its body (pretty JSON
+    when it parses)."""
+    rows = f"{received.rows} rows" if received.rows is not None else "not row JSON"
+    key = received.headers.get("Idempotency-Key", "-")
+    typer.echo(
+        f"{received.method} {received.path}: {rows}, {len(received.body):,} bytes, "
+        f"Idempotency-Key {key}"
+    )
+    if show_body:
+        try:
+            typer.echo(json.dumps(json.loads(received.body), indent=2)[:BODY_CHARS])
+        except ValueError:
+            typer.echo(received.body.decode("utf-8", "replace")[:BODY_CHARS])

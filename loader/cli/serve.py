@@ -1,0 +1,199 @@
+"""The long-running commands: the clock, the workers, the local receiver, and the demo
+that runs the example job against a receiver."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from loader import defaults
+from loader.cli.options import (
+    ENV_FILE,
+    EnvFile,
+    JobPaths,
+    duration,
+    exit_codes,
+    fail,
+    job_roots,
+    log_progress_to_stdout,
+)
+from loader.cli.output import print_received, print_summary
+from loader.errors import JobConfigError
+from loader.executors import choose_executor, open_enqueue
+from loader.jobfile import environment, find_job_files, load_job
+from loader.outcome import run_job
+from loader.redact import Redactor
+from loader.signals import capped_grace, clock_signals
+from loader.state import open_state
+from loader.units import format_duration
+
+MaxParallel = Annotated[int, typer.Option(min=1, help="Runs at once.")]
+StopGrace = Annotated[
+    str, typer.Option(help="On SIGTERM, time for running jobs to checkpoint and end.")
+]
+Strict = Annotated[bool, typer.Option("--strict", help="Refuse to start if any job file is bad.")]
+Port = Annotated[
+    int | None,
+    typer.Option(envvar="PORT", help="Serve /metrics and /healthz on this port ($PORT)."),
+]
+Executor = Annotated[
+    str | None,
+    typer.Option(
+        help="inline: run jobs in this process; procrastinate: queue them for "
+        f"`loader worker` (default: ${defaults.EXECUTOR_ENV}, from the environment or "
+        f"{defaults.ENV_FILE}, else inline).",
+    ),
+]
+StalledAfter = Annotated[
+    str,
+    typer.Option(
+        help="Put a worker's runs back in the queue after this long without a heartbeat from it."
+    ),
+]
+Migrate = Annotated[
+    bool, typer.Option("--migrate", help="Create the queue's tables first if missing.")
+]
+
+#: The defaults of ``--grace`` and ``--stalled-after``, as written on the command line.
+CLOCK_GRACE = format_duration(defaults.CLOCK_GRACE)
+WORKER_GRACE = format_duration(defaults.WORKER_GRACE)
+STALLED_AFTER = format_duration(defaults.WORKER_STALLED_AFTER)
+
+
+def clock(
+    paths: JobPaths = None,
+    max_parallel: MaxParallel = defaults.CLOCK_MAX_PARALLEL,
+    grace: StopGrace = CLOCK_GRACE,
+    strict: Strict = False,
+    port: Port = None,
+    executor: Executor = None,
+    env_file: EnvFile = ENV_FILE,
+) -> None:
+    """Run the job files on their schedules until SIGTERM (a Heroku clock dyno)."""
+    from scheduler import Clock  # the clock is a separate package: loaded only here
+
+    log_progress_to_stdout()
+    with exit_codes(Redactor()):
+        grace_seconds = duration("--grace", grace)
+        env = environment(env_file)
+        roots = job_roots(paths)
+        if strict:
+            _refuse_bad_job_files(roots, env)
+        grace_seconds = capped_grace(grace_seconds)
+        try:
+            executor = choose_executor(executor, env)
+        except ValueError as exc:
+            fail(defaults.EXIT_CONFIG, f"--executor (or {defaults.EXECUTOR_ENV}): {exc}")
+        enqueue = open_enqueue(executor, env)
+        stop, reload = threading.Event(), threading.Event()
+        clock_signals(stop, reload, grace_seconds)
+        Clock(
+            roots, max_parallel=max_parallel, grace=grace_seconds, env=env, metrics_port=port,
+            enqueue=enqueue,
+        ).run(stop, reload)  # fmt: skip
+        # Runs still going after the grace period are abandoned (their state is consistent
+        # at any moment); do not wait for their threads at interpreter exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(defaults.EXIT_OK)
+
+
+def _refuse_bad_job_files(roots: list[Path], env: dict[str, str]) -> None:
+    bad = [problem for path in find_job_files(roots) for problem in _problems(path, env)]
+    if bad:
+        for problem in bad:
+            typer.echo(problem, err=True)
+        fail(defaults.EXIT_CONFIG, "bad job files (--strict): not starting")
+
+
+def _problems(path: Path, env: dict[str, str]) -> list[str]:
+    try:
+        load_job(path, env=env)
+    except JobConfigError as exc:
+        return exc.problems
+    return []
+
+
+def worker(
+    paths: JobPaths = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Runs at once.")] = (
+        defaults.WORKER_CONCURRENCY
+    ),
+    stalled_after: StalledAfter = STALLED_AFTER,
+    migrate: Migrate = False,
+    grace: StopGrace = WORKER_GRACE,
+    env_file: EnvFile = ENV_FILE,
+) -> None:
+    """Run queued runs (from `loader clock` with LOADER_EXECUTOR=procrastinate, or
+    `loader run --enqueue`) until SIGTERM: a Heroku worker dyno; start as many as needed."""
+    from loader.workers import JobQueue, queue_url
+
+    log_progress_to_stdout()
+    with exit_codes(Redactor()):
+        env = environment(env_file)
+        stalled = duration("--stalled-after", stalled_after)
+        grace_seconds = capped_grace(duration("--grace", grace))
+        stop, reload = threading.Event(), threading.Event()
+        clock_signals(stop, reload, grace_seconds)
+        store = open_state()
+        with JobQueue(queue_url(env)) as queue:
+            if migrate and queue.migrate():
+                typer.echo("created the queue's tables")
+            typer.echo(f"worker started: {concurrency} run(s) at once, queue {queue.queue!r}")
+            queue.work(
+                job_roots(paths), store, stop=stop, concurrency=concurrency,
+                stalled_after=stalled, env=env,
+            )  # fmt: skip
+        store.close()
+        typer.echo("worker stopped")
+
+
+def receive(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = defaults.RECEIVER_HOST,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = defaults.RECEIVER_PORT,
+    body: Annotated[bool, typer.Option("--body", help="Print each request's body too.")] = False,
+) -> None:
+    """Serve a local endpoint that accepts every request and prints what arrives."""
+    from loader.receiver import Receiver
+
+    receiver = Receiver(host, port, on_request=lambda r: print_received(r, show_body=body))
+    typer.echo(f"listening on {receiver.url} (Ctrl-C to stop)")
+    try:
+        receiver.serve_forever()
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+
+
+def demo(
+    job_file: Annotated[Path, typer.Option("--job", help="The example job.")] = Path(
+        defaults.JOBS_DIR, "example.yml"
+    ),
+    rows: Annotated[int, typer.Option(min=1, help="Sign-ups in the example database.")] = (
+        defaults.DEMO_ROWS
+    ),
+    database: Annotated[Path, typer.Option(help="Where to create the SQLite database.")] = Path(
+        ".loader/example.db"
+    ),
+) -> None:
+    """Create the example SQLite database, start a local receiver and run the example job."""
+    from loader.example import create_example_database
+    from loader.receiver import Receiver
+
+    with exit_codes(Redactor()):
+        created = create_example_database(database, rows)
+        typer.echo(f"created {created} with {rows} sign-ups")
+        with Receiver(on_request=lambda r: print_received(r, show_body=False)) as receiver:
+            env = {
+                **environment(),
+                "DATABASE_URL": f"sqlite:///{created}",
+                "TARGET_URL": f"{receiver.url}/v1/import",
+            }
+            job = load_job(job_file, env=env)
+            typer.echo(f"running {job_file} against the receiver at {receiver.url}")
+            result = run_job(job, full_refresh=True)
+        print_summary(result, job.redactor())

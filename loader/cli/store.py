@@ -1,0 +1,117 @@
+"""Commands on what the state store keeps: a job's checkpoint (``loader state``), its
+dead letters (``loader deadletter``) and the tables themselves (``loader db``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from loader import defaults
+from loader.cli.options import ENV_FILE, EnvFile, JobFile, Yes, exit_codes, fail, load
+from loader.cli.output import position
+from loader.executors import migrate_queue, uses_queue
+from loader.jobfile import environment
+from loader.monitor import flush as flush_notifications
+from loader.redact import Redactor
+from loader.signals import stop_on_signals
+from loader.state import open_state
+from loader.units import when
+
+
+def state_show(job_file: JobFile, env_file: EnvFile = ENV_FILE) -> None:
+    """Print the job's checkpoint and whether it still fits the job."""
+    with exit_codes(Redactor()):
+        job = load(job_file, env_file)
+        store = open_state()
+        checkpoint = store.checkpoint(job.name)
+        letters = store.dead_letter_count(job.name)
+        store.close()
+        typer.echo(f"job:          {job.name}")
+        typer.echo(f"state store:  {store.url}")
+        if checkpoint is None:
+            typer.echo("checkpoint:   none (the next run starts from cursor.start)")
+        else:
+            fits = "yes" if checkpoint.fingerprint == job.fingerprint() else (
+                "NO: the query or cursor changed; run with --full-refresh or reset"
+            )  # fmt: skip
+            saved = when(checkpoint.updated_at)
+            typer.echo(f"checkpoint:   {position(checkpoint.position)}")
+            typer.echo(f"saved:        {saved} by run {checkpoint.run_id}")
+            typer.echo(f"fits the job: {fits}")
+        typer.echo(f"dead letters: {letters}")
+
+
+def state_reset(job_file: JobFile, yes: Yes = False, env_file: EnvFile = ENV_FILE) -> None:
+    """Forget the job's checkpoint: the next run starts from cursor.start."""
+    with exit_codes(Redactor()):
+        job = load(job_file, env_file)
+        if not yes and not typer.confirm(f"Reset the checkpoint of {job.name}?"):
+            fail(defaults.EXIT_CONFIG, "not reset")
+        store = open_state()
+        removed = store.reset(job.name)
+        store.close()
+        typer.echo(f"{job.name}: checkpoint {'reset' if removed else 'was already empty'}")
+
+
+def deadletter_list(
+    job_file: JobFile,
+    limit: Annotated[int, typer.Option(min=1, help="How many to show.")] = (
+        defaults.DEAD_LETTER_LIST_LIMIT
+    ),
+    env_file: EnvFile = ENV_FILE,
+) -> None:
+    """Show the job's dead letters: the row, the status and the endpoint's answer."""
+    with exit_codes(Redactor()):
+        job = load(job_file, env_file)
+        store = open_state()
+        letters = store.dead_letters(job.name, limit)
+        total = store.dead_letter_count(job.name)
+        store.close()
+        for letter in letters:
+            typer.echo(
+                f"#{letter.id} run {letter.run_id} at {when(letter.created_at)}, "
+                f"{letter.attempts} attempt(s), status {letter.status}: {letter.excerpt}"
+            )
+            typer.echo(f"  {letter.row.decode('utf-8', 'replace')}")
+        typer.echo(
+            f"{job.name}: {total} dead letters" + (f", {limit} shown" if total > limit else "")
+        )
+
+
+def deadletter_replay(job_file: JobFile, env_file: EnvFile = ENV_FILE) -> None:
+    """Send the job's dead letters again; those accepted leave the table."""
+    from loader.replay import replay_dead_letters
+
+    with exit_codes(Redactor()):
+        job = load(job_file, env_file)
+    with exit_codes(job.redactor()):
+        result = replay_dead_letters(job, stop=stop_on_signals(defaults.GRACE_PERIOD))
+        flush_notifications(timeout=defaults.NOTIFY_FLUSH_TIMEOUT)
+        typer.echo(f"{job.name}: {result.delivered} delivered, {result.rejected} rejected again")
+        if result.rejected:
+            raise typer.Exit(defaults.EXIT_REJECTED_ROWS)
+
+
+def deadletter_purge(job_file: JobFile, yes: Yes = False, env_file: EnvFile = ENV_FILE) -> None:
+    """Delete the job's dead letters for good."""
+    with exit_codes(Redactor()):
+        job = load(job_file, env_file)
+        if not yes and not typer.confirm(f"Delete every dead letter of {job.name}?"):
+            fail(defaults.EXIT_CONFIG, "nothing deleted")
+        store = open_state()
+        removed = store.purge_dead_letters(job.name)
+        store.close()
+        typer.echo(f"{job.name}: {removed} dead letters deleted")
+
+
+def db_upgrade(env_file: EnvFile = ENV_FILE) -> None:
+    """Create the state store's tables, and the queue's when LOADER_EXECUTOR=procrastinate
+    or LOADER_QUEUE_URL is set (safe to run on every release)."""
+    with exit_codes(Redactor()):
+        env = environment(env_file)
+        open_state().close()
+        typer.echo("state store ready")
+        if uses_queue(env):
+            created = migrate_queue(env)
+            typer.echo("queue tables created" if created else "queue tables ready")
