@@ -66,6 +66,34 @@ class AmplitudeV2(ContractServer):
         self._insert_ids: set[str] = set()
 
     def handle(self, request: Request) -> Answer:
+        parsed = self._events(request)
+        if isinstance(parsed, Answer):
+            return parsed
+        events, min_id_length = parsed
+        invalid: dict[str, list[int]] = {}
+        missing: dict[str, list[int]] = {}
+        for index, event in enumerate(events):
+            for kind, name in self.problems(event, min_id_length):
+                (invalid if kind == "invalid" else missing).setdefault(name, []).append(index)
+        if invalid or missing:
+            self.note(error=f"invalid {invalid} missing {missing}")
+            error = "Invalid field values on some events" if invalid else (
+                "Request missing required field")  # fmt: skip
+            return json_answer(
+                400,
+                {"code": 400, "error": error, "events_with_invalid_fields": invalid,
+                 "events_with_missing_fields": missing},
+            )  # fmt: skip
+        self._keep(events)
+        return json_answer(
+            200,
+            {"code": 200, "events_ingested": len(events),
+             "payload_size_bytes": len(request.body),
+             "server_upload_time": int(time.time() * 1000)},
+        )  # fmt: skip
+
+    def _events(self, request: Request) -> tuple[list[Any], int] | Answer:
+        """(events, min_id_length) of a request Amplitude reads, or the answer refusing it."""
         if request.path != self.PATH:
             return json_answer(404, {"code": 404, "error": "not found"})
         if request.method != "POST":
@@ -104,20 +132,10 @@ class AmplitudeV2(ContractServer):
             return json_answer(413, {"code": 413, "error": "Too many events in request"})
         options = payload.get("options") or {}
         min_id_length = options.get("min_id_length", 5) if isinstance(options, dict) else 5
-        invalid: dict[str, list[int]] = {}
-        missing: dict[str, list[int]] = {}
-        for index, event in enumerate(events):
-            for kind, name in self.problems(event, min_id_length):
-                (invalid if kind == "invalid" else missing).setdefault(name, []).append(index)
-        if invalid or missing:
-            self.note(error=f"invalid {invalid} missing {missing}")
-            error = "Invalid field values on some events" if invalid else (
-                "Request missing required field")  # fmt: skip
-            return json_answer(
-                400,
-                {"code": 400, "error": error, "events_with_invalid_fields": invalid,
-                 "events_with_missing_fields": missing},
-            )  # fmt: skip
+        return events, min_id_length
+
+    def _keep(self, events: list[Any]) -> None:
+        """Keep the events whose ``insert_id`` was not seen before."""
         for event in events:
             insert_id = event.get("insert_id")
             if insert_id is not None and insert_id in self._insert_ids:
@@ -126,12 +144,6 @@ class AmplitudeV2(ContractServer):
             if insert_id is not None:
                 self._insert_ids.add(insert_id)
             self.events.append(event)
-        return json_answer(
-            200,
-            {"code": 200, "events_ingested": len(events),
-             "payload_size_bytes": len(request.body),
-             "server_upload_time": int(time.time() * 1000)},
-        )  # fmt: skip
 
     def problems(self, event: Any, min_id_length: int) -> Iterator[tuple[str, str]]:
         """("invalid" or "missing", field) for each problem of ``event``."""

@@ -76,6 +76,26 @@ class MixpanelImport(ContractServer):
         self._keys: set[tuple[Any, ...]] = set()
 
     def handle(self, request: Request) -> Answer:
+        parsed = self._events(request)
+        if isinstance(parsed, Answer):
+            return parsed
+        events, strict = parsed
+        failed, imported = self._import(events, strict)
+        if failed and strict:
+            self.failed_records.extend(failed)
+            self.note(error=f"{len(failed)} failed records")
+            return json_answer(
+                400,
+                {"code": 400, "error": "some data points in the request failed validation",
+                 "status": "Bad Request", "num_records_imported": imported,
+                 "failed_records": failed},
+            )  # fmt: skip
+        if failed:
+            self.note(error=f"dropped {len(failed)} invalid events")
+        return json_answer(200, {"code": 200, "num_records_imported": imported, "status": "OK"})
+
+    def _events(self, request: Request) -> tuple[list[Any], bool] | Answer:
+        """(events, strict) of a request Mixpanel reads, or the answer refusing it."""
         if request.path != self.PATH:
             return json_answer(404, {"code": 404, "error": "not found", "status": "error"})
         if request.method != "POST":
@@ -116,6 +136,10 @@ class MixpanelImport(ContractServer):
             return json_answer(
                 413, {"code": 413, "error": "too many events in request", "status": "error"}
             )
+        return events, strict
+
+    def _import(self, events: list[Any], strict: bool) -> tuple[list[dict[str, Any]], int]:
+        """Import the valid events not seen before: (failed records, events imported)."""
         failed = []
         imported = 0
         for index, event in enumerate(events):
@@ -138,18 +162,7 @@ class MixpanelImport(ContractServer):
                 continue
             self._keys.add(key)
             self.events.append(event)
-        if failed and strict:
-            self.failed_records.extend(failed)
-            self.note(error=f"{len(failed)} failed records")
-            return json_answer(
-                400,
-                {"code": 400, "error": "some data points in the request failed validation",
-                 "status": "Bad Request", "num_records_imported": imported,
-                 "failed_records": failed},
-            )  # fmt: skip
-        if failed:
-            self.note(error=f"dropped {len(failed)} invalid events")
-        return json_answer(200, {"code": 200, "num_records_imported": imported, "status": "OK"})
+        return failed, imported
 
     def problem(self, event: Any) -> tuple[str, str] | None:
         """(field, message) of the first reason Mixpanel refuses ``event``, or None."""

@@ -65,6 +65,31 @@ class SegmentBatch(ContractServer):
         self._message_ids: set[str] = set()
 
     def handle(self, request: Request) -> Answer:
+        parsed = self._batch(request)
+        if isinstance(parsed, Answer):
+            return parsed
+        write_key, batch = parsed
+        unknown_key = write_key != self.write_key
+        if unknown_key and self.strict:
+            self.note(error="unknown write key")
+            return json_answer(401, {"success": False, "error": "invalid write key"})
+        problems = [(i, e, self.problem(e)) for i, e in enumerate(batch)]
+        invalid = [(i, e, why) for i, e, why in problems if why is not None]
+        if invalid and self.strict:
+            self.note(error=f"{len(invalid)} invalid events")
+            return json_answer(
+                400,
+                {"success": False, "error": "invalid events",
+                 "invalid": [{"index": i, "reason": why} for i, _, why in invalid]},
+            )  # fmt: skip
+        self._keep(problems, unknown_key)
+        if unknown_key or invalid:
+            self.note(error="dropped: " + ("unknown write key" if unknown_key else
+                                           f"{len(invalid)} invalid events"))  # fmt: skip
+        return json_answer(200, {"success": True})
+
+    def _batch(self, request: Request) -> tuple[str, list[Any]] | Answer:
+        """(write key, events) of a request Segment reads, or the answer refusing it."""
         if request.path != self.PATH:
             return json_answer(404, {"success": False, "error": "not found"})
         if request.method != "POST":
@@ -98,19 +123,10 @@ class SegmentBatch(ContractServer):
                     {"success": False,
                      "error": f"event {index} exceeds {self.max_event} bytes"},
                 )  # fmt: skip
-        unknown_key = credentials[0] != self.write_key
-        if unknown_key and self.strict:
-            self.note(error="unknown write key")
-            return json_answer(401, {"success": False, "error": "invalid write key"})
-        problems = [(i, e, self.problem(e)) for i, e in enumerate(batch)]
-        invalid = [(i, e, why) for i, e, why in problems if why is not None]
-        if invalid and self.strict:
-            self.note(error=f"{len(invalid)} invalid events")
-            return json_answer(
-                400,
-                {"success": False, "error": "invalid events",
-                 "invalid": [{"index": i, "reason": why} for i, _, why in invalid]},
-            )  # fmt: skip
+        return credentials[0], batch
+
+    def _keep(self, problems: list[tuple[int, Any, str | None]], unknown_key: bool) -> None:
+        """Keep the valid events not seen before; record the others as dropped."""
         for _index, event, why in problems:
             if unknown_key:
                 self.dropped.append((event, "unknown write key"))
@@ -124,10 +140,6 @@ class SegmentBatch(ContractServer):
                 if message_id is not None:
                     self._message_ids.add(message_id)
                 self.events.append(event)
-        if unknown_key or invalid:
-            self.note(error="dropped: " + ("unknown write key" if unknown_key else
-                                           f"{len(invalid)} invalid events"))  # fmt: skip
-        return json_answer(200, {"success": True})
 
     def problem(self, event: Any) -> str | None:
         """Why Segment would drop ``event``, or None."""
