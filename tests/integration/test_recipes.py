@@ -2,7 +2,7 @@
 
 Each recipe file is loaded as it is, with environment variables pointing it at the
 test's PostgreSQL schema (through the connection's search_path) and at a contract
-server (tests/support/contracts.py). The server refuses what the real API refuses, so
+server (tests/support/contracts/). The server refuses what the real API refuses, so
 a green test means the SQL builds the API's event shape, the batches stay inside its
 limits and the credentials go where the API reads them.
 """

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from loader import LoaderError, build_job, run_job
+from tests.support.httpd import Handler, LoopbackServer
 from tests.support.server import Endpoint
 
 
@@ -41,27 +40,16 @@ def https(pki: Path) -> Iterator[tuple[str, list[Any]]]:
     """An HTTPS server on 127.0.0.1 that requires a client certificate from the CA."""
     received: list[Any] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            received.append((self.path, self.rfile.read(length), self.connection.getpeercert()))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+    class Server(LoopbackServer):
+        def respond(self, handler: Handler, body: bytes) -> None:
+            received.append((handler.path, body, handler.connection.getpeercert()))
+            handler.reply(200)
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.pem"))
     context.load_cert_chain(pki / "server.pem", pki / "server.key")
     context.verify_mode = ssl.CERT_REQUIRED
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"https://127.0.0.1:{server.server_address[1]}", received
-    server.shutdown()
-    server.server_close()
+    with Server(tls=context) as server:
+        yield server.url, received
 
 
 def job(url: str, **target: Any) -> Any:

@@ -10,6 +10,9 @@ is used up the endpoint answers ``200``. A step is one of:
 
 ``reject_when(predicate, status)`` answers ``status`` to every request whose body makes
 ``predicate`` true (after the script is used up): a poison row, for instance.
+
+The HTTP plumbing (loopback, free port, thread, reading bodies) is
+:class:`tests.support.httpd.LoopbackServer`'s.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.support.httpd import Handler, LoopbackServer
 
 
 @dataclass(frozen=True)
@@ -71,22 +75,15 @@ class Delay:
 RESET = "reset"
 
 
-class Endpoint:
+class Endpoint(LoopbackServer):
     """The server. ``url`` is its base; ``requests`` what arrived, in order."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[Recorded] = []
         self._scripts: dict[str, list[Any]] = {}
         self._rejects: list[tuple[Callable[[bytes], bool], Any]] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     def script(self, path: str, *steps: Any) -> None:
         """Answer the next requests to ``path`` with ``steps``, then 200."""
@@ -110,14 +107,6 @@ class Endpoint:
         """The ``id`` of every row in a request the endpoint acknowledged."""
         return [row["id"] for r in self.requests if r.ok for row in r.rows()]
 
-    def start(self) -> Endpoint:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
     def _next_step(self, path: str, body: bytes) -> Any:
         with self._lock:
             script = self._scripts.get(path)
@@ -128,61 +117,38 @@ class Endpoint:
                     return step
             return 200
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                if len(body) < length:  # the client went away mid-request (killed)
-                    self.close_connection = True
-                    return
-                path = self.path.split("?", 1)[0]
-                step = endpoint._next_step(path, body)
-                final = step.then if isinstance(step, Delay) else step
-                status = None if final == RESET else final if isinstance(final, int) else final[0]
-                with endpoint._lock:
-                    endpoint.requests.append(
-                        Recorded(
-                            self.command,
-                            self.path,
-                            dict(self.headers.items()),
-                            body,
-                            time.monotonic(),
-                            status,
-                        )
-                    )
-                self._answer(step)
-
-            def _answer(self, step: Any) -> None:
-                if isinstance(step, Delay):
-                    time.sleep(step.seconds)
-                    step = step.then
-                if step == RESET:
-                    self.connection.setsockopt(
-                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                    )
-                    self.close_connection = True
-                    self.connection.close()
-                    return
-                status, headers, body = (
-                    (step, {}, b"")
-                    if isinstance(step, int)
-                    else ((*step, b"") if len(step) == 2 else step)
+    def respond(self, handler: Handler, body: bytes) -> None:
+        """Record the request (with the status it is about to get), then play its step."""
+        path = handler.path.split("?", 1)[0]
+        step = self._next_step(path, body)
+        final = step.then if isinstance(step, Delay) else step
+        status = None if final == RESET else final if isinstance(final, int) else final[0]
+        with self._lock:
+            self.requests.append(
+                Recorded(
+                    handler.command,
+                    handler.path,
+                    dict(handler.headers.items()),
+                    body,
+                    time.monotonic(),
+                    status,
                 )
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+            )
+        _play(handler, step)
 
-            do_POST = do_PUT = do_PATCH = do_GET = do_DELETE = _handle
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
+def _play(handler: Handler, step: Any) -> None:
+    """Answer with ``step``: a status, a (status, headers[, body]) tuple, a Delay or RESET."""
+    if isinstance(step, Delay):
+        time.sleep(step.seconds)
+        step = step.then
+    if step == RESET:
+        # Linger 0: closing sends a TCP RST, as a dropped connection does.
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        handler.close_connection = True
+        handler.connection.close()
+        return
+    status, headers, body = (
+        (step, {}, b"") if isinstance(step, int) else ((*step, b"") if len(step) == 2 else step)
+    )
+    handler.reply(status, headers, body)
