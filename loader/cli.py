@@ -33,8 +33,8 @@ from loader.errors import (
     SourceError,
     StateError,
 )
-from loader.job import Job, job_schema
-from loader.jobfile import dump_job, environment, find_job_files, load_job
+from loader.job import Job
+from loader.jobfile import dump_job, environment, find_job_files, job_schema, load_job
 from loader.logs import RUN_ID
 from loader.monitor import cursor_lag
 from loader.monitor import flush as flush_notifications

@@ -12,13 +12,8 @@ Python with :func:`loader.build_job` (which reports problems as
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import json
 import re
-import types
-import typing
-from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -30,7 +25,6 @@ from pydantic import (
     Field,
     PlainSerializer,
     PrivateAttr,
-    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -93,7 +87,6 @@ Size = Annotated[
 """Bytes, written in files with a unit: ``500KB``, ``1MB`` (powers of 1000) or ``1MiB``."""
 
 Scalar = str | int | float | bool | None
-_MAX_VALUE_CHARS = 60
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # SQLAlchemy's rule for text() bind parameters: ":name", but not "::cast" or "\\:".
 _BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
@@ -698,89 +691,3 @@ class Job(_Model):
         """A :class:`~loader.redact.Redactor` that masks this job's secrets."""
         secret_headers = frozenset(name.lower() for name in self.target.secret_headers)
         return Redactor(self.secrets(), secret_headers=secret_headers)
-
-
-def validate_job(
-    data: Mapping[str, Any],
-) -> tuple[Job | None, list[tuple[tuple[str | int, ...], str]]]:
-    """Validate ``data``: the job, or ``None`` and each problem as (key path, message)."""
-    try:
-        return Job.model_validate(data), []
-    except ValidationError as exc:
-        return None, [(tuple(e["loc"]), _describe(e, tuple(e["loc"]))) for e in exc.errors()]
-
-
-def _describe(error: Mapping[str, Any], loc: tuple[str | int, ...]) -> str:
-    """A short message for one pydantic error: what was expected and what was given."""
-    kind = error["type"]
-    hidden = any(
-        part in ("headers", "fields", "params") or is_secret_name(str(part)) for part in loc
-    )
-    got = "(value hidden)" if hidden else _short(error.get("input"))
-    ctx = error.get("ctx") or {}
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-        return f"unknown key{suggestion} (allowed: {', '.join(allowed)})"
-    if kind == "value_error":
-        return str(ctx.get("error", error["msg"]))
-    if kind == "literal_error":
-        return f"expected one of {ctx.get('expected', '')}, got {got}"
-    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        sign = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<="}
-        bound = next(iter(ctx.values()), "")
-        return f"expected a value {sign.get(kind, '<')} {bound}, got {got}"
-    if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"expected an integer, got {got}"
-    if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return f"expected a mapping of keys, got {got}"
-    if kind == "string_too_short":
-        return "must not be empty"
-    message = str(error["msg"])
-    return f"{message[:1].lower()}{message[1:]}, got {got}"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 3] + "..."
-
-
-def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
-    """Field names of the model found at ``loc`` below :class:`Job`."""
-    model: type[BaseModel] = Job
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return []
-        inner = _model_in(field.annotation)
-        if inner is None:
-            return []
-        model = inner
-    return list(model.model_fields)
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        for arg in typing.get_args(annotation):
-            model = _model_in(arg)
-            if model is not None:
-                return model
-    return None
-
-
-def job_schema() -> dict[str, Any]:
-    """The JSON Schema of job files, draft-07 (what editors' YAML plugins read)."""
-    schema = Job.model_json_schema(mode="validation")
-    text = json.dumps(schema).replace('"#/$defs/', '"#/definitions/')
-    result: dict[str, Any] = json.loads(text)
-    result["definitions"] = result.pop("$defs", {})
-    return {
-        "$schema": "http://json-schema.org/draft-07/schema#",
-        **result,
-        "title": "loader job file",
-    }

@@ -1,11 +1,13 @@
 """Job files: YAML with ``${VAR}`` interpolation, validated into a :class:`~loader.job.Job`.
 
 Every problem in a file is reported at once, each as ``file:line: key.path: message``,
-in one :class:`~loader.errors.JobConfigError`.
+in one :class:`~loader.errors.JobConfigError`. :func:`job_schema` describes job files
+for editors; :func:`dump_job` writes a job back as YAML, secrets masked.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +18,8 @@ import yaml
 from dotenv import dotenv_values
 
 from loader.errors import JobConfigError
-from loader.job import Job, validate_job
+from loader.job import Job
+from loader.problems import validate_job
 from loader.redact import Redactor, is_secret_name, register_secrets
 
 JOB_FILE_SUFFIXES = (".yml", ".yaml")
@@ -258,6 +261,19 @@ def dump_job(job: Job) -> str:
     data = job.model_dump(mode="json")
     text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
     return job.redactor().text(text)
+
+
+def job_schema() -> dict[str, Any]:
+    """The JSON Schema of job files, draft-07 (what editors' YAML plugins read)."""
+    schema = Job.model_json_schema(mode="validation")
+    text = json.dumps(schema).replace('"#/$defs/', '"#/definitions/')
+    result: dict[str, Any] = json.loads(text)
+    result["definitions"] = result.pop("$defs", {})
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        **result,
+        "title": "loader job file",
+    }
 
 
 class _Dumper(yaml.SafeDumper):
