@@ -31,10 +31,10 @@ from pydantic import (
 )
 
 from loader import defaults
-from loader.ratelimit import Rate
-from loader.redact import MASK, Redactor, is_secret_name, mask_url, url_passwords
-from loader.schedule import Schedule
-from loader.units import format_duration, format_size, parse_duration, parse_size
+from loader.jobsecrets import job_redactor, job_secrets
+from loader.redact import MASK, Redactor, is_secret_name, mask_url
+from loader.schedule import Schedule, parse_timezone
+from loader.units import format_duration, format_size, parse_duration, parse_rate, parse_size
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -384,7 +384,7 @@ class Target(_Model):
     @classmethod
     def _valid_rate(cls, value: str | None) -> str | None:
         if value is not None:
-            Rate.parse(value)
+            parse_rate(value)
         return value
 
     @field_validator("method", mode="before")
@@ -573,7 +573,7 @@ class Job(_Model):
     @field_validator("timezone")
     @classmethod
     def _valid_timezone(cls, value: str) -> str:
-        Schedule("@daily", value)
+        parse_timezone(value)
         return value
 
     @model_validator(mode="after")
@@ -662,32 +662,10 @@ class Job(_Model):
         return copy
 
     def secrets(self) -> frozenset[str]:
-        """Every secret value this job holds: passwords, secret headers and fields."""
-        found: set[str] = set(self._env_secrets)
-        for url in (self.source.url, self.target.url, self.target.proxy or ""):
-            found.update(url_passwords(url))
-        secret_headers = {name.lower() for name in self.target.secret_headers}
-        for name, value in self.target.headers.items():
-            if name.lower() in secret_headers or is_secret_name(name):
-                found.add(value)
-                _scheme, _, credential = value.partition(" ")
-                if credential:
-                    found.add(credential)
-        oauth2 = self.target.auth.oauth2
-        if oauth2 is not None:
-            found.add(oauth2.client_secret)
-        basic = self.target.auth.basic
-        if basic is not None:
-            found.update({basic.password, basic.username} if basic.password else {basic.username})
-        # Alert and heartbeat URLs carry their tokens in the path.
-        found.update(url for url in (self.alerts.webhook, self.alerts.slack, self.heartbeat) if url)
-        if self.target.envelope:
-            for name, value in self.target.envelope.fields.items():
-                if is_secret_name(name) and isinstance(value, str):
-                    found.add(value)
-        return frozenset(value for value in found if value)
+        """Every secret value this job holds: passwords, secret headers and fields, and
+        the values interpolated from secret-named environment variables."""
+        return job_secrets(self) | {value for value in self._env_secrets if value}
 
     def redactor(self) -> Redactor:
         """A :class:`~loader.redact.Redactor` that masks this job's secrets."""
-        secret_headers = frozenset(name.lower() for name in self.target.secret_headers)
-        return Redactor(self.secrets(), secret_headers=secret_headers)
+        return job_redactor(self)
