@@ -14,8 +14,8 @@ PACKAGE = Path(loader.__file__).parent
 # A module may import loader modules of a strictly lower rank only.
 RANKS = {
     "errors": 0, "defaults": 0, "units": 0, "_version": 0, "logs": 0,
-    "redact": 1, "schedule": 1, "ratelimit": 1, "result": 1,
-    "jobsecrets": 2,
+    "redact": 1, "schedule": 1, "ratelimit": 1, "result": 1, "fields": 1,
+    "target": 2, "jobsecrets": 2,
     "job": 3, "encoding": 3, "database": 3,
     "source": 4, "batching": 4, "sink": 4, "retry": 4, "problems": 4,
     "jobfile": 5, "state": 5,
@@ -29,7 +29,7 @@ RANKS = {
 HOMES = {
     "yaml": {"jobfile"},
     "dotenv": {"jobfile"},
-    "pydantic": {"job", "problems"},
+    "pydantic": {"fields", "target", "job", "problems"},
     "orjson": {"encoding"},
     "sqlalchemy": {"source", "state", "database"},
     "psycopg": {"source"},
