@@ -8,102 +8,55 @@ Python with :func:`loader.build_job` (which reports problems as
     build_job({"name": "signups",
                "source": {"url": "sqlite:///app.db", "query": "SELECT * FROM users"},
                "target": {"url": "https://api.example.com/import"}})
+
+The target's models live in :mod:`loader.target` and the field types (durations,
+sizes) in :mod:`loader.fields`; both are re-exported here. Putting validation problems
+into words is :mod:`loader.problems`' job, gathering secrets :mod:`loader.jobsecrets`'.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import json
 import re
-import types
-import typing
-from collections.abc import Mapping
-from datetime import date, datetime, timedelta
-from typing import Annotated, Any, Literal
+from datetime import date, datetime
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    PrivateAttr,
-    ValidationError,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from loader import defaults
-from loader.ratelimit import Rate
-from loader.redact import MASK, Redactor, is_secret_name, mask_url, url_passwords
-from loader.schedule import Schedule
-from loader.units import format_duration, format_size, parse_duration, parse_size
+from loader.fields import Duration, FrozenModel, Scalar, Size, url_placeholders
+from loader.jobsecrets import job_redactor, job_secrets
+from loader.redact import MASK, Redactor, mask_url
+from loader.schedule import Schedule, parse_timezone
+from loader.target import Auth, BasicAuth, Envelope, ItemErrors, OAuth2, Target
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def url_placeholders(url: str) -> tuple[str, ...]:
-    """The names of ``{column}`` placeholders in ``url``; raises ``ValueError`` for a
-    brace that is not part of one (braces are not valid in URLs otherwise)."""
-    rest = _PLACEHOLDER.sub("", url)
-    if "{" in rest or "}" in rest:
-        raise ValueError(
-            "a { or } that is not a {column} placeholder; placeholders are column names "
-            "in braces, such as https://api.example.com/contacts/{email}"
-        )
-    return tuple(dict.fromkeys(_PLACEHOLDER.findall(url)))
-
-
-def _to_seconds(value: Any) -> Any:
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, str):
-        return parse_duration(value)
-    if isinstance(value, bool | int | float):
-        raise ValueError(f"expected a duration with a unit such as 30s or 250ms, got {value!r}")
-    return value
-
-
-def _to_bytes(value: Any) -> Any:
-    if isinstance(value, str):
-        return parse_size(value)
-    if isinstance(value, bool | int | float):
-        raise ValueError(f"expected a size with a unit such as 500KB or 1MB, got {value!r}")
-    return value
-
-
-Duration = Annotated[
-    float,
-    BeforeValidator(_to_seconds),
-    PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h|d)$"}),
-    Field(ge=0),
+__all__ = [
+    "Alerts",
+    "Auth",
+    "BasicAuth",
+    "Batch",
+    "Cursor",
+    "Duration",
+    "Envelope",
+    "ItemErrors",
+    "Job",
+    "OAuth2",
+    "Partition",
+    "Retry",
+    "Scalar",
+    "Size",
+    "Source",
+    "Target",
+    "url_placeholders",
 ]
-"""Seconds, written in files with a unit: ``250ms``, ``30s``, ``5m``, ``1h``, ``1d``."""
 
-Size = Annotated[
-    int,
-    BeforeValidator(_to_bytes),
-    PlainSerializer(format_size, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?([KMG]i?)?B$"}),
-]
-"""Bytes, written in files with a unit: ``500KB``, ``1MB`` (powers of 1000) or ``1MiB``."""
-
-Scalar = str | int | float | bool | None
-_MAX_VALUE_CHARS = 60
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # SQLAlchemy's rule for text() bind parameters: ":name", but not "::cast" or "\\:".
 _BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
-
-
-class Cursor(_Model):
+class Cursor(FrozenModel):
     """An incremental cursor: loader sends rows after the last acknowledged position.
 
     loader wraps the query so rows come ordered by ``(column, key)`` strictly after the
@@ -143,7 +96,7 @@ class Cursor(_Model):
         return self
 
 
-class Partition(_Model):
+class Partition(FrozenModel):
     """Splits a load into key ranges of an integer column, each a run of its own with its
     own checkpoint (on several workers at once with ``LOADER_EXECUTOR=procrastinate``)."""
 
@@ -170,7 +123,7 @@ class Partition(_Model):
         return value
 
 
-class Source(_Model):
+class Source(FrozenModel):
     """The database and the query whose rows are sent."""
 
     url: str = Field(description="SQLAlchemy URL; postgres:// and postgresql:// use psycopg 3.")
@@ -222,240 +175,7 @@ class Source(_Model):
         return value
 
 
-class Envelope(_Model):
-    """Wraps the rows of a request: ``{key: [...rows], **fields}``."""
-
-    key: str = Field(min_length=1, description="Key that holds the array of rows.")
-    fields: dict[str, Any] = Field(
-        default_factory=dict, description="Static fields sent beside the rows."
-    )
-
-    def __repr_args__(self) -> Any:
-        for name, value in super().__repr_args__():
-            if name == "fields":
-                value = {k: MASK if is_secret_name(k) else v for k, v in self.fields.items()}
-            yield name, value
-
-    @model_validator(mode="after")
-    def _key_not_in_fields(self) -> Envelope:
-        if self.key in self.fields:
-            raise ValueError(f"fields must not contain the rows' key {self.key!r}")
-        return self
-
-
-class ItemErrors(_Model):
-    """Where an API that answers 2xx for a batch lists the rows it refused."""
-
-    path: str = Field(min_length=1, description="Dotted path to the list of errors, e.g. errors.")
-    index: str = Field(
-        default="index", description="Field of each error with the row's 0-based position."
-    )
-
-
-class BasicAuth(_Model):
-    """HTTP basic authentication (a write key as the username, for instance)."""
-
-    username: str
-    password: str = ""
-
-    def __repr_args__(self) -> Any:
-        for name, value in super().__repr_args__():
-            yield name, MASK if name == "password" and value else value
-
-
-class OAuth2(_Model):
-    """OAuth2 client credentials: a token fetched once, cached until it expires,
-    fetched again once when the endpoint answers 401."""
-
-    token_url: str = Field(description="The token endpoint (http:// or https://).")
-    client_id: str
-    client_secret: str
-    scope: str | None = None
-
-    def __repr_args__(self) -> Any:
-        for name, value in super().__repr_args__():
-            yield name, MASK if name == "client_secret" else value
-
-
-class Auth(_Model):
-    """How requests authenticate, besides headers (a bearer token is a header)."""
-
-    basic: BasicAuth | None = None
-    oauth2: OAuth2 | None = None
-
-    @model_validator(mode="after")
-    def _one_scheme(self) -> Auth:
-        if self.basic is not None and self.oauth2 is not None:
-            raise ValueError("choose basic or oauth2, not both")
-        return self
-
-
-class Target(_Model):
-    """The HTTP endpoint that receives the rows."""
-
-    url: str = Field(
-        description="http:// or https:// URL the requests go to. With per_row, {column} "
-        "placeholders in its path or query are filled from each row (URL-encoded)."
-    )
-    method: Literal["POST", "PUT", "PATCH", "DELETE"] = Field(
-        default="POST", description="DELETE only with per_row (sent without a body)."
-    )
-    per_row: bool = Field(
-        default=False,
-        description="One request per row, its body the row's JSON object; rows for the "
-        "same URL are sent in order, others concurrently.",
-    )
-    omit: tuple[str, ...] = Field(
-        default=(),
-        description="Columns left out of the body: cursor columns, or values only used in the URL.",
-    )
-    headers: dict[str, str] = Field(default_factory=dict)
-    secret_headers: tuple[str, ...] = Field(
-        default=(),
-        description="Extra header names whose values are masked in all output "
-        "(Authorization, cookies and names with key/token/secret/auth are masked anyway).",
-    )
-    format: Literal["json", "ndjson"] = Field(
-        default="json",
-        description="json: one JSON array of rows per request; ndjson: one object per line.",
-    )
-    envelope: Envelope | None = Field(
-        default=None, description="A key (shorthand) or {key, fields} wrapping the rows."
-    )
-    timeout: Duration = defaults.TARGET_TIMEOUT
-    decimals: Literal["number", "string"] = Field(
-        default="number",
-        description="number: numeric columns as exact JSON numbers; string: as JSON strings.",
-    )
-    rate_limit: str | None = Field(
-        default=None,
-        description="Pace toward the target's host: 10/s (requests), 600/m, 500 rows/s. "
-        "Shared by the jobs of a process that target the same host; halved on 429.",
-    )
-    statuses: dict[int, Literal["success", "reject", "retry", "fail"]] = Field(
-        default_factory=dict,
-        description="Per-status overrides: 409: success for 'already exists', 422: reject "
-        "(dead-letter the rows), 503: fail (do not retry)...",
-    )
-    ca_bundle: str | None = Field(
-        default=None, description="PEM file of the CAs to trust instead of the usual ones."
-    )
-    client_cert: str | None = Field(
-        default=None, description="PEM file with the client certificate (mutual TLS)."
-    )
-    client_key: str | None = Field(
-        default=None, description="PEM file with its key, when not in client_cert."
-    )
-    proxy: str | None = Field(
-        default=None,
-        description="Proxy URL. Without it no proxy is used: HTTP_PROXY and .netrc are ignored.",
-    )
-    item_errors: ItemErrors | None = Field(
-        default=None,
-        description="Read per-row errors from 2xx answers; those rows follow on_reject.",
-    )
-    gzip: bool = Field(
-        default=False,
-        description="Compress request bodies (Content-Encoding: gzip); batch.max_bytes "
-        "still counts the uncompressed body.",
-    )
-    auth: Auth = Field(default_factory=Auth)
-
-    def __repr_args__(self) -> Any:
-        redactor = Redactor(secret_headers=frozenset(n.lower() for n in self.secret_headers))
-        for name, value in super().__repr_args__():
-            if name == "headers":
-                yield name, redactor.headers(self.headers)
-            else:
-                yield name, mask_url(value) if name == "url" else value
-
-    @field_validator("headers")
-    @classmethod
-    def _header_values_are_sendable(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, text in value.items():
-            # The message names the header, never its value (it may be a secret).
-            if any(ch in text for ch in "\r\n\0"):
-                raise ValueError(
-                    f"header {name!r} contains a line break (a trailing newline from a "
-                    "secret file?); remove it"
-                )
-            if not text.isascii() or not text.isprintable():
-                raise ValueError(
-                    f"header {name!r} contains non-ASCII or control characters; percent-encode them"
-                )
-            if not name.isascii() or not name.replace("-", "").replace("_", "").isalnum():
-                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
-        return value
-
-    @field_validator("rate_limit")
-    @classmethod
-    def _valid_rate(cls, value: str | None) -> str | None:
-        if value is not None:
-            Rate.parse(value)
-        return value
-
-    @field_validator("method", mode="before")
-    @classmethod
-    def _upper(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
-
-    @field_validator("envelope", mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return {"key": value} if isinstance(value, str) else value
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        names = url_placeholders(value)  # refuses malformed braces
-        parts = urlsplit(value)
-        if names and "{" in (parts.netloc or ""):
-            raise ValueError(
-                "placeholders may stand in the URL's path and query only, not in its host"
-            )
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                "expected an http:// or https:// URL with a host, "
-                "such as https://api.example.com/v1/import"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _envelope_needs_json(self) -> Target:
-        if self.envelope is not None and self.format == "ndjson":
-            raise ValueError("envelope works with format: json only; remove one of them")
-        return self
-
-    @model_validator(mode="after")
-    def _placeholders_need_per_row(self) -> Target:
-        names = self.placeholders
-        if names and not self.per_row:
-            raise ValueError(
-                f"url has placeholders ({', '.join('{' + n + '}' for n in names)}), which "
-                "are filled from one row: set per_row: true, or remove them"
-            )
-        if self.method == "DELETE" and not self.per_row:
-            raise ValueError("method DELETE needs per_row: true (one request per row)")
-        if self.item_errors is not None and self.per_row:
-            raise ValueError("item_errors reads errors per row of a batch; per_row "
-                             "requests are refused with their status instead")  # fmt: skip
-        return self
-
-    @field_validator("omit")
-    @classmethod
-    def _omit_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        repeated = sorted({name for name in value if value.count(name) > 1})
-        if repeated:
-            raise ValueError(f"names {', '.join(map(repr, repeated))} more than once")
-        return value
-
-    @property
-    def placeholders(self) -> tuple[str, ...]:
-        """The column names of the URL's ``{column}`` placeholders, in order."""
-        return url_placeholders(self.url)
-
-
-class Batch(_Model):
+class Batch(FrozenModel):
     """How rows are grouped into requests."""
 
     size: int = Field(default=defaults.BATCH_SIZE, ge=1, description="Rows per request.")
@@ -466,7 +186,7 @@ class Batch(_Model):
     )
 
 
-class Retry(_Model):
+class Retry(FrozenModel):
     """When and how long to retry a request that may succeed later."""
 
     attempts: int = Field(default=defaults.RETRY_ATTEMPTS, ge=1, le=100)
@@ -480,7 +200,7 @@ class Retry(_Model):
     )
 
 
-class Alerts(_Model):
+class Alerts(FrozenModel):
     """Where a job's owner hears that it broke, and recovered. Unset channels fall back to
     ``LOADER_ALERT_URL``, ``LOADER_ALERT_SLACK_URL`` and ``LOADER_ALERT_EMAIL``."""
 
@@ -516,7 +236,7 @@ class Alerts(_Model):
             yield name, MASK if name in ("webhook", "slack") and value else value
 
 
-class Job(_Model):
+class Job(FrozenModel):
     """One loader job: a source query, a target endpoint, batching and retries."""
 
     name: str = Field(description="Job name; defaults to the file's stem.")
@@ -580,7 +300,7 @@ class Job(_Model):
     @field_validator("timezone")
     @classmethod
     def _valid_timezone(cls, value: str) -> str:
-        Schedule("@daily", value)
+        parse_timezone(value)
         return value
 
     @model_validator(mode="after")
@@ -619,41 +339,6 @@ class Job(_Model):
             return 0
         return partition.parallel or min(partition.count, self.concurrency)
 
-    def partition_job(self, index: int, bounds: tuple[int, ...]) -> Job:
-        """The job of partition ``index`` (of ``len(bounds) + 1``): the rows whose
-        partition column is in ``[bounds[index - 1], bounds[index])``; the first range
-        is open below (and takes NULLs), the last open above (and takes new rows).
-
-        Its name, ``NAME#pINDEX``, keys its own checkpoint and lock; its share of
-        ``concurrency`` keeps the requests in flight of all partitions within it."""
-        partition = self.source.partition
-        assert partition is not None and 0 <= index <= len(bounds)
-        column = f"loader_part.{partition.column}"
-        clauses, params = [], dict(self.source.params)
-        if index > 0:
-            clauses.append(f"{column} >= :loader_part_low")
-            params["loader_part_low"] = bounds[index - 1]
-        if index < len(bounds):
-            clauses.append(f"{column} < :loader_part_high")
-            params["loader_part_high"] = bounds[index]
-        where = " AND ".join(clauses)
-        if index == 0 and where:
-            where = f"({where} OR {column} IS NULL)"
-        inner = self.source.query.strip().rstrip(";").strip()
-        query = f"SELECT * FROM (\n{inner}\n) AS loader_part"
-        if where:
-            query += f" WHERE {where}"
-        source = self.source.model_copy(
-            update={"query": query, "params": params, "partition": None}
-        )
-        share = max(1, self.concurrency // self.parallel_partitions)
-        # No bounds yet (no keys to split): one range of everything, under a name of its
-        # own so its checkpoint is never taken for the first range's.
-        name = f"{self.name}#p{index}" if bounds else f"{self.name}#all"
-        copy = self.model_copy(update={"name": name, "source": source, "concurrency": share})
-        copy._env_secrets = self._env_secrets
-        return copy
-
     def with_target_url(self, url: str) -> Job:
         """A copy sending to ``url`` instead (``loader run --target-url``), validated."""
         data = self.model_dump()
@@ -669,118 +354,10 @@ class Job(_Model):
         return copy
 
     def secrets(self) -> frozenset[str]:
-        """Every secret value this job holds: passwords, secret headers and fields."""
-        found: set[str] = set(self._env_secrets)
-        for url in (self.source.url, self.target.url, self.target.proxy or ""):
-            found.update(url_passwords(url))
-        secret_headers = {name.lower() for name in self.target.secret_headers}
-        for name, value in self.target.headers.items():
-            if name.lower() in secret_headers or is_secret_name(name):
-                found.add(value)
-                _scheme, _, credential = value.partition(" ")
-                if credential:
-                    found.add(credential)
-        oauth2 = self.target.auth.oauth2
-        if oauth2 is not None:
-            found.add(oauth2.client_secret)
-        basic = self.target.auth.basic
-        if basic is not None:
-            found.update({basic.password, basic.username} if basic.password else {basic.username})
-        # Alert and heartbeat URLs carry their tokens in the path.
-        found.update(url for url in (self.alerts.webhook, self.alerts.slack, self.heartbeat) if url)
-        if self.target.envelope:
-            for name, value in self.target.envelope.fields.items():
-                if is_secret_name(name) and isinstance(value, str):
-                    found.add(value)
-        return frozenset(value for value in found if value)
+        """Every secret value this job holds: passwords, secret headers and fields, and
+        the values interpolated from secret-named environment variables."""
+        return job_secrets(self) | {value for value in self._env_secrets if value}
 
     def redactor(self) -> Redactor:
         """A :class:`~loader.redact.Redactor` that masks this job's secrets."""
-        secret_headers = frozenset(name.lower() for name in self.target.secret_headers)
-        return Redactor(self.secrets(), secret_headers=secret_headers)
-
-
-def validate_job(
-    data: Mapping[str, Any],
-) -> tuple[Job | None, list[tuple[tuple[str | int, ...], str]]]:
-    """Validate ``data``: the job, or ``None`` and each problem as (key path, message)."""
-    try:
-        return Job.model_validate(data), []
-    except ValidationError as exc:
-        return None, [(tuple(e["loc"]), _describe(e, tuple(e["loc"]))) for e in exc.errors()]
-
-
-def _describe(error: Mapping[str, Any], loc: tuple[str | int, ...]) -> str:
-    """A short message for one pydantic error: what was expected and what was given."""
-    kind = error["type"]
-    hidden = any(
-        part in ("headers", "fields", "params") or is_secret_name(str(part)) for part in loc
-    )
-    got = "(value hidden)" if hidden else _short(error.get("input"))
-    ctx = error.get("ctx") or {}
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-        return f"unknown key{suggestion} (allowed: {', '.join(allowed)})"
-    if kind == "value_error":
-        return str(ctx.get("error", error["msg"]))
-    if kind == "literal_error":
-        return f"expected one of {ctx.get('expected', '')}, got {got}"
-    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        sign = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<="}
-        bound = next(iter(ctx.values()), "")
-        return f"expected a value {sign.get(kind, '<')} {bound}, got {got}"
-    if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"expected an integer, got {got}"
-    if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return f"expected a mapping of keys, got {got}"
-    if kind == "string_too_short":
-        return "must not be empty"
-    message = str(error["msg"])
-    return f"{message[:1].lower()}{message[1:]}, got {got}"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 3] + "..."
-
-
-def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
-    """Field names of the model found at ``loc`` below :class:`Job`."""
-    model: type[BaseModel] = Job
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return []
-        inner = _model_in(field.annotation)
-        if inner is None:
-            return []
-        model = inner
-    return list(model.model_fields)
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        for arg in typing.get_args(annotation):
-            model = _model_in(arg)
-            if model is not None:
-                return model
-    return None
-
-
-def job_schema() -> dict[str, Any]:
-    """The JSON Schema of job files, draft-07 (what editors' YAML plugins read)."""
-    schema = Job.model_json_schema(mode="validation")
-    text = json.dumps(schema).replace('"#/$defs/', '"#/definitions/')
-    result: dict[str, Any] = json.loads(text)
-    result["definitions"] = result.pop("$defs", {})
-    return {
-        "$schema": "http://json-schema.org/draft-07/schema#",
-        **result,
-        "title": "loader job file",
-    }
+        return job_redactor(self)

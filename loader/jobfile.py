@@ -1,14 +1,16 @@
 """Job files: YAML with ``${VAR}`` interpolation, validated into a :class:`~loader.job.Job`.
 
 Every problem in a file is reported at once, each as ``file:line: key.path: message``,
-in one :class:`~loader.errors.JobConfigError`.
+in one :class:`~loader.errors.JobConfigError`. :func:`job_schema` describes job files
+for editors; :func:`dump_job` writes a job back as YAML, secrets masked.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ import yaml
 from dotenv import dotenv_values
 
 from loader.errors import JobConfigError
-from loader.job import Job, validate_job
+from loader.job import Job
+from loader.problems import validate_job
 from loader.redact import Redactor, is_secret_name, register_secrets
 
 JOB_FILE_SUFFIXES = (".yml", ".yaml")
@@ -129,15 +132,7 @@ def _parse_yaml(
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        reason = getattr(exc, "problem", None) or str(exc)
-        context = getattr(exc, "context", None)
-        context_mark = getattr(exc, "context_mark", None)
-        if context and context_mark is not None and context_mark.line + 1 != line:
-            context = f"{context} started at line {context_mark.line + 1}"
-        detail = f"{context}: {reason}" if context else reason
-        problems.append((line, f"{filename}:{line}: invalid YAML: {detail}"))
+        problems.append(_yaml_problem(exc, filename))
         return None, lines
     if node is None:
         return None, lines
@@ -175,6 +170,20 @@ def _parse_yaml(
     return build(node, ()), lines
 
 
+def _yaml_problem(exc: yaml.YAMLError, filename: str) -> tuple[int, str]:
+    """The line of a YAML syntax error and its message, naming where the construct it
+    breaks started when that is another line."""
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else 1
+    reason = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if context and context_mark is not None and context_mark.line + 1 != line:
+        context = f"{context} started at line {context_mark.line + 1}"
+    detail = f"{context}: {reason}" if context else reason
+    return line, f"{filename}:{line}: invalid YAML: {detail}"
+
+
 def _interpolate(
     value: Any,
     path: KeyPath,
@@ -198,43 +207,45 @@ def _interpolate(
     if not isinstance(value, str) or "$" not in value:
         return value
 
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(0) == "$${":
-            return "\0{"
-        name, default = match.group(1), match.group(2)
-        value = env.get(name)
-        # As in the shell: ${VAR:-default} takes the default when VAR is unset or empty.
-        if value or (value is not None and default is None):
-            if is_secret_name(name) and value:
-                secrets.add(value)
-            return value
-        if default is not None:
-            return default
+    def report(message: str) -> None:
         line = _line_of(path, lines)
         where = ".".join(str(p) for p in path)
         at = f"{filename}:{line}" if lines else filename
-        problems.append(
-            (
-                line,
-                f"{at}: {where}: environment variable {name} is not set; "
-                f"set it (or put it in .env), or give a default: ${{{name}:-value}}",
-            )
-        )
-        return ""
+        problems.append((line, f"{at}: {where}: {message}"))
 
-    result = _VARIABLE.sub(substitute, value)
+    result = _VARIABLE.sub(lambda match: _substitute(match, env, secrets, report), value)
     if "${" in result:
-        line = _line_of(path, lines)
-        where = ".".join(str(p) for p in path)
-        at = f"{filename}:{line}" if lines else filename
-        problems.append(
-            (
-                line,
-                f"{at}: {where}: malformed variable reference; write ${{NAME}} "
-                "or ${NAME:-default}, or $${ for a literal ${",
-            )
+        report(
+            "malformed variable reference; write ${NAME} "
+            "or ${NAME:-default}, or $${ for a literal ${"
         )
     return result.replace("\0{", "${")
+
+
+def _substitute(
+    match: re.Match[str],
+    env: Mapping[str, str],
+    secrets: set[str],
+    report: Callable[[str], None],
+) -> str:
+    """The text for one ``${...}`` match: the variable's value, its default, or (unset,
+    reported) nothing. ``$${`` becomes a marker that is turned back into ``${`` last."""
+    if match.group(0) == "$${":
+        return "\0{"
+    name, default = match.group(1), match.group(2)
+    value = env.get(name)
+    # As in the shell: ${VAR:-default} takes the default when VAR is unset or empty.
+    if value or (value is not None and default is None):
+        if is_secret_name(name) and value:
+            secrets.add(value)
+        return value
+    if default is not None:
+        return default
+    report(
+        f"environment variable {name} is not set; "
+        f"set it (or put it in .env), or give a default: ${{{name}:-value}}"
+    )
+    return ""
 
 
 def _line_of(loc: KeyPath, lines: dict[KeyPath, int]) -> int:
@@ -250,6 +261,19 @@ def dump_job(job: Job) -> str:
     data = job.model_dump(mode="json")
     text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
     return job.redactor().text(text)
+
+
+def job_schema() -> dict[str, Any]:
+    """The JSON Schema of job files, draft-07 (what editors' YAML plugins read)."""
+    schema = Job.model_json_schema(mode="validation")
+    text = json.dumps(schema).replace('"#/$defs/', '"#/definitions/')
+    result: dict[str, Any] = json.loads(text)
+    result["definitions"] = result.pop("$defs", {})
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        **result,
+        "title": "loader job file",
+    }
 
 
 class _Dumper(yaml.SafeDumper):

@@ -10,15 +10,12 @@ process, that slows down on 429 and recovers gradually (AIMD).
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(rows?\s*)?/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
-_PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
-        "h": 3600.0, "hour": 3600.0}  # fmt: skip
+from loader.units import parse_rate
 
 
 @dataclass(frozen=True)
@@ -31,10 +28,8 @@ class Rate:
     @classmethod
     def parse(cls, text: str) -> Rate:
         """``10/s``, ``600/m``, ``500 rows/s``... Raises ``ValueError`` with the forms."""
-        match = _RATE.match(text)
-        if not match or float(match.group(1)) <= 0:
-            raise ValueError(f"expected a rate such as 10/s, 600/m or 500 rows/s, got {text!r}")
-        return cls(float(match.group(1)) / _PER[match.group(3)], bool(match.group(2)))
+        per_second, rows = parse_rate(text)
+        return cls(per_second, rows)
 
 
 class HostLimiter:

@@ -42,6 +42,17 @@ def _croniter() -> type[croniter]:
     return croniter
 
 
+def parse_timezone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``. Raises ``ValueError`` with examples when unknown."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(
+            f"unknown time zone {name!r}; use an IANA name such as "
+            "UTC, Europe/Paris or America/New_York"
+        ) from exc
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A parsed schedule. Raises ``ValueError`` with the accepted forms when invalid."""
@@ -51,14 +62,7 @@ class Schedule:
     interval: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        try:
-            zone = ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(
-                f"unknown time zone {self.timezone!r}; use an IANA name such as "
-                "UTC, Europe/Paris or America/New_York"
-            ) from exc
-        object.__setattr__(self, "_zone", zone)
+        object.__setattr__(self, "_zone", parse_timezone(self.timezone))
         every = _EVERY.match(self.text.strip())
         if every:
             seconds = parse_duration(every.group(1))

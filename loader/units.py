@@ -47,6 +47,20 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(rows?\s*)?/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+        "h": 3600.0, "hour": 3600.0}  # fmt: skip
+
+
+def parse_rate(text: str) -> tuple[float, bool]:
+    """Return ``(per_second, rows)`` for a pace such as ``10/s``, ``600/m`` (requests) or
+    ``500 rows/s`` (rows). Raises ``ValueError`` with the accepted forms otherwise."""
+    match = _RATE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"expected a rate such as 10/s, 600/m or 500 rows/s, got {text!r}")
+    return float(match.group(1)) / _PER[match.group(3)], bool(match.group(2))
+
+
 def format_duration(seconds: float) -> str:
     """Render seconds the way a job file writes them (``1.5s``, ``250ms``, ``5m``)."""
     if seconds and seconds < 1:

@@ -22,8 +22,7 @@ from loader.cli.options import (
 )
 from loader.cli.output import console, position, table
 from loader.errors import JobConfigError
-from loader.job import job_schema
-from loader.jobfile import dump_job, environment, find_job_files, load_job
+from loader.jobfile import dump_job, environment, find_job_files, job_schema, load_job
 from loader.redact import Redactor, mask_registered
 from loader.state import open_state
 from loader.status import StatusReport, status_report

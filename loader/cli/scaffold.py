@@ -12,7 +12,7 @@ import typer
 
 from loader import defaults
 from loader.cli.options import exit_codes, fail
-from loader.job import job_schema
+from loader.jobfile import job_schema
 from loader.redact import Redactor
 
 #: A job's name: what ``init`` accepts (it becomes a file name).

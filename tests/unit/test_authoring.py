@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from loader import defaults, load_job
 from loader.cli import app
-from loader.job import job_schema
+from loader.jobfile import job_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()

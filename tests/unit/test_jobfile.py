@@ -8,6 +8,7 @@ import pytest
 
 from loader import Job, JobConfigError, build_job, load_job, parse_job
 from loader.jobfile import environment
+from loader.partitions import range_job
 
 MINIMAL = """\
 source:
@@ -336,7 +337,7 @@ def test_partition_jobs_cover_every_key_once() -> None:
         "  partition: {column: id, count: 3}\n",
     ) + "concurrency: 6\n"  # fmt: skip
     job = parse(text)
-    parts = [job.partition_job(i, (10, 20)) for i in range(3)]
+    parts = [range_job(job, i, (10, 20)) for i in range(3)]
 
     assert [p.name for p in parts] == ["x#p0", "x#p1", "x#p2"]
     assert job.parallel_partitions == 3 and {p.concurrency for p in parts} == {2}
