@@ -11,7 +11,6 @@ otherwise:
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import gzip
 import hashlib
@@ -25,14 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import certifi
 import httpx
 
 from loader import defaults
 from loader import job as jobmodel
-from loader.errors import JobConfigError, RejectedError, RetryableSinkError, SinkError
+from loader.auth import OAuth2Token, basic_authorization, tls_context, transport_reason
+from loader.errors import RejectedError, RetryableSinkError, SinkError
 from loader.ratelimit import Rate, limiter_for
-from loader.redact import Redactor, mask_registered, mask_url, register_secrets
+from loader.redact import Redactor, mask_registered, mask_url
 from loader.units import format_duration
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -85,83 +84,6 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - current)
 
 
-def tls_context(target: jobmodel.Target) -> ssl.SSLContext:
-    """The TLS settings of ``target``: its CA bundle (or the usual CAs) and its client
-    certificate. Raises :class:`JobConfigError` naming the key of a file it cannot load."""
-    try:
-        context = ssl.create_default_context(cafile=target.ca_bundle or certifi.where())
-        if target.client_cert:
-            context.load_cert_chain(target.client_cert, target.client_key)
-    except (OSError, ssl.SSLError) as exc:
-        key = "target.client_cert" if target.client_cert else "target.ca_bundle"
-        raise JobConfigError(
-            [f"{key}: cannot load it ({type(exc).__name__}: {exc}); give a PEM file"]
-        ) from exc
-    return context
-
-
-class _OAuth2Token:
-    """A client-credentials token shared by the sending threads: fetched once, reused
-    until shortly before it expires, fetched again when the endpoint refuses it."""
-
-    MARGIN = 30.0  # seconds before expiry a token is no longer used
-
-    def __init__(self, config: jobmodel.OAuth2, redactor: Redactor) -> None:
-        self._config = config
-        self._redactor = redactor
-        self._lock = threading.Lock()
-        self._token: str | None = None
-        self._expires = 0.0
-
-    def get(self, client: httpx.Client) -> str:
-        with self._lock:
-            if self._token is None or time.monotonic() >= self._expires:
-                self._fetch(client)
-            assert self._token is not None
-            return self._token
-
-    def refused(self, token: str) -> None:
-        """The endpoint answered 401 to ``token``: the next :meth:`get` fetches anew."""
-        with self._lock:
-            if self._token == token:
-                self._token = None
-
-    def _fetch(self, client: httpx.Client) -> None:
-        config = self._config
-        where = f"POST {mask_url(config.token_url)}"
-        form = {"grant_type": "client_credentials", "client_id": config.client_id,
-                "client_secret": config.client_secret}  # fmt: skip
-        if config.scope:
-            form["scope"] = config.scope
-        try:
-            response = client.post(config.token_url, data=form)
-        except httpx.HTTPError as exc:
-            raise RetryableSinkError(
-                f"{where} (OAuth2 token): {_transport_reason(exc)}", url=mask_url(config.token_url)
-            ) from None
-        status = response.status_code
-        if status >= 500 or status == 429:
-            raise RetryableSinkError(
-                f"{where} (OAuth2 token) answered {status}",
-                url=mask_url(config.token_url),
-                status=status,
-            )
-        try:
-            payload = response.json()
-            token = str(payload["access_token"])
-        except (ValueError, KeyError, TypeError):
-            excerpt = self._redactor.text(" ".join(response.text.split()))[:200]
-            raise SinkError(
-                f"{where} (OAuth2 token) answered {response.status_code} without an "
-                f"access_token: {excerpt}; check target.auth.oauth2",
-                url=mask_url(config.token_url), status=response.status_code,
-            ) from None  # fmt: skip
-        register_secrets([token])
-        lifetime = float(payload.get("expires_in") or 3600)
-        self._token = token
-        self._expires = time.monotonic() + max(0.0, lifetime - self.MARGIN)
-
-
 class Sink:
     """An HTTP client for one target: keep-alive, no redirects, no ambient proxies.
     :meth:`send` may be called from several threads at once, each with its connection."""
@@ -194,12 +116,11 @@ class Sink:
             else None
         )
         self._oauth2 = (
-            _OAuth2Token(target.auth.oauth2, redactor) if target.auth.oauth2 is not None else None
+            OAuth2Token(target.auth.oauth2, redactor) if target.auth.oauth2 is not None else None
         )
         basic = target.auth.basic
         if basic is not None:
-            token = base64.b64encode(f"{basic.username}:{basic.password}".encode()).decode()
-            self._headers["Authorization"] = f"Basic {token}"
+            self._headers["Authorization"] = basic_authorization(basic)
         self._transport = transport
         # One TLS context for all threads (each costs a read of the CA bundle), none for
         # plain HTTP.
@@ -363,11 +284,11 @@ class Sink:
             ) from None
         except httpx.TransportError as exc:
             raise RetryableSinkError(
-                f"{what}: {self._redactor.text(_transport_reason(exc))}", url=self.safe_url
+                f"{what}: {self._redactor.text(transport_reason(exc))}", url=self.safe_url
             ) from exc
         except httpx.HTTPError as exc:
             raise SinkError(
-                f"{what}: {self._redactor.text(_transport_reason(exc))}", url=self.safe_url
+                f"{what}: {self._redactor.text(transport_reason(exc))}", url=self.safe_url
             ) from exc
         return False, []
 
@@ -451,12 +372,6 @@ class Sink:
         return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _transport_reason(exc: httpx.HTTPError) -> str:
-    """What went wrong below HTTP, e.g. ``ConnectError: [Errno 111] Connection refused``."""
-    reason = str(exc) or type(exc.__cause__).__name__
-    return f"{type(exc).__name__}: {reason}"
-
-
 def notify(
     url: str,
     payload: Any = None,
@@ -475,7 +390,7 @@ def notify(
                 headers={"Content-Type": "application/json", "User-Agent": user_agent},
             )
     except httpx.HTTPError as exc:
-        raise SinkError(f"POST {safe}: {_transport_reason(exc)}", url=safe) from None
+        raise SinkError(f"POST {safe}: {transport_reason(exc)}", url=safe) from None
     if not 200 <= response.status_code < 300:
         raise SinkError(f"POST {safe} answered {response.status_code}", url=safe,
                         status=response.status_code)  # fmt: skip
