@@ -154,3 +154,20 @@ def test_a_run_does_not_import_what_only_other_commands_need() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert output.strip() == "[]"
+
+
+def test_rooms_fit() -> None:
+    """No module of the library or the clock runs over 500 lines, no function over 60
+    (from its ``def`` to its last line): past that, split by responsibility."""
+    oversized = []
+    for paths in modules().values():
+        for path in paths:
+            text = path.read_text()
+            if len(text.splitlines()) > 500:
+                oversized.append(f"{path.relative_to(ROOT)}: {len(text.splitlines())} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    length = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if length > 60:
+                        oversized.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert oversized == []
