@@ -457,7 +457,7 @@ def clock(
     env_file: EnvFile = Path(".env"),
 ) -> None:
     """Run the job files on their schedules until SIGTERM (a Heroku clock dyno)."""
-    from scheduler import Clock  # the clock is a separate package: loaded only here
+    from loader.scheduler import Clock  # the clock is a separate package: loaded only here
 
     _configure_logging(logging.INFO, sys.stdout)
     with _exit_codes(Redactor()):

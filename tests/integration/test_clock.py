@@ -236,7 +236,7 @@ def test_the_clock_runs_inside_another_app(
     tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
 ) -> None:
     """Clock.start() runs in a thread of the host app; stop() ends it and its runs."""
-    from scheduler import Clock
+    from loader.scheduler import Clock
 
     query = events_table(schema, 3)
     write_job(tmp_path / "jobs", "embedded", scheduled(schema, endpoint, query))

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from loader import JobLockedError, RunResult, SourceError, open_state
+from loader.scheduler import Clock, slot_run_id
 from loader.state import SqlStateStore
-from scheduler import Clock, slot_run_id
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp()
 
