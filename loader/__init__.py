@@ -43,21 +43,27 @@ from loader.schedule import Schedule
 from loader.state import StateStore, open_state
 
 if TYPE_CHECKING:
+    from loader.scheduler import Clock
     from loader.workers import JobQueue, QueuedRun, queue_url
 
 
 def __getattr__(name: str) -> Any:
-    # The queue (Procrastinate) is imported on first use: it costs start-up time that
-    # runs without workers do not need.
+    # The queue (Procrastinate) and the clock (prometheus_client, the status page) are
+    # imported on first use: they cost start-up time that a single run does not need.
     if name in ("JobQueue", "QueuedRun", "queue_url"):
         from loader import workers
 
         return getattr(workers, name)
+    if name == "Clock":
+        from loader.scheduler import Clock
+
+        return Clock
     raise AttributeError(f"module 'loader' has no attribute {name!r}")
 
 
 __all__ = [
     "Batch",
+    "Clock",
     "Cursor",
     "CursorOrderError",
     "EncodingError",

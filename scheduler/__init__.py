@@ -3,16 +3,18 @@
 ``loader clock jobs/`` (the Procfile's ``clock:`` line) runs :class:`Clock`; it can also
 run inside another app::
 
-    from scheduler import Clock
+    from loader.scheduler import Clock
 
     clock = Clock(["jobs/"])
     clock.start()          # a background thread
     ...
     clock.stop()           # nothing new starts; running jobs checkpoint and end
 
-It uses loader's public API only (``import loader``).
+It uses loader's public API only (``import loader``). The folder ``scheduler/`` of the
+repository installs as ``loader.scheduler``: the distribution owns no top-level name but
+``loader``.
 """
 
-from scheduler.clock import Clock, slot_run_id
+from .clock import Clock, slot_run_id
 
 __all__ = ["Clock", "slot_run_id"]

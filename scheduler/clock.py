@@ -34,7 +34,8 @@ from typing import Any
 
 import loader
 from loader import Job, JobConfigError, LoaderError, Schedule, StateStore, Status
-from scheduler.metrics import Metrics, MetricsServer
+
+from .metrics import Metrics, MetricsServer
 
 log = logging.getLogger("loader.clock")
 

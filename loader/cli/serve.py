@@ -75,7 +75,7 @@ def clock(
     env_file: EnvFile = ENV_FILE,
 ) -> None:
     """Run the job files on their schedules until SIGTERM (a Heroku clock dyno)."""
-    from scheduler import Clock  # the clock is a separate package: loaded only here
+    from loader.scheduler import Clock  # loaded only here: the other commands do without it
 
     log_progress_to_stdout()
     with exit_codes(Redactor()):

@@ -10,9 +10,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from loader import RunResult, open_state
@@ -53,12 +55,23 @@ def scheduled(schema: Schema, endpoint: Endpoint, query: str, **extra: Any) -> d
     return spec
 
 
+@pytest.fixture
+def add_job(tmp_path: Path, schema: Schema, endpoint: Endpoint) -> Callable[..., Path]:
+    """Adds jobs/NAME.yml posting a new table of ``rows`` events to the endpoint, with a
+    cursor on id, every second unless ``extra`` says otherwise (it sets job sections)."""
+
+    def add_job(name: str, rows: int, **extra: Any) -> Path:
+        query = events_table(schema, rows)
+        return write_job(tmp_path / "jobs", name, scheduled(schema, endpoint, query, **extra))
+
+    return add_job
+
+
 def test_runs_happen_on_time_and_are_incremental(
-    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str, add_job: Callable[..., Path]
 ) -> None:
     """Every second a run sends the rows added since the last one, each row once."""
-    query = events_table(schema, 10)
-    write_job(tmp_path / "jobs", "ticks", scheduled(schema, endpoint, query))
+    add_job("ticks", rows=10)
 
     clock = start_clock(tmp_path)
     time.sleep(2.5)
@@ -77,13 +90,11 @@ def test_runs_happen_on_time_and_are_incremental(
 
 
 def test_a_slow_job_is_not_overlapped(
-    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str, add_job: Callable[..., Path]
 ) -> None:
     """A run longer than the interval makes the next slots skip, never run alongside."""
-    query = events_table(schema, 3)
     endpoint.reject_when(lambda body: True, Delay(2.2, 200))
-    spec = scheduled(schema, endpoint, query, batch={"size": 1})
-    write_job(tmp_path / "jobs", "slow", spec)
+    add_job("slow", rows=3, batch={"size": 1})
 
     clock = start_clock(tmp_path)
     time.sleep(5)
@@ -100,11 +111,10 @@ def test_a_slow_job_is_not_overlapped(
 
 
 def test_two_clocks_run_each_slot_once(
-    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str, add_job: Callable[..., Path]
 ) -> None:
     """Two clocks alive at once (a deploy): every slot runs on exactly one of them."""
-    query = events_table(schema, 5)
-    write_job(tmp_path / "jobs", "twice", scheduled(schema, endpoint, query))
+    add_job("twice", rows=5)
     clocks = [start_clock(tmp_path), start_clock(tmp_path)]
     for second in range(4):
         time.sleep(1)
@@ -126,14 +136,12 @@ def test_two_clocks_run_each_slot_once(
 
 
 def test_sigterm_stops_within_the_grace_period_with_state_consistent(
-    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str, add_job: Callable[..., Path]
 ) -> None:
     """SIGTERM during a long run: the run stops after its request in flight, keeps its
     checkpoint, the clock exits 0 quickly; the next start delivers the rest."""
-    query = events_table(schema, 400)
     endpoint.reject_when(lambda body: True, Delay(0.2, 200))
-    spec = scheduled(schema, endpoint, query, batch={"size": 10}, schedule="every 1s")
-    write_job(tmp_path / "jobs", "long", spec)
+    add_job("long", rows=400, batch={"size": 10}, schedule="every 1s")
 
     clock = start_clock(tmp_path)
     deadline = time.monotonic() + 30
@@ -163,11 +171,10 @@ def test_sigterm_stops_within_the_grace_period_with_state_consistent(
 
 
 def test_a_restart_after_missed_slots_makes_one_catch_up_run(
-    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str, add_job: Callable[..., Path]
 ) -> None:
     """Down for several slots: on restart, one run for the latest, the rest recorded."""
-    query = events_table(schema, 2)
-    write_job(tmp_path / "jobs", "gap", scheduled(schema, endpoint, query, schedule="every 1s"))
+    add_job("gap", rows=2, schedule="every 1s")
 
     clock = start_clock(tmp_path)
     read_until(clock, "run ended job=gap")
@@ -192,12 +199,11 @@ def test_a_restart_after_missed_slots_makes_one_catch_up_run(
 
 
 def test_a_bad_job_file_is_reported_and_the_rest_run(
-    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str, add_job: Callable[..., Path]
 ) -> None:
     """The clock logs a bad file with its problems and runs the good jobs; --strict
     refuses to start."""
-    query = events_table(schema, 2)
-    write_job(tmp_path / "jobs", "good", scheduled(schema, endpoint, query))
+    add_job("good", rows=2)
     (tmp_path / "jobs" / "broken.yml").write_text("source: {url: 'sqlite://'}\nschedul: x\n")
 
     clock = start_clock(tmp_path)
@@ -233,13 +239,12 @@ def test_sighup_reloads_job_files(
 
 
 def test_the_clock_runs_inside_another_app(
-    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str, add_job: Callable[..., Path]
 ) -> None:
     """Clock.start() runs in a thread of the host app; stop() ends it and its runs."""
-    from scheduler import Clock
+    from loader.scheduler import Clock
 
-    query = events_table(schema, 3)
-    write_job(tmp_path / "jobs", "embedded", scheduled(schema, endpoint, query))
+    add_job("embedded", rows=3)
     state = open_state(pg_state)
     done = threading.Event()
 

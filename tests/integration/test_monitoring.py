@@ -180,7 +180,7 @@ def test_metrics_and_healthz_after_a_known_run(
     clock_dir: Path, endpoint: Endpoint, tmp_path: Path
 ) -> None:
     """The clock serves /metrics with the run's counters, and /healthz."""
-    from scheduler import Clock
+    from loader.scheduler import Clock
 
     state = open_state(f"sqlite:///{tmp_path / 'clock.db'}")
     clock = Clock([clock_dir], state=state, env=dict(os.environ), metrics_port=0)

@@ -4,7 +4,7 @@ beyond a test's own events): slots, overlap, catch-up, missed slots, reload, iso
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from loader import JobLockedError, RunResult, SourceError, open_state
+from loader.scheduler import Clock, slot_run_id
 from loader.state import SqlStateStore
-from scheduler import Clock, slot_run_id
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp()
 
@@ -30,6 +30,12 @@ class Fake:
 
     def now(self) -> float:
         return self.time
+
+    def advance(self, *clocks: Clock, to: float) -> None:
+        """Set the time to ``T0 + to`` and let each clock tick at it."""
+        self.time = T0 + to
+        for clock in clocks:
+            clock.tick(self.time)
 
     def run(self, job: Any, *, state: Any, stop: Any, run_id: str) -> RunResult:
         self.calls.append(run_id)
@@ -64,8 +70,17 @@ def write_job(directory: Path, name: str, schedule: str | None, **extra: str) ->
     return path
 
 
-def make_clock(tmp_path: Path, state: SqlStateStore, fake: Fake) -> Clock:
-    return Clock([tmp_path / "jobs"], state=state, now=fake.now, run=fake.run, env={})
+@pytest.fixture
+def start(jobs: Path, state: SqlStateStore, fake: Fake) -> Callable[..., Clock]:
+    """Starts a clock on the test's jobs/, state store and fake time: built with ``options``
+    and loaded as at start-up (with catch-up)."""
+
+    def start(**options: Any) -> Clock:
+        clock = Clock([jobs], state=state, now=fake.now, run=fake.run, env={}, **options)
+        clock.load(catch_up=True)
+        return clock
+
+    return start
 
 
 @pytest.fixture
@@ -76,17 +91,15 @@ def jobs(tmp_path: Path) -> Path:
 
 
 def test_slots_run_once_each_with_deterministic_ids(
-    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+    jobs: Path, state: SqlStateStore, fake: Fake, start: Callable[..., Clock]
 ) -> None:
     """Each due slot runs once, under the run id every clock derives for it."""
     write_job(jobs, "a", "every 10s")
-    clock = make_clock(tmp_path, state, fake)
-    clock.load(catch_up=True)
+    clock = start()
     assert clock.jobs["a"].next_at == T0 + 10
 
     for step in (5, 10, 12, 20):
-        fake.time = T0 + step
-        clock.tick(fake.time)
+        fake.advance(clock, to=step)
         assert clock.idle(5)
 
     assert fake.calls == [slot_run_id("a", T0 + 10), slot_run_id("a", T0 + 20)]
@@ -95,33 +108,26 @@ def test_slots_run_once_each_with_deterministic_ids(
 
 
 def test_a_slot_claimed_by_another_clock_is_not_run(
-    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+    jobs: Path, state: SqlStateStore, fake: Fake, start: Callable[..., Clock]
 ) -> None:
     """Two clocks on one state store: each slot runs on one of them only."""
     write_job(jobs, "a", "every 10s")
-    first, second = make_clock(tmp_path, state, fake), make_clock(tmp_path, state, fake)
-    first.load(catch_up=True)
-    second.load(catch_up=True)
-    fake.time = T0 + 10
-    first.tick(fake.time)
-    second.tick(fake.time)
+    first, second = start(), start()
+    fake.advance(first, second, to=10)
     assert first.idle(5) and second.idle(5)
 
     assert fake.calls == [slot_run_id("a", T0 + 10)]
 
 
 def test_a_slot_is_skipped_while_the_previous_run_goes_on(
-    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+    jobs: Path, state: SqlStateStore, fake: Fake, start: Callable[..., Clock]
 ) -> None:
     """No overlap: the next slot of a job still running is skipped and recorded."""
     write_job(jobs, "slow", "every 10s")
-    clock = make_clock(tmp_path, state, fake)
-    clock.load(catch_up=True)
+    clock = start()
     fake.release.clear()
-    fake.time = T0 + 10
-    clock.tick(fake.time)
-    fake.time = T0 + 20
-    clock.tick(fake.time)
+    fake.advance(clock, to=10)
+    fake.advance(clock, to=20)
     fake.release.set()
     assert clock.idle(5)
 
@@ -132,23 +138,19 @@ def test_a_slot_is_skipped_while_the_previous_run_goes_on(
 
 
 def test_one_failing_job_does_not_stop_the_others(
-    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+    jobs: Path, state: SqlStateStore, fake: Fake, start: Callable[..., Clock]
 ) -> None:
     """A run raising any error is recorded as failed; the clock goes on."""
     write_job(jobs, "a", "every 10s")
-    clock = make_clock(tmp_path, state, fake)
-    clock.load(catch_up=True)
+    clock = start()
     fake.fail_with = RuntimeError("boom")
-    fake.time = T0 + 10
-    clock.tick(fake.time)
+    fake.advance(clock, to=10)
     assert clock.idle(5)
     fake.fail_with = SourceError("db down")
-    fake.time = T0 + 20
-    clock.tick(fake.time)
+    fake.advance(clock, to=20)
     assert clock.idle(5)
     fake.fail_with = JobLockedError("locked", holder="x")
-    fake.time = T0 + 30
-    clock.tick(fake.time)
+    fake.advance(clock, to=30)
     assert clock.idle(5)
 
     statuses = [(s.status, s.detail) for s in reversed(state.slots("a"))]
@@ -158,19 +160,16 @@ def test_one_failing_job_does_not_stop_the_others(
 
 
 def test_after_downtime_the_latest_missed_slot_runs_once(
-    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+    jobs: Path, state: SqlStateStore, fake: Fake, start: Callable[..., Clock]
 ) -> None:
     """A restart runs one catch-up for the latest missed slot; older ones are recorded."""
     write_job(jobs, "a", "every 10s", catch_up="1m")
-    clock = make_clock(tmp_path, state, fake)
-    clock.load(catch_up=True)
-    fake.time = T0 + 10
-    clock.tick(fake.time)
+    clock = start()
+    fake.advance(clock, to=10)
     assert clock.idle(5)
 
     fake.time = T0 + 55  # down for slots 20, 30, 40, 50
-    restarted = make_clock(tmp_path, state, fake)
-    restarted.load(catch_up=True)
+    restarted = start()
     assert restarted.idle(5)
 
     assert fake.calls[-1] == slot_run_id("a", T0 + 50)
@@ -184,41 +183,38 @@ def test_after_downtime_the_latest_missed_slot_runs_once(
 
 
 def test_a_missed_slot_older_than_the_window_is_recorded_not_run(
-    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+    jobs: Path, state: SqlStateStore, fake: Fake, start: Callable[..., Clock]
 ) -> None:
     """Beyond the catch-up window nothing runs at start; every missed slot is recorded."""
     write_job(jobs, "a", "@hourly", catch_up="10m")
-    clock = make_clock(tmp_path, state, fake)
-    clock.load(catch_up=True)
-    fake.time = T0 + 3600
-    clock.tick(fake.time)
+    clock = start()
+    fake.advance(clock, to=3600)
     assert clock.idle(5)
 
     fake.time = T0 + 3 * 3600 + 20 * 60  # 14:20: 14:00 is 20 minutes old
-    make_clock(tmp_path, state, fake).load(catch_up=True)
+    start()
 
     assert len(fake.calls) == 1
     assert [s.status for s in state.slots("a")] == ["missed", "missed", "succeeded"]
 
 
 def test_a_job_never_run_has_nothing_to_catch_up(
-    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+    jobs: Path, state: SqlStateStore, fake: Fake, start: Callable[..., Clock]
 ) -> None:
     """The first start of a job does not run it for slots before the clock knew it."""
     write_job(jobs, "a", "every 10s")
-    make_clock(tmp_path, state, fake).load(catch_up=True)
+    start()
     assert fake.calls == [] and state.slots("a") == []
 
 
 def test_bad_files_and_unscheduled_jobs_are_left_out(
-    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+    jobs: Path, state: SqlStateStore, fake: Fake, start: Callable[..., Clock]
 ) -> None:
     """A bad job file is reported and left out; jobs without a schedule are ignored."""
     write_job(jobs, "good", "every 10s")
     write_job(jobs, "manual", None)
     (jobs / "bad.yml").write_text("source: {url: 'sqlite://'}\n")
-    clock = make_clock(tmp_path, state, fake)
-    clock.load(catch_up=True)
+    clock = start()
 
     assert set(clock.jobs) == {"good"}
     assert list(clock.problems) == [jobs / "bad.yml"]
@@ -226,12 +222,11 @@ def test_bad_files_and_unscheduled_jobs_are_left_out(
 
 
 def test_reload_picks_up_new_and_changed_jobs(
-    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+    jobs: Path, state: SqlStateStore, fake: Fake, start: Callable[..., Clock]
 ) -> None:
     """Reloading adds new jobs, drops removed ones and reschedules changed ones."""
     write_job(jobs, "a", "every 10s")
-    clock = make_clock(tmp_path, state, fake)
-    clock.load(catch_up=True)
+    clock = start()
     write_job(jobs, "b", "every 20s")
     write_job(jobs, "a", "every 30s")
     assert clock._files_changed()
@@ -245,20 +240,17 @@ def test_reload_picks_up_new_and_changed_jobs(
 
 
 def test_a_slot_due_a_moment_ago_is_run_not_missed(
-    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+    jobs: Path, state: SqlStateStore, fake: Fake, start: Callable[..., Clock]
 ) -> None:
     """A clock started just after a slot (a deploy) runs it even with catch_up: 0s; the
     claim decides between the old and the new clock."""
     write_job(jobs, "a", "every 10s", catch_up="0s")
-    clock = make_clock(tmp_path, state, fake)
-    clock.load(catch_up=True)
-    fake.time = T0 + 10
-    clock.tick(fake.time)
+    clock = start()
+    fake.advance(clock, to=10)
     assert clock.idle(5)
 
     fake.time = T0 + 20.5
-    second = make_clock(tmp_path, state, fake)
-    second.load(catch_up=True)
+    second = start()
     assert second.idle(5)
 
     assert fake.calls[-1] == slot_run_id("a", T0 + 20)
@@ -266,28 +258,25 @@ def test_a_slot_due_a_moment_ago_is_run_not_missed(
 
 
 def test_an_impossible_schedule_is_a_bad_file_not_a_crash(
-    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+    jobs: Path, state: SqlStateStore, fake: Fake, start: Callable[..., Clock]
 ) -> None:
     """A schedule that never fires is reported like any bad file; the rest still run."""
     write_job(jobs, "good", "every 10s")
     write_job(jobs, "never", "0 0 30 2 *")
-    clock = make_clock(tmp_path, state, fake)
-    clock.load(catch_up=True)
+    clock = start()
 
     assert set(clock.jobs) == {"good"}
     assert "never matches a date" in clock.problems[jobs / "never.yml"][0]
 
 
 def test_runs_queued_when_the_clock_stops_do_not_start(
-    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+    jobs: Path, state: SqlStateStore, fake: Fake, start: Callable[..., Clock]
 ) -> None:
     """Stop set before a queued run starts: the slot is recorded as skipped."""
     write_job(jobs, "a", "every 10s")
-    clock = make_clock(tmp_path, state, fake)
-    clock.load(catch_up=True)
+    clock = start()
     clock._signal.set()
-    fake.time = T0 + 10
-    clock.tick(fake.time)
+    fake.advance(clock, to=10)
     assert clock.idle(5)
 
     assert fake.calls == []
@@ -295,7 +284,7 @@ def test_runs_queued_when_the_clock_stops_do_not_start(
 
 
 def test_with_a_queue_the_clock_only_queues_each_slot_once(
-    tmp_path: Path, jobs: Path, state: SqlStateStore, fake: Fake
+    jobs: Path, state: SqlStateStore, fake: Fake, start: Callable[..., Clock]
 ) -> None:
     """Given enqueue, a claimed slot is queued (not run here) and recorded as queued; a
     slot due while a run is still waiting is skipped and recorded."""
@@ -307,14 +296,9 @@ def test_with_a_queue_the_clock_only_queues_each_slot_once(
         queued.append((name, path.name, run_id, slot))
         return waiting.pop(0)
 
-    clock = Clock([jobs], state=state, now=fake.now, run=fake.run, env={}, enqueue=enqueue)
-    second = Clock([jobs], state=state, now=fake.now, run=fake.run, env={}, enqueue=enqueue)
-    clock.load(catch_up=True)
-    second.load(catch_up=True)
+    clock, second = start(enqueue=enqueue), start(enqueue=enqueue)
     for step in (10, 20):
-        fake.time = T0 + step
-        clock.tick(fake.time)
-        second.tick(fake.time)
+        fake.advance(clock, second, to=step)
 
     assert fake.calls == []
     assert queued == [
