@@ -18,7 +18,7 @@ from loader.jobfile import environment
 from loader.monitor import flush as flush_notifications
 from loader.outcome import run_job
 from loader.redact import Redactor
-from loader.result import RunResult
+from loader.result import RunResult, Status
 from loader.signals import stop_on_signals
 from loader.units import format_duration
 
@@ -88,9 +88,9 @@ def run(
 
 
 def _exit_for(result: RunResult, job_file: Path) -> None:
-    if result.status == "interrupted":
+    if result.status == Status.INTERRUPTED:
         raise typer.Exit(defaults.EXIT_INTERRUPTED)
-    if result.status == "partial":
+    if result.status == Status.PARTIAL:
         fail(
             defaults.EXIT_REJECTED_ROWS,
             f"{result.rows_rejected} rows were rejected and kept as dead letters: "

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from loader import defaults
 from loader.errors import JobLockedError, LockLostError, StateError
+from loader.result import Status
 from loader.state import liveness
 from loader.state.base import SqlBase
 from loader.state.records import Lease
@@ -119,6 +120,6 @@ def _abandon(conn: sa.Connection, run_id: str, now: float) -> None:
     """Record the run whose lock is being taken over as abandoned, if still running."""
     conn.execute(
         sa.update(runs)
-        .where(runs.c.run_id == run_id, runs.c.status == "running")
+        .where(runs.c.run_id == run_id, runs.c.status == Status.RUNNING)
         .values(status="abandoned", ended_at=now, error="the run's process died")
     )

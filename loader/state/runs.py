@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from loader.result import Position
+from loader.result import Position, Status
 from loader.state.base import SqlBase
 from loader.state.records import RunRecord, decode_position, encode_position
 from loader.state.schema import runs
@@ -23,7 +23,7 @@ class RunSql(SqlBase):
     def start_run(self, run_id: str, job: str, cursor_from: Position | None) -> None:
         """Record that a run started (again, for a run resumed under the same id)."""
         values = {
-            "status": "running",
+            "status": Status.RUNNING,
             "started_at": self._clock(),
             "ended_at": None,
             "error": None,
@@ -49,7 +49,7 @@ class RunSql(SqlBase):
         with self._transaction("recording the run") as conn:
             update = sa.update(runs).where(runs.c.run_id == run_id)
             if only_running:
-                update = update.where(runs.c.status == "running")
+                update = update.where(runs.c.status == Status.RUNNING)
             done = conn.execute(update.values(**values))
         return bool(done.rowcount)
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from loader.errors import StateError
+from loader.result import Status
 from loader.state.base import SqlBase
 from loader.state.records import SlotRecord
 from loader.state.schema import slots as slot_table
@@ -58,7 +59,7 @@ class SlotSql(SqlBase):
                 conn.execute(
                     sa.insert(slot_table).values(
                         job=job, slot_at=slot_at, run_id=run_id, clock=clock,
-                        status="missed", claimed_at=now, detail=detail,
+                        status=Status.MISSED, claimed_at=now, detail=detail,
                     )
                 )  # fmt: skip
 
