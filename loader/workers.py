@@ -301,7 +301,7 @@ class _Runtime:
                 job = self.find(name, path)
             except LoaderError as exc:
                 if slot is not None and partition is None:
-                    self.state.finish_slot(name, slot, Status.FAILED, str(exc))
+                    record_slot(self.state, name, slot, Status.FAILED, str(exc))
                 raise
             if partition is not None:
                 self._run_partition(job, path, run_id, slot, partition)
