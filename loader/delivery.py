@@ -225,6 +225,7 @@ class Delivery:
         key = idempotency_key(self.job.name, scope, body)
 
         def once() -> list[ItemError]:
+            """One attempt, counted as a request and in flight while it lasts."""
             with self.lock:
                 self.counters.requests += 1
                 self.counters.in_flight += 1
@@ -235,6 +236,7 @@ class Delivery:
                     self.counters.in_flight -= 1
 
         def on_retry(attempt: int, wait: float, error: Exception) -> None:
+            """Count the retry (and a 429 as throttled), and log it redacted."""
             with self.lock:
                 self.counters.retries += 1
                 if getattr(error, "status", None) == 429:
