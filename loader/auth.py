@@ -55,6 +55,12 @@ class OAuth2Token:
         self._expires = 0.0
 
     def get(self, client: httpx.Client) -> str:
+        """The current token, fetched with ``client`` when there is none or it is about
+        to expire. Raises :class:`RetryableSinkError` when the token endpoint cannot be
+        reached or answers 429 or 5xx, :class:`SinkError` for an answer without a token.
+        """
+        # Fetching under the lock: threads that find no token wait for one fetch rather
+        # than each asking the token endpoint.
         with self._lock:
             if self._token is None or time.monotonic() >= self._expires:
                 self._fetch(client)
@@ -68,6 +74,7 @@ class OAuth2Token:
                 self._token = None
 
     def _fetch(self, client: httpx.Client) -> None:
+        """Fetch a token into ``_token`` (under ``_lock``); raise as :meth:`get`."""
         config = self._config
         where = f"POST {mask_url(config.token_url)}"
         form = {"grant_type": "client_credentials", "client_id": config.client_id,

@@ -42,7 +42,13 @@ Rejected = list[tuple[bytes, RejectedError]]
 
 @dataclass
 class Counters:
-    """A run's counts so far, updated by the reader, the senders and the committer."""
+    """A run's counts so far, updated by the reader, the senders and the committer.
+
+    Not locked itself: the senders' counts (``requests``, ``retries``, ``throttled``,
+    ``in_flight``) change under :attr:`Delivery.lock`; the others are written by one
+    thread each (the reader, or the committer). ``preview`` holds a dry run's first
+    requests.
+    """
 
     rows_read: int = 0
     rows_posted: int = 0
@@ -70,7 +76,8 @@ def framing_for(job: Job) -> Framing:
 def open_sink(
     job: Job, redactor: Redactor, frame: Framing, transport: httpx.BaseTransport | None
 ) -> Iterator[Sink]:
-    """The job's endpoint, open for requests framed by ``frame``."""
+    """The job's endpoint, open for requests framed by ``frame`` (through
+    ``transport`` when given, a test's), closed when the block ends."""
     with Sink(
         job.target,
         redactor,
@@ -83,7 +90,12 @@ def open_sink(
 
 class Delivery:
     """Delivers batches to one sink: retries, then bisects a rejected batch to isolate
-    bad rows. Used from several threads at once; counts go to ``counters``."""
+    bad rows. Used from several threads at once; counts go to ``counters``.
+
+    ``sleep`` replaces the retry waits (a test's); ``None`` waits on the stop signal.
+    ``rejected_seen`` counts the rows rejected so far for the circuit breaker; it and
+    the counters change only under ``lock``.
+    """
 
     def __init__(
         self,
@@ -122,6 +134,8 @@ class Delivery:
                 raise
             if len(rows) == 1:
                 return self.reject(rows[0], exc)
+        # Halves are new bodies, so each gets a scope (and idempotency key) of its own,
+        # derived from the batch's: the same at every attempt of that half.
         rejected: Rejected = []
         self.bisect(rows, 0, scope, rejected, stop)
         return rejected
@@ -158,7 +172,9 @@ class Delivery:
                     self.bisect(half, start, scope, rejected, stop)
 
     def refused(self, rows: list[bytes], errors: list[ItemError]) -> Rejected:
-        """Rows a 2xx answer refused (``target.item_errors``), as rejections."""
+        """Rows a 2xx answer refused (``target.item_errors``), as rejections; an index
+        outside ``rows`` is ignored. Raises the first as :class:`RejectedError` under
+        ``on_reject: fail``, :class:`TooManyRejectionsError` past ``max_rejected``."""
         rejected: Rejected = []
         for error in errors:
             if not 0 <= error.index < len(rows):
@@ -179,7 +195,8 @@ class Delivery:
         return error.status in about and error.status not in self.job.target.statuses
 
     def reject(self, row: bytes, error: RejectedError) -> Rejected:
-        """Count ``row``'s rejection; past ``max_rejected``, the circuit breaker trips."""
+        """Count ``row``'s rejection and return it as a one-row :data:`Rejected`; past
+        ``max_rejected`` raise :class:`TooManyRejectionsError` (the circuit breaker)."""
         with self.lock:
             self.rejected_seen += 1
             total = self.rejected_seen
@@ -199,10 +216,16 @@ class Delivery:
         self, body: bytes, scope: str, stop: StopSignal, rows: int = 1, url: str | None = None
     ) -> list[ItemError]:
         """Send ``body`` until the endpoint acknowledges it or the retry policy gives
-        up, each attempt with the same idempotency key; return the rows it refused."""
+        up, each attempt with the same idempotency key; return the rows it refused.
+
+        Raises a sink error that is not retryable (such as :class:`RejectedError`) at
+        once, :class:`~loader.errors.RetriesExhaustedError` when the attempts run out,
+        and :class:`~loader.retry.Interrupted` when ``stop`` ends a wait.
+        """
         key = idempotency_key(self.job.name, scope, body)
 
         def once() -> list[ItemError]:
+            """One attempt, counted as a request and in flight while it lasts."""
             with self.lock:
                 self.counters.requests += 1
                 self.counters.in_flight += 1
@@ -213,6 +236,7 @@ class Delivery:
                     self.counters.in_flight -= 1
 
         def on_retry(attempt: int, wait: float, error: Exception) -> None:
+            """Count the retry (and a 429 as throttled), and log it redacted."""
             with self.lock:
                 self.counters.retries += 1
                 if getattr(error, "status", None) == 429:

@@ -30,13 +30,14 @@ class Journal:
         self.monitor = Monitor(job, store) if monitor else None
 
     def started(self) -> None:
-        """The run took the job: its start heartbeat."""
+        """The run took the job: its start heartbeat (nothing without ``monitor``)."""
         if self.monitor is not None:
             self.monitor.started()
 
     def began(self, position: Position | None, name: str | None = None) -> None:
         """The run's history record (of ``name``, the job's by default), from
-        ``position``."""
+        ``position``. Raises :class:`StateError` if the store cannot record it: a run
+        that cannot be recorded does not start."""
         self.store.start_run(self.run_id, name or self.job.name, position)
 
     def ended(
@@ -60,7 +61,7 @@ class Journal:
             )  # fmt: skip
         except StateError as exc:
             log.warning("could not record the end of run %s: %s", result.run_id, exc)
-            recorded = True
+            recorded = True  # unknown: still send the heartbeat and alerts, which matter more
         if only_running and not recorded:
             return False
         if self.monitor is not None:

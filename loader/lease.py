@@ -22,7 +22,11 @@ log = logging.getLogger("loader")
 
 class LockKeeper:
     """Renews ``lease`` every third of ``ttl`` in a daemon thread. A renewal that fails
-    is retried until the lease is about to expire; then ``lost`` is set."""
+    is retried until the lease is about to expire; then ``lost`` is set.
+
+    The thread starts with the keeper; :meth:`stop` ends it. :meth:`check` may be called
+    from any thread.
+    """
 
     def __init__(self, store: StateStore, lease: Lease, ttl: float, lost: threading.Event) -> None:
         self._store = store
@@ -35,6 +39,9 @@ class LockKeeper:
         self._thread.start()
 
     def _renew(self) -> None:
+        # A third of the ttl leaves two more chances before the lease expires; a failed
+        # renewal is retried sooner. Giving up at 80% of the ttl (not 100%) sets ``lost``
+        # before another run may take the lock, so this run stops first.
         renewed = time.monotonic()
         pause = self._ttl / 3
         while not self._done.wait(pause):
@@ -51,12 +58,14 @@ class LockKeeper:
             renewed, pause = time.monotonic(), self._ttl / 3
 
     def check(self) -> None:
-        """Raise the renewal error, if the lease was lost."""
+        """Raise the error that lost the lease (:class:`LockLostError`, or the last
+        :class:`StateError` of renewals that failed too long); nothing if it is held."""
         if self._error is not None:
             raise self._error
 
     def stop(self) -> None:
-        """End the renewals (the lease itself is released by the caller)."""
+        """End the renewals and wait for the thread (the lease itself is released by
+        the caller)."""
         self._done.set()
         self._thread.join()
 

@@ -128,7 +128,10 @@ def _attempt(
     record_skipped: bool,
     options: dict[str, Any],
 ) -> Outcome:
+    """Call ``run`` and turn whatever it returns or raises into an :class:`Outcome`."""
+
     def ended(status: Status, **fields: Any) -> Outcome:
+        """The outcome; its duration is filled in by the caller."""
         return Outcome(job.name, run_id, status, 0.0, **fields)
 
     try:

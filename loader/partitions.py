@@ -82,12 +82,17 @@ def range_job(job: Job, index: int, bounds: tuple[int, ...]) -> Job:
 def plan_partitions(job: Job, store: StateStore, *, keep: bool = True) -> list[Job]:
     """The jobs of ``job``'s key ranges (see :func:`range_job`). The boundaries are
     computed from the partition column's range at the first run and kept in ``store``
-    (unless not ``keep``); while the result is empty there are no ranges (and nothing is
-    kept)."""
+    (unless not ``keep``); while the partition column has no values yet, one range of
+    every row, kept nowhere.
+
+    Raises :class:`QueryError` for a column that is not an integer, and the source's or
+    the store's errors while reading the column's range or the kept boundaries.
+    """
     partition = job.source.partition
     assert partition is not None
 
     def even_split() -> tuple[int, ...]:
+        """``count - 1`` boundaries splitting the column's ``[low, high]`` evenly."""
         low, high = key_range(job.source, job.redactor(), partition.column)
         if low is None or high is None:
             raise _NoRows
@@ -110,8 +115,13 @@ def plan_partitions(job: Job, store: StateStore, *, keep: bool = True) -> list[J
 
 def run_partitions(job: Job, store: StateStore, run_id: str, options: RunOptions) -> RunResult:
     """Run each key range as a run of its own (own lock, checkpoint and history), up to
-    ``parallel_partitions`` at once, under the job's own lock and run record. Raises the
-    first range's error, with the whole run's result attached."""
+    ``parallel_partitions`` at once, under the job's own lock and run record (no lock
+    and no record on a dry run); see :func:`loader.run_job` for ``options``.
+
+    Raises :class:`JobLockedError` if another run holds the job, else the first failed
+    range's error (in range order) once every range has ended, with the whole run's
+    result attached; a lost lock of the whole run fails it too.
+    """
     whole = _Whole(job, store, run_id, options)
     lock = (
         contextlib.nullcontext(None)
@@ -189,6 +199,8 @@ class _Whole:
                 pool.submit(contextvars.copy_context().run, self.run_part, part, index, None)
                 for index, part in enumerate(parts)
             ]
+            # Collected in range order, not finishing order: the error raised is the
+            # lowest failed range's, whatever the timing.
             for future in futures:
                 self.collect(future.result)
 

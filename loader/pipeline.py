@@ -31,7 +31,10 @@ _DONE = object()
 
 class AnyEvent:
     """Set when any of its events is: the run's stop signal, the pipeline's own halt, a
-    lost lock. The last event is the one waited on (the others are polled)."""
+    lost lock. The last event is the one waited on (the others are polled).
+
+    ``threading`` cannot wait on several events at once, hence the polling every 50 ms.
+    """
 
     def __init__(self, *events: threading.Event) -> None:
         self._events = events
@@ -65,7 +68,11 @@ class _Item:
 class Pipeline:
     """Delivers batches with ``send`` from ``concurrency`` threads and hands them to
     ``commit`` in read order. ``stop`` ends it between batches (interrupted); ``lost``
-    (the run's lock was lost) halts it too."""
+    (the run's lock was lost) halts it too.
+
+    One instance delivers one stream of batches: :meth:`run` is called once, from the
+    thread that commits.
+    """
 
     def __init__(
         self,
@@ -88,7 +95,12 @@ class Pipeline:
         self.interrupted = False
 
     def run(self, produced: Iterator[tuple[Batch, str]]) -> bool:
-        """Deliver every batch; return True if stopped early. Raises the first error."""
+        """Deliver every batch of ``produced`` (each with its idempotency scope) and
+        commit them in read order; return True if ``stop`` ended it early.
+
+        Raises the first error of the reader, a sender or ``commit``, after every thread
+        has ended; batches after a failed one are not committed.
+        """
         threads = self._start(produced)
         error: BaseException | None = None
         finished: dict[int, tuple[Batch, Rejected]] = {}
@@ -132,7 +144,11 @@ class Pipeline:
     def _commit(
         self, group: list[tuple[Batch, Rejected]], error: BaseException | None
     ) -> BaseException | None:
-        """Commit ``group`` unless an error came first; free its window slots."""
+        """Commit ``group`` unless an error came first; free its window slots.
+
+        Slots are freed only after the commit: the window bounds what is read but not
+        yet committed, which is what a crash would send again.
+        """
         if group and error is None:
             try:
                 self.commit(group)

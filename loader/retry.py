@@ -28,8 +28,12 @@ RetryHook = Callable[[int, float, RetryableSinkError], None]
 class StopSignal(Protocol):
     """What a stop signal offers: a ``threading.Event``, or anything shaped like one."""
 
-    def is_set(self) -> bool: ...
-    def wait(self, timeout: float | None = None) -> bool: ...
+    def is_set(self) -> bool:
+        """True once stopping was asked for."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until stopping is asked for or ``timeout`` seconds pass (``None``:
+        no limit); return :meth:`is_set`."""
 
 
 class Interrupted(Exception):  # noqa: N818 - a signal to unwind, not an error
@@ -79,12 +83,14 @@ class RetryPolicy:
         base_sleep = sleep or stop_event.wait
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
+            """Tell ``on_retry`` about the failed attempt and the coming wait."""
             error = state.outcome.exception() if state.outcome else None
             seconds = state.next_action.sleep if state.next_action else 0.0
             if on_retry is not None and isinstance(error, RetryableSinkError):
                 on_retry(state.attempt_number, seconds, error)
 
         def interruptible_sleep(seconds: float) -> None:
+            """Wait ``seconds`` (less if stopped); raise :class:`Interrupted` if stopped."""
             base_sleep(seconds)
             if stop_event.is_set():
                 raise Interrupted("stopped while waiting to retry")

@@ -30,7 +30,13 @@ def encoded_chunks(
     job: Job, stream: RowStream, counters: Counters, limit: int | None
 ) -> Iterator[Chunk]:
     """Each fetched chunk of ``stream``, encoded, checked (cursor NULLs and order) and
-    cut at ``limit`` rows in all; ``counters.rows_read`` counts the rows taken."""
+    cut at ``limit`` rows in all; ``counters.rows_read`` counts the rows taken.
+
+    Lazy: a chunk is fetched, checked and encoded only when the consumer asks for it, so
+    memory holds one chunk at a time. Raises :class:`CursorOrderError` at the first
+    chunk that breaks the cursor's rules (no row of that chunk is yielded), and the
+    stream's own errors.
+    """
     encode = _encoder(job, stream)
     target = job.target
     filler = UrlFiller(target.url, target.placeholders) if target.per_row else None
@@ -42,6 +48,8 @@ def encoded_chunks(
             if room <= 0:
                 return
             raw = raw[:room]
+        # Checked before anything is encoded or counted: a bad chunk must not reach a
+        # batch, whose position would then become a checkpoint.
         if check is not None:
             check(raw, indexes, counters.rows_read)
         rows = list(map(_json_of, raw)) if stream.json_rows else list(map(encode, raw))
@@ -75,7 +83,12 @@ def _no_position(_index: int) -> None:
 class CursorCheck:
     """Refuses NULL cursor values, a column that goes backwards, repeated values of a
     column without a key, and values the state store cannot keep. Called on each chunk
-    in turn; it remembers the last column value for the next chunk's check."""
+    in turn; it remembers the last column value for the next chunk's check.
+
+    Only values whose Python order is the database's are checked for going backwards;
+    text may sort differently under the database's collation. Not thread-safe: one
+    instance per stream.
+    """
 
     def __init__(self, cursor: Cursor | None) -> None:
         assert cursor is not None
@@ -84,7 +97,9 @@ class CursorCheck:
         self.previous: Any = None
 
     def __call__(self, raw: Sequence[Sequence[Any]], indexes: tuple[int, ...], before: int) -> None:
-        """Check ``raw`` (rows ``before + 1`` onwards); raise :class:`CursorOrderError`."""
+        """Check ``raw`` (rows ``before + 1`` onwards), whose cursor columns are at
+        ``indexes`` (the column, then the key); raise :class:`CursorOrderError`, or
+        :class:`StateError` when the first position cannot be stored."""
         if self.previous is None and raw:
             # A checkpoint that cannot be saved would make every run re-send this batch.
             encode_position(tuple(raw[0][i] for i in indexes))

@@ -33,7 +33,12 @@ log = logging.getLogger("loader")
 
 def run_once(job: Job, store: StateStore, run_id: str, options: RunOptions) -> RunResult:
     """Run ``job`` (not partitioned) once as run ``run_id``; see :func:`loader.run_job`.
-    Log lines of the run, in every thread it starts, carry ``run_id``."""
+    Log lines of the run, in every thread it starts, carry ``run_id``.
+
+    Raises :class:`JobLockedError` when another run holds the job, and the run's
+    :class:`LoaderError` (its ``result`` attached) when it fails; the failure is
+    recorded in the history first (a dry run records nothing).
+    """
     token = RUN_ID.set(run_id)
     try:
         return _Run(job, store, run_id, options).run()
@@ -172,6 +177,10 @@ class _Run:
         """Each batch with the scope of its idempotency key (see ``idempotency_key``)."""
         after = position
         incremental = self.job.source.cursor is not None and not self.options.full_refresh
+        # Incremental keys depend only on the job, its epoch and where the batch starts,
+        # so a batch re-sent by the next run after a crash reuses its key and the
+        # endpoint can drop the duplicate. Without a resumable cursor nothing is resumed,
+        # so the run id keys them.
         for batch in produced:
             if incremental:
                 start = encode_position(after) if after is not None else "start"
@@ -186,6 +195,8 @@ class _Run:
         counters, progress = self.counters, self.options.progress
 
         def commit(group: list[tuple[Batch, Rejected]]) -> None:
+            """Record ``group`` (acknowledged, in read order); runs in the pipeline's
+            committing thread only, so the counts it writes need no lock."""
             dead_letters = [
                 (row, error.status, error.body_excerpt)
                 for _, rejected in group
@@ -196,6 +207,7 @@ class _Run:
                 self.store.record_batch(lease, self.run_id, fingerprint=self.fingerprint,
                                         position=position, dead_letters=dead_letters,
                                         ttl=self.options.lock_ttl)  # fmt: skip
+            # Counted only once durable: a crash before this line re-sends these rows.
             for batch, rejected in group:
                 counters.rows_posted += len(batch.rows) - len(rejected)
                 counters.rows_rejected += len(rejected)

@@ -23,6 +23,9 @@ def stop_on_signals(grace: float) -> threading.Event:
     stop = threading.Event()
 
     def handle(signum: int, _frame: FrameType | None) -> None:
+        """First signal: set ``stop`` and arm the grace timer; second: exit now."""
+        # os._exit, not sys.exit: a second signal must end the process even while other
+        # threads are blocked in a request.
         if stop.is_set():
             os._exit(defaults.EXIT_INTERRUPTED)
         stop.set()
@@ -41,6 +44,7 @@ def clock_signals(stop: threading.Event, reload: threading.Event, grace: float) 
     margin, exits at once); SIGHUP sets ``reload``. Call from the main thread."""
 
     def handle_stop(signum: int, _frame: FrameType | None) -> None:
+        """First signal: set ``stop`` and arm the timer; second: exit now."""
         if stop.is_set():
             os._exit(defaults.EXIT_INTERRUPTED)
         stop.set()

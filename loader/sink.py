@@ -146,6 +146,8 @@ class Sink:
                 verify=self._verify,
                 trust_env=False,
                 proxy=self._target.proxy,
+                # One connection per sending thread: ``concurrency`` threads make at
+                # most ``concurrency`` connections, each kept alive between batches.
                 limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             )
             self._local.transport = transport

@@ -96,6 +96,8 @@ class JobQueue:
         self.close()
 
     def open(self) -> None:
+        """Open the queue's connection pool (once; again is a no-op). Raises
+        :class:`StateError`, the URL masked, when the queue cannot be reached."""
         if not self._opened:
             try:
                 self.app.open()
@@ -104,6 +106,7 @@ class JobQueue:
             self._opened = True
 
     def close(self) -> None:
+        """Close the connection pool if open; a closed queue may be opened again."""
         if self._opened:
             self.app.close()
             self._opened = False
@@ -295,6 +298,12 @@ class _Runtime:
     def execute(
         self, name: str, path: str, run_id: str, slot: float | None, partition: int | None
     ) -> None:
+        """Run one queued task: the whole job ``name`` (found at ``path`` or among the
+        job files), a partitioned job's fan-out, or its key range ``partition``.
+
+        Raises the run's error so Procrastinate records the task failed; a job that
+        cannot be found also fails the clock's ``slot`` (of a task that is not a range).
+        """
         token = RUN_ID.set(run_id)
         try:
             try:
@@ -380,7 +389,11 @@ class _Runtime:
     def _queue_range(
         self, job: Job, path: str, run_id: str, slot: float | None, part: Job, index: int
     ) -> None:
+        """Record range ``index`` of run ``run_id`` as started, then queue it in its lane;
+        a range whose earlier run still waits is recorded as skipped."""
         part_run = partition_run_id(run_id, index)
+        # Started before it is queued: the last range to end checks every range's
+        # record, and must not find one missing because its task has not begun.
         self.state.start_run(part_run, part.name, None)
         queued = self.queue.enqueue(
             job.name, path, run_id=part_run, slot=slot, partition=index, lane=lane(job, index)
@@ -392,6 +405,8 @@ class _Runtime:
     def _run_partition(
         self, job: Job, path: str, run_id: str, slot: float | None, index: int
     ) -> None:
+        """Run range ``index`` of the partitioned run whose range run id is ``run_id``,
+        then record the whole run's end if it was the last range to end."""
         whole = run_id.rsplit("#p", 1)[0]
         count = job.source.partition.count if job.source.partition else 0
         try:

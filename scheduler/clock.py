@@ -339,6 +339,7 @@ class Clock:
 
     def _finished(self, name: str) -> Callable[[Future[None]], None]:
         def forget(_future: Future[None]) -> None:
+            """Let the job's next slot run: its run ended (in any way)."""
             with self._lock:
                 self.running.pop(name, None)
 

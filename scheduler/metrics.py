@@ -27,9 +27,11 @@ class Metrics:
         job = ["job"]
 
         def counter(name: str, doc: str, labels: list[str] = job) -> Counter:
+            """A ``loader_``-prefixed counter in this registry, labelled by job."""
             return Counter(f"loader_{name}", doc, labels, registry=self.registry)
 
         def gauge(name: str, doc: str) -> Gauge:
+            """A ``loader_``-prefixed gauge in this registry, labelled by job."""
             return Gauge(f"loader_{name}", doc, job, registry=self.registry)
 
         self.rows_read = counter("rows_read", "Rows read from the source.")
@@ -82,7 +84,11 @@ class MetricsServer:
         host: str = "0.0.0.0",
     ) -> None:
         class Handler(BaseHTTPRequestHandler):
+            """Answers ``/metrics`` and ``/healthz``; anything else is 404."""
+
             def do_GET(self) -> None:
+                """``/metrics``: the registry as text; ``/healthz``: 200 or 503 with
+                ``health()``'s details as JSON (the query string is ignored)."""
                 if self.path.split("?")[0] == "/metrics":
                     self._answer(200, CONTENT_TYPE_LATEST, metrics.text())
                 elif self.path.split("?")[0] == "/healthz":
@@ -111,5 +117,6 @@ class MetricsServer:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop serving and close the socket; waits for the serving loop to end."""
         self._httpd.shutdown()
         self._httpd.server_close()
