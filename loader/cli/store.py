@@ -3,7 +3,8 @@ dead letters (``loader deadletter``) and the tables themselves (``loader db``)."
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -15,8 +16,10 @@ from loader.jobfile import environment
 from loader.monitor import flush as flush_notifications
 from loader.redact import Redactor
 from loader.signals import stop_on_signals
-from loader.state import open_state
+from loader.state import StateStore, open_state
 from loader.units import when
+
+T = TypeVar("T")
 
 
 def state_show(job_file: JobFile, env_file: EnvFile = ENV_FILE) -> None:
@@ -46,11 +49,8 @@ def state_reset(job_file: JobFile, yes: Yes = False, env_file: EnvFile = ENV_FIL
     """Forget the job's checkpoint: the next run starts from cursor.start."""
     with exit_codes(Redactor()):
         job = load(job_file, env_file)
-        if not yes and not typer.confirm(f"Reset the checkpoint of {job.name}?"):
-            fail(defaults.EXIT_CONFIG, "not reset")
-        store = open_state()
-        removed = store.reset(job.name)
-        store.close()
+        removed = _confirmed(yes, f"Reset the checkpoint of {job.name}?", "not reset",
+                             lambda store: store.reset(job.name))  # fmt: skip
         typer.echo(f"{job.name}: checkpoint {'reset' if removed else 'was already empty'}")
 
 
@@ -97,11 +97,8 @@ def deadletter_purge(job_file: JobFile, yes: Yes = False, env_file: EnvFile = EN
     """Delete the job's dead letters for good."""
     with exit_codes(Redactor()):
         job = load(job_file, env_file)
-        if not yes and not typer.confirm(f"Delete every dead letter of {job.name}?"):
-            fail(defaults.EXIT_CONFIG, "nothing deleted")
-        store = open_state()
-        removed = store.purge_dead_letters(job.name)
-        store.close()
+        removed = _confirmed(yes, f"Delete every dead letter of {job.name}?", "nothing deleted",
+                             lambda store: store.purge_dead_letters(job.name))  # fmt: skip
         typer.echo(f"{job.name}: {removed} dead letters deleted")
 
 
@@ -115,3 +112,15 @@ def db_upgrade(env_file: EnvFile = ENV_FILE) -> None:
         if uses_queue(env):
             created = migrate_queue(env)
             typer.echo("queue tables created" if created else "queue tables ready")
+
+
+def _confirmed(yes: bool, question: str, refusal: str, change: Callable[[StateStore], T]) -> T:
+    """Ask ``question`` (unless ``yes``), then make ``change`` to the state store; a "no"
+    exits with the config code and ``refusal``."""
+    if not yes and not typer.confirm(question):
+        fail(defaults.EXIT_CONFIG, refusal)
+    store = open_state()
+    try:
+        return change(store)
+    finally:
+        store.close()

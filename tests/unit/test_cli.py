@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from loader import __version__, defaults
@@ -62,3 +63,24 @@ def test_usage_errors_exit_2() -> None:
     """Unknown options and missing arguments use the same code as bad job files."""
     assert runner.invoke(app, ["run"]).exit_code == defaults.EXIT_CONFIG
     assert runner.invoke(app, ["run", "x.yml", "--limit", "0"]).exit_code == defaults.EXIT_CONFIG
+
+
+def test_reset_and_purge_ask_first_and_a_no_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --yes, `state reset` and `deadletter purge` ask; a "no" exits with the config
+    code and leaves the state store alone, a "yes" goes ahead."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(defaults.STATE_URL_ENV, f"sqlite:///{tmp_path / 'state.db'}")
+    job = tmp_path / "j.yml"
+    job.write_text("source: {url: 'sqlite://', query: SELECT 1}\ntarget: {url: 'http://h/'}\n")
+
+    for command, refusal, done in (
+        (["state", "reset"], "not reset", "checkpoint was already empty"),
+        (["deadletter", "purge"], "nothing deleted", "0 dead letters deleted"),
+    ):
+        refused = runner.invoke(app, [*command, str(job)], input="n\n")
+        assert refused.exit_code == defaults.EXIT_CONFIG and refusal in refused.output
+        assert done not in refused.output
+        accepted = runner.invoke(app, [*command, str(job)], input="y\n")
+        assert accepted.exit_code == 0 and done in accepted.output, accepted.output
