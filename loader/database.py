@@ -2,6 +2,9 @@
 
 ``postgres://`` and ``postgresql://`` URLs mean psycopg 3; a driver's error becomes one
 line without secrets. The state store shares the URL parsing and the driver messages.
+
+SQL holding the job's query goes through :func:`execute_query` only, so that no driver
+runs a second statement hidden in it (see its docstring).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ DRIVER_HINTS = {
     "pyodbc": "pyodbc",
     "oracledb": "oracledb",
 }
+
+#: MySQL's CLIENT_MULTI_STATEMENTS capability flag (PyMySQL's ``CLIENT.MULTI_STATEMENTS``).
+_MYSQL_MULTI_STATEMENTS = 1 << 16
 
 
 def engine_url(url: str) -> sa.URL:
@@ -76,7 +82,30 @@ def create_engine(config: jobmodel.Source, redactor: Redactor) -> sa.Engine:
         def _exact_json(dbapi_connection: Any, _record: Any) -> None:
             set_json_loads(json_fragment, dbapi_connection)
 
+    if engine.dialect.name == "mysql":
+
+        @sa.event.listens_for(engine, "do_connect")
+        def _one_statement(_dialect: Any, _record: Any, _args: Any, kwargs: Any) -> None:
+            # A URL's ?client_flag= could ask for several statements per query: never.
+            flags = int(kwargs.get("client_flag", 0))
+            kwargs["client_flag"] = flags & ~_MYSQL_MULTI_STATEMENTS
+
     return engine
+
+
+def execute_query(
+    connection: Connection, sql: str, params: dict[str, Any], fetch_size: int | None = None
+) -> sa.CursorResult[Any]:
+    """Execute ``sql``, which holds the job's query, so that it cannot run a second
+    statement: through a server-side cursor, which psycopg declares with the extended
+    protocol (one statement per message: PostgreSQL refuses more), while PyMySQL
+    connects without multi-statement support and sqlite3 runs one statement per call.
+    Without a server-side cursor, psycopg would send a query that has no parameters
+    with the simple protocol, which runs every statement in it, ``COMMIT`` included."""
+    options: dict[str, Any] = {"stream_results": True}
+    if fetch_size is not None:
+        options["yield_per"] = fetch_size
+    return connection.execution_options(**options).execute(sa.text(sql), params)
 
 
 def begin_read_only(connection: Connection, config: jobmodel.Source) -> str | None:
@@ -116,7 +145,7 @@ def read_once(
     try:
         with engine.connect() as connection:
             begin_read_only(connection, config)
-            result = connection.execute(sa.text(sql), dict(config.params))
+            result = execute_query(connection, sql, dict(config.params))
             try:
                 return read(result)
             finally:

@@ -32,7 +32,13 @@ from loader.cursor import (
     named_columns,
     quoter,
 )
-from loader.database import begin_read_only, create_engine, driver_message, read_once
+from loader.database import (
+    begin_read_only,
+    create_engine,
+    driver_message,
+    execute_query,
+    read_once,
+)
 from loader.errors import CursorOrderError, QueryError, SourceError
 from loader.pgjson import fast_query
 from loader.redact import Redactor
@@ -150,9 +156,7 @@ def _open_generic(
         query, extra = cursor_query(config, connection.dialect, position, described)
         params.update(extra)
     try:
-        result = connection.execution_options(
-            stream_results=True, yield_per=config.fetch_size
-        ).execute(sa.text(query), params)
+        result = execute_query(connection, query, params, config.fetch_size)
     except SQLAlchemyError as exc:
         raise SourceError(
             f"query failed on {where}: {driver_message(exc, redactor)}; check source.query"
@@ -182,9 +186,8 @@ def _describe(
     """Ask PostgreSQL for the query's columns and types (``LIMIT 0``: nothing runs)."""
     inner = inner_query(config)
     try:
-        probe = connection.execute(
-            sa.text(f"SELECT * FROM (\n{inner}\n) AS s LIMIT 0"), dict(config.params)
-        )
+        sql = f"SELECT * FROM (\n{inner}\n) AS s LIMIT 0"
+        probe = execute_query(connection, sql, dict(config.params))
         description = probe.cursor.description or []
         probe.close()
     except SQLAlchemyError as exc:
@@ -211,11 +214,12 @@ def _refuse_nulls(
     inner = inner_query(config)
     test = " OR ".join(f"s.{quote(name)} IS NULL" for name in names)
     try:
-        found = connection.execute(
-            sa.text(f"SELECT {', '.join('s.' + quote(n) for n in names)} "
-                    f"FROM (\n{inner}\n) AS s WHERE {test} LIMIT 1"),
+        found = execute_query(
+            connection,
+            f"SELECT {', '.join('s.' + quote(n) for n in names)} "
+            f"FROM (\n{inner}\n) AS s WHERE {test} LIMIT 1",
             dict(config.params),
-        ).first()  # fmt: skip
+        ).first()  # first() closes the cursor
     except SQLAlchemyError as exc:
         raise SourceError(
             f"query failed on {where}: {driver_message(exc, redactor)}; check source.query"
