@@ -23,6 +23,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
+from sqlparse import tokens as sqltokens
+from sqlparse.lexer import Lexer
 
 from loader import defaults
 from loader.fields import Duration, FrozenModel, Scalar, Size, url_placeholders
@@ -123,6 +125,25 @@ class Partition(FrozenModel):
         return value
 
 
+def _second_statement(query: str) -> str | None:
+    """The text from the second statement of ``query`` on, ``None`` when it holds one.
+    Semicolons in quotes, dollar quotes, quoted names and comments separate nothing;
+    neither do trailing ones. (The database is the guarantee: :func:`loader.database.
+    execute_query` never lets it run a second statement. This names the problem first.)"""
+    if ";" not in query:
+        return None
+    ended = False  # a ';' outside quotes and comments was seen
+    offset = 0
+    lexer = Lexer.get_default_instance()  # type: ignore[no-untyped-call]  # sqlparse is untyped
+    for kind, text in lexer.get_tokens(query):
+        if kind is sqltokens.Punctuation and text == ";":
+            ended = True
+        elif ended and not (kind in sqltokens.Whitespace or kind in sqltokens.Comment):
+            return query[offset:]
+        offset += len(text)
+    return None
+
+
 class Source(FrozenModel):
     """The database and the query whose rows are sent."""
 
@@ -163,6 +184,20 @@ class Source(FrozenModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @field_validator("query")
+    @classmethod
+    def _one_statement(cls, value: str) -> str:
+        second = _second_statement(value)
+        if second is not None:
+            start = " ".join(second.split())
+            start = start if len(start) <= 40 else start[:37] + "..."
+            raise ValueError(
+                f"holds more than one statement (the second starts {start!r}); loader runs "
+                "exactly one SELECT, read-only, and nothing was run: remove the other "
+                "statements (a trailing ';' is fine)"
+            )
+        return value
 
     @field_validator("url")
     @classmethod

@@ -18,6 +18,7 @@ LIBRARIES = {
     "yaml",
     "dotenv",
     "pydantic",
+    "sqlparse",
     "orjson",
     "sqlalchemy",
     "psycopg",
