@@ -11,8 +11,8 @@ One place decides what is secret, one :meth:`Redactor.text` masks it at every ex
   with the secrets of every job loaded (:func:`register_secrets`).
 
 A value that reads like a word is masked only where it stands alone: a secret ``shop``
-leaves ``shopping`` alone. A secret that is a URL with a path (a webhook, a heartbeat URL) keeps
-its scheme and host: ``https://hooks.slack.com/***``.
+leaves ``shopping`` alone. A secret that is a URL with a path (a webhook, a heartbeat
+URL) keeps its scheme and host: ``https://hooks.slack.com/***``.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from loader import job as jobmodel
 from loader.auth import OAuth2Token, basic_authorization, tls_context, transport_reason
 from loader.errors import RejectedError, RetryableSinkError, SinkError
 from loader.ratelimit import Rate, limiter_for
-from loader.redact import Redactor, mask_path, mask_url
+from loader.redact import Redactor, mask_path, mask_registered, mask_url
 from loader.units import format_duration
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -311,7 +311,7 @@ class Sink:
         for item in found:
             index = item.get(config.index) if isinstance(item, dict) else None
             if isinstance(index, int) and not isinstance(index, bool):
-                message = self._redactor.text(json.dumps(item))[:500]
+                message = mask_registered(self._redactor.text(json.dumps(item)))[:500]
                 refused.append(ItemError(index, response.status_code, message))
         return refused
 
@@ -368,7 +368,9 @@ class Sink:
                     break
         except httpx.HTTPError:
             return "(the response body could not be read)"
-        text = self._redactor.text(" ".join(raw.decode("utf-8", "replace").split()))
+        text = mask_registered(
+            self._redactor.text(" ".join(raw.decode("utf-8", "replace").split()))
+        )
         limit = defaults.BODY_EXCERPT_CHARS
         return text if len(text) <= limit else text[:limit] + "..."
 
