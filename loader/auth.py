@@ -17,7 +17,7 @@ import httpx
 
 from loader import job as jobmodel
 from loader.errors import JobConfigError, RetryableSinkError, SinkError
-from loader.redact import Redactor, mask_url, register_secrets
+from loader.redact import Redactor, mask_url, register_runtime_secrets
 
 
 def basic_authorization(basic: jobmodel.BasicAuth) -> str:
@@ -104,7 +104,7 @@ class OAuth2Token:
                 f"access_token: {excerpt}; check target.auth.oauth2",
                 url=mask_url(config.token_url), status=response.status_code,
             ) from None  # fmt: skip
-        register_secrets([token])
+        register_runtime_secrets([token])
         lifetime = float(payload.get("expires_in") or 3600)
         self._token = token
         self._expires = time.monotonic() + max(0.0, lifetime - self.MARGIN)

@@ -9,9 +9,10 @@ way in for every caller while the gathering lives apart from its validation.
 
 from __future__ import annotations
 
+import base64
 from typing import TYPE_CHECKING
 
-from loader.redact import Redactor, is_secret_name, url_passwords
+from loader.redact import Redactor, is_secret_name, query_secrets, url_passwords
 
 if TYPE_CHECKING:
     from loader.job import Job
@@ -24,7 +25,7 @@ def job_secrets(job: Job) -> frozenset[str]:
     found: set[str] = set()
     target = job.target
     for url in (job.source.url, target.url, target.proxy or ""):
-        found.update(url_passwords(url))
+        found.update(url_passwords(url), query_secrets(url))
     secret_headers = {name.lower() for name in target.secret_headers}
     for name, value in target.headers.items():
         if name.lower() in secret_headers or is_secret_name(name):
@@ -37,7 +38,11 @@ def job_secrets(job: Job) -> frozenset[str]:
         found.add(oauth2.client_secret)
     basic = target.auth.basic
     if basic is not None:
-        found.update({basic.password, basic.username} if basic.password else {basic.username})
+        # The header as sent, and its base64 alone (an endpoint may echo either). The
+        # username is no secret, unless it is the credential itself (a write key sent
+        # with an empty password).
+        encoded = base64.b64encode(f"{basic.username}:{basic.password}".encode()).decode()
+        found.update({f"Basic {encoded}", encoded, basic.password or basic.username})
     # Alert and heartbeat URLs carry their tokens in the path.
     found.update(url for url in (job.alerts.webhook, job.alerts.slack, job.heartbeat) if url)
     if target.envelope:

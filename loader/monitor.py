@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 from loader import defaults
 from loader.errors import LoaderError, TooManyRejectionsError
 from loader.job import Job
-from loader.redact import mask_url, register_secrets
+from loader.redact import mask_path, register_secrets
 from loader.result import RunResult, Status
 from loader.sink import notify
 from loader.state import AlertState, StateStore
@@ -276,7 +276,7 @@ class Monitor:
         log.warning("alert: %s", alert.summary())
         if webhook:
             payload = alert.__dict__
-            _NOTIFIER.submit(f"alert to {mask_url(webhook)}", lambda: notify(webhook, payload))
+            _NOTIFIER.submit(f"alert to {mask_path(webhook)}", lambda: notify(webhook, payload))
         if slack:
             text = alert.summary()
             slack_body = {"text": text, "blocks": [
@@ -300,7 +300,7 @@ class Monitor:
         url = self.job.heartbeat
         if url:
             target = url.rstrip("/") + suffix
-            _NOTIFIER.submit(f"heartbeat {mask_url(target)}", lambda: notify(target))
+            _NOTIFIER.submit(f"heartbeat {mask_path(target)}", lambda: notify(target))
 
 
 def _iso(stamp: float | None) -> str | None:

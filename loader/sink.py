@@ -31,7 +31,7 @@ from loader import job as jobmodel
 from loader.auth import OAuth2Token, basic_authorization, tls_context, transport_reason
 from loader.errors import RejectedError, RetryableSinkError, SinkError
 from loader.ratelimit import Rate, limiter_for
-from loader.redact import Redactor, mask_registered, mask_url
+from loader.redact import Redactor, mask_path, mask_registered, mask_url
 from loader.units import format_duration
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -317,7 +317,8 @@ class Sink:
 
     def _classify(self, response: httpx.Response, what: str, excerpt: str) -> None:
         status = response.status_code
-        detail = f"{what} answered {status} {response.reason_phrase}"
+        # A reason phrase is the server's text, like a body: it may echo a credential.
+        detail = f"{what} answered {status} {self._redactor.text(response.reason_phrase)}"
         override = self._target.statuses.get(status)
         if override == "success":
             return
@@ -382,8 +383,9 @@ def notify(
     user_agent: str = "loader",
 ) -> None:
     """One alert or heartbeat request: POST ``payload`` as JSON (or an empty POST).
-    Raises :class:`SinkError` (URL masked) unless the answer is 2xx."""
-    safe = mask_url(url)
+    Raises :class:`SinkError` unless the answer is 2xx; the URL is a credential, so the
+    error shows only its scheme and host."""
+    safe = mask_path(url)
     try:
         with httpx.Client(timeout=timeout, trust_env=False, follow_redirects=False) as client:
             response = client.post(

@@ -68,10 +68,12 @@ def deadletter_list(
         letters = store.dead_letters(job.name, limit)
         total = store.dead_letter_count(job.name)
         store.close()
+        redactor = job.redactor()
         for letter in letters:
             typer.echo(
                 f"#{letter.id} run {letter.run_id} at {when(letter.created_at)}, "
-                f"{letter.attempts} attempt(s), status {letter.status}: {letter.excerpt}"
+                f"{letter.attempts} attempt(s), status {letter.status}: "
+                f"{redactor.text(letter.excerpt)}"
             )
             typer.echo(f"  {letter.row.decode('utf-8', 'replace')}")
         typer.echo(

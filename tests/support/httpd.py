@@ -40,10 +40,15 @@ class Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_PATCH = do_GET = do_DELETE = _handle
 
     def reply(
-        self, status: int, headers: Mapping[str, str] | None = None, body: bytes = b""
+        self,
+        status: int,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        reason: str | None = None,
     ) -> None:
-        """Answer ``status`` with ``headers``, ``body`` and its ``Content-Length``."""
-        self.send_response(status)
+        """Answer ``status`` (with ``reason`` as its phrase, if given) with ``headers``,
+        ``body`` and its ``Content-Length``."""
+        self.send_response(status, reason)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))

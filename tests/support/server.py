@@ -6,7 +6,11 @@ is used up the endpoint answers ``200``. A step is one of:
 * ``503``: that status, empty body;
 * ``(429, {"Retry-After": "1"})`` or ``(400, {}, b"body")``: status, headers, body;
 * ``Delay(seconds, step)``: wait, then answer with ``step``;
-* ``RESET``: close the connection without answering.
+* ``RESET``: close the connection without answering;
+* ``Echo(status, into)``: that status, echoing the request's headers back ``into`` the
+  body (every header, one per line), the ``Location`` (``/moved/`` and the
+  ``Authorization`` value) or the reason phrase (``Unavailable`` and that value), as
+  careless servers do.
 
 ``reject_when(predicate, status)`` answers ``status`` to every request whose body makes
 ``predicate`` true (after the script is used up): a poison row, for instance.
@@ -75,6 +79,25 @@ class Delay:
 RESET = "reset"
 
 
+@dataclass(frozen=True)
+class Echo:
+    """Answer ``status``, echoing the request's headers ``into`` "body", "location" or
+    "reason"."""
+
+    status: int
+    into: str = "body"
+
+    def play(self, handler: Handler) -> None:
+        authorization = handler.headers.get("Authorization", "")
+        if self.into == "location":
+            handler.reply(self.status, {"Location": f"/moved/{authorization}"})
+        elif self.into == "reason":
+            handler.reply(self.status, reason=f"Unavailable {authorization}")
+        else:
+            lines = "".join(f"{name}: {value}\n" for name, value in handler.headers.items())
+            handler.reply(self.status, {"Content-Type": "text/plain"}, lines.encode())
+
+
 class Endpoint(LoopbackServer):
     """The server. ``url`` is its base; ``requests`` what arrived, in order."""
 
@@ -122,7 +145,11 @@ class Endpoint(LoopbackServer):
         path = handler.path.split("?", 1)[0]
         step = self._next_step(path, body)
         final = step.then if isinstance(step, Delay) else step
-        status = None if final == RESET else final if isinstance(final, int) else final[0]
+        status = (
+            None if final == RESET
+            else final.status if isinstance(final, Echo)
+            else final if isinstance(final, int) else final[0]
+        )  # fmt: skip
         with self._lock:
             self.requests.append(
                 Recorded(
@@ -142,6 +169,9 @@ def _play(handler: Handler, step: Any) -> None:
     if isinstance(step, Delay):
         time.sleep(step.seconds)
         step = step.then
+    if isinstance(step, Echo):
+        step.play(handler)
+        return
     if step == RESET:
         # Linger 0: closing sends a TCP RST, as a dropped connection does.
         handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
