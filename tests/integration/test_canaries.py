@@ -18,11 +18,15 @@ import pytest
 import yaml
 
 from loader import LoaderError, flush_notifications, load_job, open_state, run_job
-from tests.support.canaries import CANARIES, CanaryServer, leaks, planted
-from tests.support.canary_lab import Case, Lab, Played, job_spec, play
+from tests.support.canaries import CANARIES, CanaryServer, Mailbox, leaks, planted
+from tests.support.canary_lab import Case, Lab, Played, closed_port, job_spec, play
 
 JOB = ("{job}",)
 CASES = [
+    Case("alert_receivers_fail", ("run", *JOB), 4, mode="echo401", auth="basic",
+         hooks_fail=True),
+    Case("sigterm", ("run", *JOB), 130, mode="drip", auth="oauth2", rows=200, sigterm=True),
+    Case("timeout", ("run", *JOB), 4, mode="slow"),
     Case("db_unreachable", ("run", *JOB), 3, db_down=True),
     Case("db_query_fails", ("run", *JOB), 3, query="SELECT * FROM nowhere"),
     Case("http_401_echo", ("run", *JOB), 4, mode="echo401"),
@@ -35,18 +39,14 @@ CASES = [
     Case("reason_phrase_oauth2", ("run", *JOB), 4, mode="reason", auth="oauth2"),
     Case("reason_phrase_bearer", ("run", *JOB), 4, mode="reason"),
     Case("oauth2_token_error", ("run", *JOB), 4, auth="oauth2-echo"),
-    Case("timeout", ("run", *JOB), 4, mode="slow"),
     Case("deadletter_list", ("deadletter", "list", *JOB), 0, mode="poison", auth="basic",
          setup=(("run", *JOB),)),
     Case("deadletter_replay", ("deadletter", "replay", *JOB), 6, mode="poison", auth="basic",
          setup=(("run", *JOB),)),
     Case("circuit_breaker", ("run", *JOB), 4, mode="echo400", auth="basic",
          job={"max_rejected": 0}),
-    Case("alert_receivers_fail", ("run", *JOB), 4, mode="echo401", auth="basic",
-         hooks_fail=True),
     Case("slack_target_500", ("run", *JOB), 4, mode="echo500", auth="basic", slack_target=True),
     Case("lock_held", ("run", *JOB), 5, auth="basic", hold_lock=True),
-    Case("sigterm", ("run", *JOB), 130, mode="drip", auth="oauth2", rows=200, sigterm=True),
     Case("check", ("check", *JOB), 0, auth="basic"),
     Case("check_db_unreachable", ("check", *JOB), 3, db_down=True),
     Case("show", ("show", *JOB), 0, auth="basic"),
@@ -72,7 +72,7 @@ CASES = [
 BY_NAME = {case.name: case for case in CASES}
 CLI_OUTPUTS = ("text logs: stdout", "text logs: stderr", "json logs: stdout",
                "json logs: stderr", "setup commands")  # fmt: skip
-RUN_OUTPUTS = ("state store tables", "alerts and slack", "heartbeats")
+RUN_OUTPUTS = ("state store tables", "alerts and slack", "alert mail", "heartbeats")
 
 
 def _pairs() -> Iterator[tuple[str, str]]:
@@ -90,9 +90,10 @@ def _pairs() -> Iterator[tuple[str, str]]:
 def played(
     database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Played | BaseException]]:
-    """Every case, played once, three at a time."""
+    """Every case, played once, four at a time (the slow ones first)."""
     server = CanaryServer(CANARIES["oauth2 access token"]).start()
-    lab = Lab(server, database_url, tmp_path_factory.mktemp("canaries"))
+    mailbox = Mailbox(closed_port()).start()
+    lab = Lab(server, mailbox, database_url, tmp_path_factory.mktemp("canaries"))
     schemas = [lab.state_url(case)[1] for case in CASES if case.state == "postgres"]
     with psycopg.connect(database_url, autocommit=True) as conn:
         for schema in schemas:
@@ -105,10 +106,11 @@ def played(
             return exc
 
     try:
-        with ThreadPoolExecutor(max_workers=3) as pool:
+        with ThreadPoolExecutor(max_workers=4) as pool:
             yield dict(zip(BY_NAME, pool.map(attempt, CASES), strict=True))
     finally:
         server.stop()
+        mailbox.stop()
         with psycopg.connect(database_url, autocommit=True) as conn:
             for schema in schemas:
                 conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -160,6 +162,7 @@ def test_the_canaries_were_sent_where_they_belong(
     received = _get(played, "http_401_echo")
     assert received.outputs["alerts and slack"].count("<own path>") == 2
     assert received.outputs["heartbeats"].count("<own path>") >= 2
+    assert "is failing" in received.outputs["alert mail"]
     assert "loader_" in _get(played, "pg_http_400_echo_basic").outputs["state store tables"]
 
 

@@ -9,7 +9,8 @@ base64 of ``user:password``, the header value loader computes and sends.
 target (paths ``/t/<case>/<mode>``, each mode a way of failing that echoes the request
 back), the OAuth2 token endpoint (``/oauth/<case>/...``) and the alert, Slack and
 heartbeat receivers (``/hook/<case>/...``; under ``/hook/<case>/fail/`` they answer 500,
-echoing the request). It records every request, so a test can
+echoing the request). :class:`Mailbox` is the SMTP server alert mail goes to: it accepts
+any login over plain SMTP and keeps every message. It records every request, so a test can
 read what each case's alerts and heartbeats carried.
 """
 
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from urllib.parse import quote, quote_plus
 
 import psycopg
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from tests.support.httpd import Handler, LoopbackServer
 
@@ -44,6 +47,7 @@ CANARIES: dict[str, str] = {
     "slack webhook path": "cnry-slackpath-0b7e",
     "heartbeat path": "cnry-hbpath-9e41",
     "target URL path (Slack webhook as target)": "cnry-slacktarget-a7c3",
+    "SMTP password (LOADER_SMTP_URL)": "cnry-smtppass-e5a0",
     "secret-named env var": "cnry-envsecret-4c5f",
 }
 BASIC_USER = "shopuser"  # not a secret: it may appear, its base64 with the password not
@@ -222,3 +226,32 @@ def planted(text: str) -> Iterator[str]:
     for name, value in CANARIES.items():
         if any(needle in text for needle in forms(name, value).values()):
             yield name
+
+
+class Mailbox:
+    """An SMTP server on loopback that accepts any login and keeps every message."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.messages: list[str] = []
+        self._controller = Controller(
+            self, hostname="127.0.0.1", port=port,
+            authenticator=_anyone, auth_require_tls=False,
+        )  # fmt: skip
+
+    def start(self) -> Mailbox:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.content if isinstance(envelope.content, bytes) else b""
+        head = f"MAIL FROM {envelope.mail_from} RCPT TO {', '.join(envelope.rcpt_tos)}"
+        self.messages.append(f"{head}\n{content.decode('utf-8', 'replace')}")
+        return "250 OK"
+
+
+def _anyone(*_args: object) -> AuthResult:
+    return AuthResult(success=True)

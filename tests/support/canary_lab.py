@@ -11,6 +11,7 @@ alert, Slack message and heartbeat the loopback receivers got.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from tests.support.canaries import (
     BASIC_USER,
     CANARIES,
     CanaryServer,
+    Mailbox,
     Received,
     dump_postgres,
     dump_sqlite,
@@ -35,8 +37,8 @@ from tests.support.canaries import (
 
 C = CANARIES
 #: Environment variables a developer's shell may carry that would change the jobs.
-_UNSET = ("LOADER_ALERT_URL", "LOADER_ALERT_SLACK_URL", "LOADER_ALERT_EMAIL", "LOADER_SMTP_URL",
-          "LOADER_EXECUTOR", "LOADER_QUEUE_URL", "PORT")  # fmt: skip
+_UNSET = ("LOADER_ALERT_URL", "LOADER_ALERT_SLACK_URL", "LOADER_EXECUTOR", "LOADER_QUEUE_URL",
+          "PORT")  # fmt: skip
 #: Which canary a receiver's own path carries (it is the credential, sent by design).
 _OWN_PATH = {"/alert/": C["alert webhook path"], "/services/": C["slack webhook path"],
              "/ping/": C["heartbeat path"]}  # fmt: skip
@@ -137,6 +139,7 @@ class Lab:
     """What every case shares: the server, the test database, a directory per case."""
 
     server: CanaryServer
+    mailbox: Mailbox
     database_url: str
     root: Path
 
@@ -159,9 +162,7 @@ def play(case: Case, lab: Lab) -> Played:
     job = workdir / "job.yml"
     job.write_text(yaml.safe_dump(job_spec(case, lab.server, lab.database_url)))
     state_url, schema = lab.state_url(case)
-    env = {k: v for k, v in os.environ.items() if k not in _UNSET}
-    env |= {"LOADER_STATE_URL": state_url, "PARTNER_SECRET": C["secret-named env var"],
-            "SLACK_WEBHOOK_URL": target_url(case, lab.server), "NO_COLOR": "1"}  # fmt: skip
+    env = _environment(case, lab, state_url)
     played = Played()
     lease = None
     if case.hold_lock:
@@ -190,6 +191,22 @@ def play(case: Case, lab: Lab) -> Played:
     return played
 
 
+def _environment(case: Case, lab: Lab, state_url: str) -> dict[str, str]:
+    """The process environment: the state store, the secret variables, alert mail."""
+    smtp_port = closed_port() if case.hooks_fail else lab.mailbox.port
+    smtp_password = C["SMTP password (LOADER_SMTP_URL)"]
+    env = {k: v for k, v in os.environ.items() if k not in _UNSET}
+    return env | {
+        "LOADER_STATE_URL": state_url,
+        "PARTNER_SECRET": C["secret-named env var"],
+        "SLACK_WEBHOOK_URL": target_url(case, lab.server),
+        "NO_COLOR": "1",
+        "LOADER_ALERT_EMAIL": "ops@example.com",
+        "LOADER_ALERT_FROM": "loader@example.com",
+        "LOADER_SMTP_URL": f"smtp://alerts:{smtp_password}@127.0.0.1:{smtp_port}",
+    }
+
+
 def _gather(case: Case, lab: Lab, played: Played, state_url: str, schema: str | None) -> None:
     if case.runs_a_job and not case.state_down:
         if schema is None:
@@ -204,6 +221,8 @@ def _gather(case: Case, lab: Lab, played: Played, state_url: str, schema: str | 
         _without_own_path(r) for r in hooks if "/ping/" in r.path
     )
     played.target_requests = lab.server.requests(f"/t/{case.name}/")
+    mine = re.compile(rf"canary_{case.name}\b")
+    played.outputs["alert mail"] = "\n\n".join(m for m in lab.mailbox.messages if mine.search(m))
 
 
 def _without_own_path(request: Received) -> str:
