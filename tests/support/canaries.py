@@ -17,6 +17,8 @@ read what each case's alerts and heartbeats carried.
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import json
 import sqlite3
 import threading
@@ -75,7 +77,7 @@ def forms(name: str, value: str) -> dict[str, str]:
     }
     if name == "basic auth password":
         pair = f"{BASIC_USER}:{value}".encode()
-        found["base64 of user:password"] = base64.b64encode(pair).decode()
+        found["base64 of user:password"] = base64.b64encode(pair).decode().rstrip("=")
     for index, core in enumerate(sorted(_base64_cores(value.encode()))):
         found[f"base64 (alignment {index})"] = core
     return found
@@ -249,8 +251,18 @@ class Mailbox:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.content if isinstance(envelope.content, bytes) else b""
         head = f"MAIL FROM {envelope.mail_from} RCPT TO {', '.join(envelope.rcpt_tos)}"
-        self.messages.append(f"{head}\n{content.decode('utf-8', 'replace')}")
+        self.messages.append(f"{head}\n{content.decode('utf-8', 'replace')}\n{_decoded(content)}")
         return "250 OK"
+
+
+def _decoded(content: bytes) -> str:
+    """The message with its headers unfolded and its body decoded (quoted-printable or
+    base64 would otherwise hide a canary, or split it across lines)."""
+    message = email.message_from_bytes(content, policy=email.policy.default)
+    headers = "\n".join(f"{name}: {value}" for name, value in message.items())
+    parts = [part.get_payload(decode=True) for part in message.walk() if not part.is_multipart()]
+    bodies = [p.decode("utf-8", "replace") for p in parts if isinstance(p, bytes)]
+    return "\n".join([headers, *bodies])
 
 
 def _anyone(*_args: object) -> AuthResult:
