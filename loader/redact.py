@@ -103,7 +103,20 @@ def _replacements(secrets: Iterable[str]) -> dict[str, str]:
         shown = mask_path(secret) if _has_path(secret) else MASK
         for form in (quote(secret, safe=""), quote(secret), secret):
             found[form] = shown if form == secret else MASK
+        if shown != MASK:
+            # A credential URL's path is the credential: masked also where the URL is
+            # shown without its query (secret query values masked first) or alone.
+            base, path = _base_and_path(secret)
+            found.setdefault(base, shown)
+            if len(path.strip("/")) >= _MIN_VALUE_LENGTH:
+                found.setdefault(path, f"/{MASK}")
     return found
+
+
+def _base_and_path(url: str) -> tuple[str, str]:
+    """``url`` without its query and fragment, and its path alone."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="", fragment="")), parts.path
 
 
 def _has_path(value: str) -> bool:

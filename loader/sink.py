@@ -15,6 +15,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import logging
 import socket
 import ssl
 import threading
@@ -35,6 +36,20 @@ from loader.redact import Redactor, mask_path, mask_registered, mask_url
 from loader.units import format_duration
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class _RedactingFilter(logging.Filter):
+    """httpx logs each request's URL (``HTTP Request: POST https://...``) at INFO: an
+    app that shows httpx's log lines would print webhook paths and query tokens. Every
+    record of httpx's loggers passes through the redactor of every loaded job first."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = mask_registered(record.getMessage()), None
+        return True
+
+
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).addFilter(_RedactingFilter())
 
 
 @dataclass(frozen=True)
