@@ -30,10 +30,15 @@ class RunOptions:
     limit: int | None = None
     dry_run: bool = False
     preview: int = defaults.DRY_RUN_REQUESTS
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)  # None: a fresh event
     sleep: Callable[[float], None] | None = None
     monotonic: Callable[[], float] = time.monotonic
     transport: httpx.BaseTransport | None = None
     lock_ttl: float = defaults.LOCK_TTL
     monitor: bool = True
     progress: Callable[[RunResult], None] | None = None
+
+    def __post_init__(self) -> None:
+        # ``stop=None`` means "no stop signal", as it always did for run_job's callers.
+        if self.stop is None:
+            object.__setattr__(self, "stop", threading.Event())

@@ -24,7 +24,7 @@ from loader.job import Job
 from loader.journal import Journal
 from loader.lease import LockKeeper, held
 from loader.options import RunOptions
-from loader.result import RunResult, combine
+from loader.result import RunResult, Status, combine
 from loader.runner import run_once
 from loader.source import key_range
 from loader.state import StateStore
@@ -152,7 +152,8 @@ class _Whole:
         try:
             parts = plan_partitions(self.job, self.store, keep=not self.options.dry_run)
         except LoaderError as exc:
-            exc.result = self.result()
+            detail = self.job.redactor().text(str(exc))
+            exc.result = replace(self.result(), status=Status.FAILED, error=detail)
             self.end(exc.result, exc)
             raise
         if self.options.limit is not None:

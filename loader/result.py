@@ -35,15 +35,20 @@ class Status(StrEnum):
     QUEUED = "queued"
     #: A slot that passed while no clock ran.
     MISSED = "missed"
+    #: A run whose process died: another run of the job took its lock over.
+    ABANDONED = "abandoned"
+    #: A slot claimed by a clock, not ended yet.
+    CLAIMED = "claimed"
 
     @property
     def ended(self) -> bool:
         """True once the run has stopped for good (``interrupted`` runs resume)."""
-        return self not in (Status.RUNNING, Status.INTERRUPTED, Status.QUEUED)
+        return self not in (Status.RUNNING, Status.INTERRUPTED, Status.QUEUED, Status.CLAIMED)
 
 
-#: A partitioned run's status is the worst of its ranges', in this order.
-_WORST_FIRST = (Status.FAILED, Status.INTERRUPTED, Status.PARTIAL, Status.DRY_RUN)
+#: A partitioned run's status is the worst of its ranges', in this order (a range still
+#: running makes the whole run running: a progress report's status).
+_WORST_FIRST = (Status.FAILED, Status.INTERRUPTED, Status.RUNNING, Status.PARTIAL, Status.DRY_RUN)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ def combine(job: str, run_id: str, results: Sequence[RunResult], duration: float
         rows_posted=sum(r.rows_posted for r in results),
         requests=sum(r.requests for r in results), retries=sum(r.retries for r in results),
         duration=duration, rows_rejected=sum(r.rows_rejected for r in results),
-        throttled=sum(r.throttled for r in results), error=errors[0] if errors else None,
+        throttled=sum(r.throttled for r in results), in_flight=sum(r.in_flight for r in results),
+        error=errors[0] if errors else None,
         preview=tuple(p for r in results for p in r.preview), checkpoint=checkpoint,
     )  # fmt: skip

@@ -121,5 +121,5 @@ def _abandon(conn: sa.Connection, run_id: str, now: float) -> None:
     conn.execute(
         sa.update(runs)
         .where(runs.c.run_id == run_id, runs.c.status == Status.RUNNING)
-        .values(status="abandoned", ended_at=now, error="the run's process died")
+        .values(status=Status.ABANDONED, ended_at=now, error="the run's process died")
     )

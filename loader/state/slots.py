@@ -32,7 +32,7 @@ class SlotSql(SqlBase):
                 conn.execute(
                     sa.insert(slot_table).values(
                         job=job, slot_at=slot_at, run_id=run_id, clock=clock,
-                        status="claimed", claimed_at=self._clock(),
+                        status=Status.CLAIMED, claimed_at=self._clock(),
                     )
                 )  # fmt: skip
         except StateError as exc:

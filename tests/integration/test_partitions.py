@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from loader import RejectedError, build_job, flush_notifications, open_state, run_job
+from loader import QueryError, RejectedError, build_job, flush_notifications, open_state, run_job
 from tests.integration.conftest import Schema, make_job
 from tests.support.server import Delay, Endpoint
 
@@ -192,3 +192,27 @@ def test_a_partitioned_run_reports_progress_of_the_whole_run(
     assert reports and reports == sorted(reports)
     assert reports[-1] == 2000
     assert max(reports) > 500  # more than one range's rows: the sums, not one range's
+
+
+def test_a_run_that_cannot_be_split_is_recorded_failed(
+    schema: Schema, endpoint: Endpoint, isolated_state: str
+) -> None:
+    """A partition column that holds no integers fails the run before anything is sent;
+    its history row and its result say failed, with the reason (not succeeded)."""
+    schema.execute(
+        "CREATE TABLE events AS SELECT g AS id, 'k' || g AS kind FROM generate_series(1, 9) g"
+    )
+    source = {"partition": {"column": "kind", "count": 2}}
+    spec = make_job(schema, endpoint.url, f"SELECT id, kind FROM {schema.table('events')}",
+                    source=source)  # fmt: skip
+    job = build_job(spec)
+
+    with pytest.raises(QueryError) as caught:
+        run_job(job)
+
+    assert caught.value.result is not None and caught.value.result.status == "failed"
+    state = open_state(isolated_state)
+    (record,) = state.history(job.name)
+    state.close()
+    assert record.status == "failed" and "integer column" in (record.error or "")
+    assert endpoint.requests == []
