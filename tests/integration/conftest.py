@@ -12,10 +12,13 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+
+from tests.support.kinto import Kinto
 
 ENV_VAR = "LOADER_TEST_DATABASE_URL"
 
@@ -115,3 +118,11 @@ def make_job(schema: Schema, endpoint_url: str, query: str, **sections: Any) -> 
     # One request at a time unless a test asks for more: scripted answers stay in order.
     sections.setdefault("concurrency", 1)
     return {"name": "test_job", "source": source, "target": target, "retry": retry, **sections}
+
+
+@pytest.fixture
+def kinto(tmp_path: Path) -> Iterator[Kinto]:
+    """A real Kinto server on loopback (see :mod:`tests.support.kinto`)."""
+    server = Kinto(tmp_path).start()
+    yield server
+    server.stop()
