@@ -459,11 +459,20 @@ def _refuse_duplicates(columns: tuple[str, ...]) -> None:
 
 def describe_query(config: jobmodel.Source, redactor: Redactor) -> tuple[str, ...]:
     """Connect, and ask the database for the query's columns without reading a row
-    (``LIMIT 0`` in a read-only transaction). Raises :class:`SourceError`."""
+    (``LIMIT 0`` in a read-only transaction). Raises :class:`SourceError`, or
+    :class:`EncodingError` for a PostgreSQL column type loader refuses."""
+
+    def read(result: sa.CursorResult[Any]) -> tuple[str, ...]:
+        columns = tuple(result.keys())
+        if result.dialect.name == "postgresql" and result.cursor is not None:
+            types = {c[0]: cast(int, c[1]) for c in result.cursor.description or []}
+            refuse_types(result.context.root_connection, columns, types, "", redactor)
+        return columns
+
+    inner = inner_query(config)
     columns: tuple[str, ...] = read_once(
-        config, redactor, f"SELECT * FROM (\n{inner_query(config)}\n) AS s LIMIT 0",
-        lambda result: tuple(result.keys()), "",
-    )  # fmt: skip
+        config, redactor, f"SELECT * FROM (\n{inner}\n) AS s LIMIT 0", read, ""
+    )
     _refuse_duplicates(columns)
     cursor_indexes(config, columns)
     return columns

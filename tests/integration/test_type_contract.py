@@ -211,3 +211,14 @@ def test_a_refused_value_mid_stream_fails_both_paths_alike(
     assert errors[0] == errors[1]
     assert "column 'due' holds infinity" in errors[0]
     assert all(row["id"] < 7000 for row in endpoint.rows())
+
+
+def test_check_reports_a_refused_type_before_any_run(schema: Schema, endpoint: Endpoint) -> None:
+    """`loader check` names a column whose type is refused, and its cast."""
+    from loader.check import check_job
+
+    job = build_job(make_job(schema, endpoint.url, "SELECT 1 AS id, 12.5::money AS price"))
+    source = next(check for check in check_job(job) if check.name == "source")
+
+    assert not source.ok
+    assert "column 'price' is money" in source.detail and "price::numeric" in source.detail
