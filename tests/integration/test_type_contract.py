@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from loader import EncodingError, build_job, run_job
@@ -187,7 +188,7 @@ def test_the_readme_table_is_this_contract() -> None:
     """Every example in README's type table is tested here with the JSON it shows."""
     examples = _readme_examples()
     assert len(examples) >= 30
-    contract = dict(CONTRACT)
+    contract = dict(CONTRACT) | {sql.replace("{ns}.", ""): json for sql, json in EXTENSIONS}
     for example, shown in examples:
         assert example in contract, f"README example {example!r} is not tested"
         assert contract[example] == shown, example
@@ -222,3 +223,36 @@ def test_check_reports_a_refused_type_before_any_run(schema: Schema, endpoint: E
 
     assert not source.ok
     assert "column 'price' is money" in source.detail and "price::numeric" in source.detail
+
+
+# Types from extensions, installed for the test; {ns} is the schema that holds them.
+EXTENSIONS: list[tuple[str, str | Fails]] = [
+    ("'Ab'::{ns}.citext", '"Ab"'),
+    ("'a=>1, b=>NULL'::{ns}.hstore", '{"a":"1","b":null}'),
+    ("ARRAY['Ab'::{ns}.citext]", Fails("col::text[]")),
+]
+
+
+@pytest.mark.parametrize(("sql", "expected"), EXTENSIONS)
+def test_extension_types_are_sent_as_their_text(
+    schema: Schema, endpoint: Endpoint, sql: str, expected: str | Fails
+) -> None:
+    """A type from an extension is its text on both paths (citext), hstore an object of
+    strings; an array of one fails with the cast, as the driver reads it as one text."""
+    with psycopg.connect(schema.url, autocommit=True) as conn:
+        for name in ("citext", "hstore"):
+            conn.execute(f"CREATE EXTENSION IF NOT EXISTS {name} SCHEMA {schema.name}")
+        # Installed in another schema already: use it there.
+        (ns,) = conn.execute(
+            "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'citext'"
+        ).fetchone() or ("",)
+    query = sql.format(ns=ns)
+    fast = _run(schema, endpoint, query, fast=True)
+    generic = _run(schema, endpoint, query, fast=False)
+
+    if isinstance(expected, Fails):
+        assert isinstance(fast, EncodingError) and str(fast) == str(generic)
+        assert expected.fix in str(fast)
+    else:
+        body = b'[{"col":' + expected.encode() + b"}]"
+        assert (fast, generic) == (body, body)
