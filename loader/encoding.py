@@ -6,11 +6,13 @@ database value             JSON
 integer (any size)         number with every digit
 numeric / decimal          number with its exact digits (never through float), or a string
                            with ``target.decimals: string``; NaN and ±Infinity become null
-float                      shortest round-trip number; NaN and ±Infinity become null
-timestamptz                RFC 3339 in UTC: ``2024-03-10T07:59:58.913402Z``
+float                      shortest round-trip number (PostgreSQL's text, :class:`PgFloat`);
+                           NaN and ±Infinity become null
+timestamptz                RFC 3339 in UTC: ``2024-03-10T07:59:58.9134Z`` (no trailing zeros)
 timestamp                  ISO 8601 without offset: ``2024-03-10T07:59:58.913402``
-date / time                ``2024-03-10`` / ``07:59:58.913402``
-interval                   ISO 8601 duration: ``P1DT2H3M4.5S``
+date / time                ``2024-03-10`` / ``07:59:58.5``
+infinite, BC, year > 9999  :class:`~loader.errors.EncodingError` (:class:`Unsendable`)
+interval                   ISO 8601 duration (PostgreSQL's text: ``P1Y2M3DT4H5M6.5S``)
 uuid                       lowercase string
 json / jsonb               embedded JSON value (exact text from the database)
 array                      array, nulls kept
@@ -19,8 +21,11 @@ inet / cidr                string
 boolean, NULL              true / false, null
 =========================  =================================================================
 
-A value of any other type is an :class:`~loader.errors.EncodingError` naming the column
-and the type: cast it in SQL (``col::text``) to send it.
+README's "Rows to JSON" table is the full contract for PostgreSQL, whose fast path
+(:mod:`loader.pgjson`) writes the same bytes; :mod:`loader.pgtypes` lists the types
+refused before any row is read. A value of any other type is an
+:class:`~loader.errors.EncodingError` naming the column and the type: cast it in SQL
+(``col::text``) to send it.
 """
 
 from __future__ import annotations
@@ -244,9 +249,9 @@ def framing(
 class RowEncoder:
     """Encodes rows (sequences in ``columns`` order) as JSON objects.
 
-    ``utc_datetimes`` promises that every aware datetime is already in UTC (the
-    PostgreSQL source sets the session time zone). Dates and times are written as
-    PostgreSQL writes them in JSON (the fraction without trailing zeros), by Python.
+    Dates and times are written as PostgreSQL writes them in JSON (the fraction without
+    trailing zeros, aware datetimes in UTC with ``Z``). ``utc_datetimes`` (the PostgreSQL
+    source's promise that aware datetimes are in UTC) no longer changes the output.
     """
 
     def __init__(

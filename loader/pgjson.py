@@ -49,6 +49,8 @@ def _fast_expression(column: str, type_name: str, decimals: str, index: int = 0)
             if type_name == "timestamptz"
             else column
         )
+        # Reading the marker as the column's type fails, and PostgreSQL's error quotes
+        # it: "invalid input syntax for type date: "loader-unsendable/3/infinity"".
         refused = f"('{_UNSENDABLE}/{index}/' || {column}::text)::{type_name}"
         return (
             f"CASE WHEN {column} < '0001-01-01' OR {column} >= '10000-01-01' "
