@@ -53,6 +53,8 @@ CONTRACT: list[tuple[str, str | Fails]] = [
     ("'a'::\"char\"", '"a"'),
     ("'happy'::mood", '"happy"'),
     ("5::positive", "5"),
+    ("'2024-03-10'::due", '"2024-03-10"'),
+    ("'infinity'::due", Fails("NULLIF(col, 'infinity')")),
     ("'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'::uuid", '"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"'),
     ("'\\xdeadbeef'::bytea", '"3q2+7w=="'),
     ("'{\"a\": 1.10}'::jsonb", '{"a": 1.10}'),
@@ -138,10 +140,10 @@ def _run(schema: Schema, endpoint: Endpoint, sql: str, *, fast: bool) -> bytes |
 
 @pytest.fixture
 def typed_schema(schema: Schema) -> Schema:
-    """The test's schema with the enum, composite and domain the examples use."""
+    """The test's schema with the enum, composite and domains the examples use."""
     schema.execute(
         "CREATE TYPE mood AS ENUM ('happy', 'sad'); CREATE TYPE pair AS (a int, b text); "
-        "CREATE DOMAIN positive AS int CHECK (VALUE > 0)"
+        "CREATE DOMAIN positive AS int CHECK (VALUE > 0); CREATE DOMAIN due AS date"
     )
     return schema
 
