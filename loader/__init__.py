@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from loader import defaults
 from loader._version import __version__
 from loader.errors import (
+    ConnectionLostError,
     CursorOrderError,
     EncodingError,
     JobConfigError,
@@ -64,6 +65,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Batch",
     "Clock",
+    "ConnectionLostError",
     "Cursor",
     "CursorOrderError",
     "EncodingError",

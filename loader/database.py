@@ -9,21 +9,27 @@ runs a second statement hidden in it (see its docstring).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from psycopg.adapt import Loader
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from loader import job as jobmodel
 from loader.cursor import POSTGRES_TYPES
 from loader.encoding import PgFloat, Unsendable, json_fragment
-from loader.errors import JobConfigError, SourceError
+from loader.errors import ConnectionLostError, JobConfigError, SourceError
 from loader.pgtypes import CATALOG_SQL, PgType, refuse
 from loader.redact import Redactor, mask_url
+
+log = logging.getLogger("loader")
 
 #: The package to install for each driver SQLAlchemy may fail to import.
 DRIVER_HINTS = {
@@ -33,6 +39,11 @@ DRIVER_HINTS = {
     "pyodbc": "pyodbc",
     "oracledb": "oracledb",
 }
+
+#: MySQL and MariaDB client and server errors that mean the connection is gone: the
+#: server has gone away, lost connection during query, connection killed, server shutdown,
+#: disconnected for inactivity, and cannot connect (2002, 2003: the server is down).
+_MYSQL_LOST = frozenset({2002, 2003, 2006, 2013, 2055, 1927, 1053, 4031})
 
 #: MySQL's CLIENT_MULTI_STATEMENTS capability flag (PyMySQL's ``CLIENT.MULTI_STATEMENTS``).
 _MYSQL_MULTI_STATEMENTS = 1 << 16
@@ -61,6 +72,57 @@ def driver_message(exc: SQLAlchemyError, redactor: Redactor) -> str:
     text = str(orig) if orig is not None else str(exc).split("\n(Background", 1)[0]
     text = " ".join(text.split())
     return redactor.text(text)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """True when ``exc`` (a SQLAlchemy or a driver error) means the connection to the
+    database dropped or could not be made, not that the query failed: another connection
+    may succeed. A statement timeout or a cancelled query is not a lost connection."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    orig: BaseException | None = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, psycopg.OperationalError):
+        # No SQLSTATE: the client lost the socket. Class 08 is a connection exception;
+        # 57P01..57P03 are an administrator's terminate, a crash and a restart.
+        state = orig.sqlstate
+        return state is None or state.startswith("08") or state.startswith("57P")
+    if type(orig).__name__ in ("OperationalError", "InterfaceError") and orig and orig.args:
+        return orig.args[0] in _MYSQL_LOST  # PyMySQL's and mysqlclient's (code, message)
+    return False
+
+
+def connect(engine: sa.Engine, where: str, redactor: Redactor) -> Connection:
+    """A connection of ``engine``; :class:`ConnectionLostError` when the database cannot
+    be reached (:class:`SourceError` for other refusals, such as a wrong password)."""
+    try:
+        return engine.connect()
+    except SQLAlchemyError as exc:
+        raise failure(
+            f"cannot connect to {where}: {driver_message(exc, redactor)}; check source.url "
+            "and that the database is up", exc,
+        ) from exc  # fmt: skip
+
+
+@contextmanager
+def closing(connection: Connection) -> Iterator[Connection]:
+    """Close ``connection`` after the block. A connection that was lost cannot roll its
+    read-only transaction back, and need not (the server ended it): what the block
+    raised stands, not the failed rollback."""
+    try:
+        yield connection
+    finally:
+        try:
+            connection.close()
+        except SQLAlchemyError as exc:
+            log.debug("closing the source connection failed: %s", exc)
+            with contextlib.suppress(SQLAlchemyError):
+                connection.invalidate()
+
+
+def failure(message: str, exc: BaseException) -> SourceError:
+    """The error for ``message``: :class:`ConnectionLostError` when the driver's ``exc``
+    means the connection dropped or could not be made, else :class:`SourceError`."""
+    return ConnectionLostError(message) if connection_lost(exc) else SourceError(message)
 
 
 def create_engine(config: jobmodel.Source, redactor: Redactor) -> sa.Engine:

@@ -5,7 +5,9 @@ Branches follow what the caller does next::
     LoaderError
     ├── JobConfigError (also ValueError)  fix the job file or the environment; nothing was sent
     ├── SourceError                       the database: connect, query or read failed
-    │   └── QueryError                    the result cannot be sent as is (duplicate columns)
+    │   ├── QueryError                    the result cannot be sent as is (duplicate columns)
+    │   └── ConnectionLostError           the connection dropped (or could not be made):
+    │                                     worth reconnecting; a run with a cursor resumes
     ├── EncodingError                     a row cannot become a request body (too large, odd type)
     ├── SinkError                         the endpoint did not acknowledge a request
     │   ├── RetryableSinkError            worth another try: timeouts, 408, 429, 5xx; .retry_after
@@ -56,6 +58,11 @@ class SourceError(LoaderError):
 
 class QueryError(SourceError):
     """The query ran but its result cannot be sent as is."""
+
+
+class ConnectionLostError(SourceError):
+    """The connection to the database dropped (a failover, a restart, a network cut) or
+    could not be made: the same query may succeed on a new connection."""
 
 
 class EncodingError(LoaderError):

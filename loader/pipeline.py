@@ -19,6 +19,7 @@ from typing import Any
 
 from loader.batching import Batch
 from loader.delivery import Rejected
+from loader.errors import ConnectionLostError
 from loader.retry import Interrupted, StopSignal
 
 #: Deliver one batch (rows, body, scope, stop signal, per-row URL); return its rejections.
@@ -27,6 +28,13 @@ Send = Callable[[list[bytes], bytes, str, StopSignal, str | None], Rejected]
 Commit = Callable[[list[tuple[Batch, Rejected]]], None]
 
 _DONE = object()
+
+
+@dataclass
+class _SourceLost:
+    """The reader's connection to the database dropped: what it queued still goes out."""
+
+    error: ConnectionLostError
 
 
 class AnyEvent:
@@ -99,10 +107,13 @@ class Pipeline:
         commit them in read order; return True if ``stop`` ended it early.
 
         Raises the first error of the reader, a sender or ``commit``, after every thread
-        has ended; batches after a failed one are not committed.
+        has ended; batches after a failed one are not committed. A lost connection to
+        the database (:class:`ConnectionLostError`) ends the reading only: the batches
+        read before it are still delivered and committed, then it is raised.
         """
         threads = self._start(produced)
         error: BaseException | None = None
+        lost: ConnectionLostError | None = None
         finished: dict[int, tuple[Batch, Rejected]] = {}
         next_seq, running = 1, len(threads)
         try:
@@ -110,6 +121,9 @@ class Pipeline:
                 item = self.done.get()
                 if item is _DONE:
                     running -= 1
+                    continue
+                if isinstance(item, _SourceLost):
+                    lost = item.error
                     continue
                 if isinstance(item, BaseException):
                     error = error or item
@@ -127,6 +141,8 @@ class Pipeline:
                 thread.join()
         if error is not None:
             raise error
+        if lost is not None and not self.interrupted:
+            raise lost
         return self.interrupted
 
     def _start(self, produced: Iterator[tuple[Batch, str]]) -> list[threading.Thread]:
@@ -170,6 +186,8 @@ class Pipeline:
                     self.interrupted = self.interrupted or self.stop.is_set()
                     break
                 self.todo.put(self.ordered(*item))
+        except ConnectionLostError as exc:
+            self.done.put(_SourceLost(exc))
         except BaseException as exc:
             self.done.put(exc)
         finally:

@@ -23,6 +23,7 @@ from loader.logs import RUN_ID
 from loader.options import RunOptions
 from loader.pipeline import Pipeline
 from loader.result import Position, RunResult, Status
+from loader.resume import deliver_resuming
 from loader.rows import encoded_chunks
 from loader.sink import Sink, idempotency_key
 from loader.source import open_stream
@@ -58,6 +59,7 @@ class _Run:
         self.lost = threading.Event()  # set when the run's lock was lost: stop, and fail
         self.journal = Journal(job, store, run_id, monitor=options.monitor and not options.dry_run)
         self.epoch = 0
+        self.opens = 0  # how often the source was opened (reopened after a lost connection)
         self.fingerprint = job.fingerprint()
         self.redactor = job.redactor()
         self.started = options.monotonic()
@@ -109,7 +111,10 @@ class _Run:
             self.counters.checkpoint = position
             self.journal.began(position)
             log.info("run %s of %s started after %s", self.run_id, self.job.name, position)
-            status = self.deliver(lease, position)
+            status = deliver_resuming(
+                self.job, self.counters, self.options, lambda after: self.deliver(lease, after),
+                position, resumable=self.job.source.cursor is not None,
+            )  # fmt: skip
             keeper.check()
         except LoaderError as exc:
             self.journal.ended(self.failed(exc), exc, cursor=True)
@@ -141,6 +146,7 @@ class _Run:
         preview, on a dry run, when ``lease`` is ``None``)."""
         job, target = self.job, self.job.target
         frame = framing_for(job)
+        self.opens += 1
         with (
             open_stream(job.source, self.redactor, position=position, decimals=target.decimals,
                         omit=target.omit, values=target.placeholders,
@@ -186,8 +192,9 @@ class _Run:
             if incremental:
                 start = encode_position(after) if after is not None else "start"
                 yield batch, f"{self.fingerprint}:{self.epoch}:{start}"
-            else:
-                yield batch, f"run:{self.run_id}:{batch.seq}"
+            else:  # a stream reopened after a lost connection numbers its batches anew
+                run = self.run_id if self.opens < 2 else f"{self.run_id}.{self.opens}"
+                yield batch, f"run:{run}:{batch.seq}"
             after = batch.position
 
     def committer(self, lease: Lease) -> Callable[[list[tuple[Batch, Rejected]]], None]:

@@ -34,9 +34,12 @@ from loader.cursor import (
 )
 from loader.database import (
     begin_read_only,
+    closing,
+    connect,
     create_engine,
     driver_message,
     execute_query,
+    failure,
     read_once,
     refuse_types,
 )
@@ -87,12 +90,15 @@ def open_stream(
     forbids that.
 
     Raises :class:`SourceError` (connection or query failed) or :class:`QueryError`
-    (two columns share a name) before any row is yielded.
+    (two columns share a name) before any row is yielded; while rows are read,
+    :class:`ConnectionLostError` when the connection drops (a failover, a restart, a
+    network cut) and :class:`SourceError` for other failures.
     """
     engine = create_engine(config, redactor)
     where = redactor.url(engine.url.render_as_string(hide_password=True))
     try:
-        with _connect(engine, where, redactor) as connection:
+        connection = connect(engine, where, redactor)
+        with closing(connection):
             described = _start(connection, config, where, redactor)
             if fast and described is not None and connection.dialect.driver == "psycopg":
                 fast_stream = _open_fast(
@@ -111,17 +117,6 @@ def open_stream(
         engine.dispose()
 
 
-def _connect(engine: sa.Engine, where: str, redactor: Redactor) -> Connection:
-    """A connection of ``engine``; :class:`SourceError` when the database cannot be reached."""
-    try:
-        return engine.connect()
-    except SQLAlchemyError as exc:
-        raise SourceError(
-            f"cannot connect to {where}: {driver_message(exc, redactor)}; check source.url "
-            "and that the database is up"
-        ) from exc
-
-
 def _start(
     connection: Connection, config: jobmodel.Source, where: str, redactor: Redactor
 ) -> Described | None:
@@ -130,8 +125,8 @@ def _start(
     try:
         zone = begin_read_only(connection, config)
     except SQLAlchemyError as exc:
-        raise SourceError(f"cannot start a read-only transaction on {where}: "
-                          f"{driver_message(exc, redactor)}") from exc  # fmt: skip
+        raise failure(f"cannot start a read-only transaction on {where}: "
+                      f"{driver_message(exc, redactor)}", exc) from exc  # fmt: skip
     described = None
     if connection.dialect.name == "postgresql":
         described = _describe(connection, config, zone or "UTC", where, redactor)
@@ -159,8 +154,8 @@ def _open_generic(
     try:
         result = execute_query(connection, query, params, config.fetch_size)
     except SQLAlchemyError as exc:
-        raise SourceError(
-            f"query failed on {where}: {driver_message(exc, redactor)}; check source.query"
+        raise failure(
+            f"query failed on {where}: {driver_message(exc, redactor)}; check source.query", exc
         ) from exc
     try:
         columns = tuple(result.keys())
@@ -178,7 +173,8 @@ def _open_generic(
             value_indexes=value_indexes,
         )
     finally:
-        result.close()
+        with contextlib.suppress(SQLAlchemyError):  # a lost connection cannot close it
+            result.close()
 
 
 def _describe(
@@ -192,8 +188,8 @@ def _describe(
         description = probe.cursor.description or []
         probe.close()
     except SQLAlchemyError as exc:
-        raise SourceError(
-            f"query failed on {where}: {driver_message(exc, redactor)}; check source.query"
+        raise failure(
+            f"query failed on {where}: {driver_message(exc, redactor)}; check source.query", exc
         ) from exc
     columns = tuple(column[0] for column in description)
     _refuse_duplicates(columns)
@@ -223,8 +219,8 @@ def _refuse_nulls(
             dict(config.params),
         ).first()  # first() closes the cursor
     except SQLAlchemyError as exc:
-        raise SourceError(
-            f"query failed on {where}: {driver_message(exc, redactor)}; check source.query"
+        raise failure(
+            f"query failed on {where}: {driver_message(exc, redactor)}; check source.query", exc
         ) from exc
     if found is not None:
         name = next(n for n, value in zip(names, found, strict=True) if value is None)
@@ -285,10 +281,14 @@ def _fast_stream(
     # Streamed (not a DECLAREd cursor) so PostgreSQL may use a parallel plan, and
     # asked to: writing the JSON is the costly part, and workers share it. The statement
     # timeout is then watched here, per chunk, as it is per FETCH on the other path.
-    raw.execute("SET LOCAL statement_timeout = 0")
-    raw.execute("SET LOCAL IntervalStyle = 'iso_8601'")  # ISO 8601 durations in JSON
-    raw.execute("SET LOCAL parallel_setup_cost = 0")
-    raw.execute("SET LOCAL parallel_tuple_cost = 0")
+    try:
+        raw.execute("SET LOCAL statement_timeout = 0")
+        raw.execute("SET LOCAL IntervalStyle = 'iso_8601'")  # ISO 8601 durations in JSON
+        raw.execute("SET LOCAL parallel_setup_cost = 0")
+        raw.execute("SET LOCAL parallel_tuple_cost = 0")
+    except psycopg.Error as exc:
+        reason = redactor.text(" ".join(str(exc).split()))
+        raise failure(f"cannot start reading rows from {where}: {reason}", exc) from exc
     cursor = raw.cursor(binary=True)
     rows = cursor.stream(sql, params, size=config.fetch_size)
     chunks = _streamed_chunks(
@@ -305,7 +305,8 @@ def _fast_stream(
         )
     finally:
         chunks.close()
-        cursor.close()
+        with contextlib.suppress(psycopg.Error):  # a lost connection cannot close it
+            cursor.close()
 
 
 class _ReadAhead:
@@ -336,7 +337,8 @@ class _ReadAhead:
             self.watching.notify()
         self.fetcher.join(timeout=1)
         if self.fetcher.is_alive():  # still waiting for rows nobody wants: stop the query
-            self.connection.cancel_safe()
+            with contextlib.suppress(psycopg.Error):  # nothing to stop on a lost connection
+                self.connection.cancel_safe()
             self.fetcher.join()
 
     def _watch(self) -> None:
@@ -413,7 +415,8 @@ def _streamed_chunks(
                 if refused is not None:
                     raise refused from item
                 reason = redactor.text(" ".join(str(item).split()))
-                raise SourceError(f"reading rows from {where} failed: {reason}") from item
+                message = f"reading rows from {where} failed: {reason}"
+                raise failure(message, item) from item
             if not item:
                 return
             yield item
@@ -441,8 +444,8 @@ def _chunks(
         # An explicit size: without one, partitions() may fetch the whole result at once.
         yield from result.partitions(size)
     except SQLAlchemyError as exc:
-        raise SourceError(
-            f"reading rows from {where} failed: {driver_message(exc, redactor)}"
+        raise failure(
+            f"reading rows from {where} failed: {driver_message(exc, redactor)}", exc
         ) from exc
 
 
