@@ -3,12 +3,16 @@
 Every path that runs a job (a run, a partitioned run and its ranges, a worker's run)
 records its start and its end through :class:`Journal`, so a run's record, its
 heartbeats and its alerts always agree. Recording never fails the run: a state store
-that cannot take the end of a run is logged, and the run's own result stands.
+that cannot take the end of a run is asked again a few times (its connection may have
+dropped in the same failover that failed the run), then logged, and the run's own
+result stands.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from loader.errors import LoaderError, StateError
 from loader.job import Job
@@ -18,12 +22,24 @@ from loader.state import StateStore
 
 log = logging.getLogger("loader")
 
+#: Seconds to wait before each new try at recording the end of a run.
+END_RETRY_WAITS = (0.5, 1.0, 2.0, 4.0)
+
 
 class Journal:
     """The record of run ``run_id`` of ``job``. ``monitor`` sends the job's heartbeats
     and alerts (a range of a partitioned run leaves them to the whole run)."""
 
-    def __init__(self, job: Job, store: StateStore, run_id: str, *, monitor: bool) -> None:
+    def __init__(
+        self,
+        job: Job,
+        store: StateStore,
+        run_id: str,
+        *,
+        monitor: bool,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.sleep = sleep
         self.job = job
         self.store = store
         self.run_id = run_id
@@ -54,14 +70,21 @@ class Journal:
         counts = result.counts()
         if cursor:
             counts["cursor_to"] = result.checkpoint
-        try:
-            recorded = self.store.finish_run(
-                result.run_id, result.status, error=result.error, only_running=only_running,
-                **counts,
-            )  # fmt: skip
-        except StateError as exc:
-            log.warning("could not record the end of run %s: %s", result.run_id, exc)
-            recorded = True  # unknown: still send the heartbeat and alerts, which matter more
+        for wait in (*END_RETRY_WAITS, None):
+            try:
+                recorded = self.store.finish_run(
+                    result.run_id, result.status, error=result.error,
+                    only_running=only_running, **counts,
+                )  # fmt: skip
+                break
+            except StateError as exc:
+                if wait is None:
+                    log.warning("could not record the end of run %s: %s", result.run_id, exc)
+                    recorded = True  # unknown: still send the heartbeat and alerts
+                else:
+                    log.info("recording the end of run %s failed, again in %gs: %s",
+                             result.run_id, wait, exc)  # fmt: skip
+                    self.sleep(wait)
         if only_running and not recorded:
             return False
         if self.monitor is not None:
