@@ -167,3 +167,30 @@ def url_store(request: pytest.FixtureRequest, schema: Schema, tmp_path: Path) ->
     store = open_state(url)
     yield store
     store.close()
+
+
+def test_row_ids_are_the_same_on_both_encoding_paths_and_every_resend(
+    schema: Schema, endpoint: Endpoint, isolated_state: str
+) -> None:
+    """The PostgreSQL fast path and the generic path add the same row_id to each row, a
+    full refresh sends the same ids again, and an updated row gets a new one."""
+    query = _events(schema, 300)
+    forced = query.replace("SELECT id,", "SELECT ARRAY[now()] AS forces_generic, id,")
+    fast = build_job(
+        _spec(schema, endpoint, query, target={"url": endpoint.url + "/fast", "row_id": "rid"})
+    )
+    target = {"url": endpoint.url + "/generic", "row_id": "rid", "omit": ["forces_generic"]}
+    generic = build_job(_spec(schema, endpoint, forced, target=target))
+
+    run_job(fast)
+    run_job(generic, full_refresh=True)
+    run_job(fast, full_refresh=True)
+    schema.execute("UPDATE events SET updated_at = '2024-05-03 00:00:00+00' WHERE id = 5")
+    run_job(fast)
+
+    fast_rows, generic_rows = endpoint.rows("/fast"), endpoint.rows("/generic")
+    assert len(fast_rows) == 601 and len(generic_rows) == 300
+    ids = {row["id"]: row["rid"] for row in generic_rows}
+    assert [(row["id"], row["rid"]) for row in fast_rows[:600]] == list(ids.items()) * 2
+    assert len(set(ids.values())) == 300
+    assert fast_rows[600]["id"] == 5 and fast_rows[600]["rid"] not in ids.values()
