@@ -36,11 +36,10 @@ class CutSql(LockSql):
         ttl: float = defaults.LOCK_TTL,
     ) -> int:
         """Record, under ``lease``, a batch of ``lease.job`` about to be sent; return the
-        record's id. A cut recorded earlier from the same ``after`` (the batch re-cut
-        from an older record) is replaced."""
+        record's id. It takes the place of any cut recorded earlier from the same
+        ``after`` (the batch re-cut from an older record): see :meth:`pending_cuts`."""
         with self._transaction("recording a batch") as conn:
             self._fence(conn, lease, ttl)
-            conn.execute(sa.delete(cuts).where(cuts.c.job == lease.job, cuts.c.after == after))
             inserted = conn.execute(
                 sa.insert(cuts).values(
                     job=lease.job, run_id=run_id, scope=scope, after=after, last=last,
@@ -62,12 +61,14 @@ class CutSql(LockSql):
             rows = conn.execute(
                 sa.select(cuts).where(cuts.c.job == lease.job).order_by(cuts.c.id)
             ).all()
+            # The latest cut from each start replaces the earlier ones (a re-cut batch).
             starting = {row.after: Cut(**row._asdict()) for row in rows}
+            replaced = {row.id for row in rows} - {cut.id for cut in starting.values()}
             chain: list[Cut] = []
             while (cut := starting.pop(after, None)) is not None:
                 chain.append(cut)
                 after = cut.last
-            stale = [cut.id for cut in starting.values()]
+            stale = [cut.id for cut in starting.values()] + sorted(replaced)
             if stale:
                 conn.execute(sa.delete(cuts).where(cuts.c.id.in_(stale)))
         return chain

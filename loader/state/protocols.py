@@ -137,13 +137,13 @@ class CutStore(Protocol):
     ) -> int:
         """Record a batch of ``lease.job`` about to be sent: the rows after ``after`` up
         to ``last`` (encoded positions, ``"start"`` before any), how many, and its
-        idempotency ``scope`` and ``key``; return the record's id. It replaces a record
-        of the same job with the same ``after``."""
+        idempotency ``scope`` and ``key``; return the record's id. It takes the place of
+        the job's earlier records with the same ``after`` (see :meth:`pending_cuts`)."""
 
     def pending_cuts(self, lease: Lease, after: str, *, ttl: float = ...) -> list[Cut]:
-        """The recorded cuts of ``lease.job`` that chain from ``after`` (the one that
-        starts there, then the one starting at its ``last``...), in order; the job's
-        other cuts are deleted."""
+        """The recorded cuts of ``lease.job`` that chain from ``after`` (the latest one
+        that starts there, then the latest starting at its ``last``...), in order; the
+        job's other cuts are deleted."""
 
 
 class RunLog(Protocol):
