@@ -127,8 +127,24 @@ def _abandon(conn: sa.Connection, run_id: str, now: float) -> None:
         .values(status=Status.ABANDONED, ended_at=now, error=died)
     )
     if abandoned.rowcount:
+        _count_ranges(conn, run_id)
         conn.execute(
             sa.update(slots)
             .where(slots.c.run_id == run_id, slots.c.status.in_([Status.CLAIMED, Status.QUEUED]))
             .values(status=Status.ABANDONED, detail=died)
+        )
+
+
+def _count_ranges(conn: sa.Connection, run_id: str) -> None:
+    """A partitioned run's counts: the sums of its ranges' (``RUN#pN``), which each
+    checkpoint of theirs keeps; a run without ranges is left as it is."""
+    ranges = runs.c.run_id.startswith(f"{run_id}#p", autoescape=True)
+    posted, rejected = conn.execute(
+        sa.select(sa.func.sum(runs.c.rows_posted), sa.func.sum(runs.c.rows_rejected)).where(ranges)
+    ).one()
+    if posted is not None:
+        conn.execute(
+            sa.update(runs)
+            .where(runs.c.run_id == run_id)
+            .values(rows_posted=posted, rows_rejected=rejected)
         )

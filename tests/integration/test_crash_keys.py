@@ -161,6 +161,26 @@ def test_a_taken_over_run_closes_its_clock_slot(url_store: SqlStateStore) -> Non
     assert (slot.status, slot.detail) == ("abandoned", "the run's process died")
 
 
+def test_a_taken_over_partitioned_run_counts_its_ranges(url_store: SqlStateStore) -> None:
+    """A partitioned run whose process died is recorded with the sums of the counts its
+    ranges' checkpoints kept."""
+    store = url_store
+    store.start_run("whole", "job", None)
+    store.acquire("job", "whole", ttl=0.0)
+    for index, posted in enumerate((30, 12)):
+        part = f"whole#p{index}"
+        store.start_run(part, f"job#p{index}", None)
+        part_lease = store.acquire(f"job#p{index}", part)
+        counts = {"rows_posted": posted, "rows_rejected": index, "cursor_to": (posted,)}
+        store.record_batch(part_lease, part, fingerprint="f", position=(posted,), counts=counts)
+    time.sleep(0.01)
+    store.acquire("job", "next-run")
+
+    whole = store.run_record("whole")
+    assert whole is not None
+    assert (whole.status, whole.rows_posted, whole.rows_rejected) == ("abandoned", 42, 1)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def url_store(request: pytest.FixtureRequest, schema: Schema, tmp_path: Path) -> Any:
     url = f"sqlite:///{tmp_path / 'state.db'}" if request.param == "sqlite" else schema.scoped_url
@@ -194,3 +214,32 @@ def test_row_ids_are_the_same_on_both_encoding_paths_and_every_resend(
     assert [(row["id"], row["rid"]) for row in fast_rows[:600]] == list(ids.items()) * 2
     assert len(set(ids.values())) == 300
     assert fast_rows[600]["id"] == 5 and fast_rows[600]["rid"] not in ids.values()
+
+
+def test_pending_cuts_chain_from_the_checkpoint_and_forget_the_rest(
+    url_store: SqlStateStore,
+) -> None:
+    """The cuts read back are those chaining from the checkpoint, the latest of each
+    start; stale ones are deleted, acknowledged ones dropped with the checkpoint, and a
+    reset forgets them all."""
+    store = url_store
+    lease = store.acquire("job", "run-a")
+
+    def cut(after: str, last: str) -> int:
+        return store.record_cut(lease, "run-a", scope=f"s:{after}", after=after, last=last,
+                                rows=1, key=f"k:{after}")  # fmt: skip
+
+    first, _, stale = cut("start", "[a]"), cut("[a]", "[b]"), cut("[x]", "[y]")
+    replacing = cut("[a]", "[b]")
+    chain = store.pending_cuts(lease, "start")
+    assert [(c.after, c.last) for c in chain] == [("start", "[a]"), ("[a]", "[b]")]
+    assert chain[1].id == replacing
+
+    store.record_batch(lease, "run-a", fingerprint="f", position=(1,), cuts=[first])
+    assert [c.id for c in store.pending_cuts(lease, "[a]")] == [replacing]
+    assert stale != replacing and store.pending_cuts(lease, "[x]") == []  # not kept
+    cut("[b]", "[c]")
+    store.release(lease)
+    store.reset("job")
+    lease = store.acquire("job", "run-b")
+    assert store.pending_cuts(lease, "[b]") == []
