@@ -23,7 +23,9 @@ class Batch:
 
     ``first_row`` is the 1-based number of its first row in the run; ``position`` is the
     marker of its last row (the cursor position, for checkpoints). ``url`` is where a
-    single row goes when requests are per row (``None``: the target's URL).
+    single row goes when requests are per row (``None``: the target's URL). With
+    ``target.omit``, ``omitted[i]`` holds the omitted columns of ``rows[i]`` (see
+    :class:`Chunk`).
     """
 
     seq: int
@@ -32,16 +34,20 @@ class Batch:
     body: bytes
     position: Any = None
     url: str | None = None
+    omitted: list[bytes] | None = None
 
 
 @dataclass(frozen=True)
 class Chunk:
     """Encoded rows and, for any of them, its marker: ``marker(i)`` for ``rows[i]``;
-    with per-row requests, ``urls[i]`` is where ``rows[i]`` goes."""
+    with per-row requests, ``urls[i]`` is where ``rows[i]`` goes. With ``target.omit``,
+    ``omitted[i]`` is the JSON object of the columns left out of ``rows[i]``, so that a
+    rejected row can be kept whole (a few bytes a row, and nothing without omit)."""
 
     rows: list[bytes]
     marker: Callable[[int], Any] = lambda _index: None
     urls: list[str] | None = None
+    omitted: list[bytes] | None = None
 
 
 def batches(
@@ -56,6 +62,7 @@ def batches(
     sep = len(framing.separator)
     overhead = framing.overhead()
     pending: list[bytes] = []
+    left_out: list[bytes] | None = None  # the pending rows' omitted columns
     size = overhead
     marker: Any = None
     seq = 0
@@ -80,22 +87,25 @@ def batches(
             if fits == 0:
                 if pending:
                     seq += 1
-                    yield _batch(seq, row_number, pending, framing, marker)
-                    pending, size = [], overhead
+                    yield _batch(seq, row_number, pending, framing, marker, left_out)
+                    pending, size, left_out = [], overhead, None
                     continue
                 raise _too_large(rows[start], row_number + 1, overhead, max_bytes)
             pending.extend(window[:fits])
+            if chunk.omitted is not None:
+                left_out = left_out if left_out is not None else []
+                left_out.extend(chunk.omitted[start : start + fits])
             size += added - (0 if len(pending) > fits else sep)
             start += fits
             row_number += fits
             marker = chunk.marker(start - 1)
             if len(pending) >= max_rows or fits < len(window):
                 seq += 1
-                yield _batch(seq, row_number, pending, framing, marker)
-                pending, size = [], overhead
+                yield _batch(seq, row_number, pending, framing, marker, left_out)
+                pending, size, left_out = [], overhead, None
     if pending:
         seq += 1
-        yield _batch(seq, row_number, pending, framing, marker)
+        yield _batch(seq, row_number, pending, framing, marker, left_out)
 
 
 def singles(chunks: Iterable[Chunk], framing: Framing, *, max_bytes: int) -> Iterator[Batch]:
@@ -109,7 +119,8 @@ def singles(chunks: Iterable[Chunk], framing: Framing, *, max_bytes: int) -> Ite
             if len(row) + overhead > max_bytes:
                 raise _too_large(row, seq, overhead, max_bytes)
             url = chunk.urls[index] if chunk.urls is not None else None
-            yield Batch(seq, seq, [row], framing.body((row,)), chunk.marker(index), url)
+            left_out = [chunk.omitted[index]] if chunk.omitted is not None else None
+            yield Batch(seq, seq, [row], framing.body((row,)), chunk.marker(index), url, left_out)
 
 
 def _too_large(row: bytes, number: int, overhead: int, max_bytes: int) -> EncodingError:
@@ -120,8 +131,15 @@ def _too_large(row: bytes, number: int, overhead: int, max_bytes: int) -> Encodi
     )
 
 
-def _batch(seq: int, last_row: int, rows: list[bytes], framing: Framing, marker: Any) -> Batch:
-    return Batch(seq, last_row - len(rows) + 1, rows, framing.body(rows), marker)
+def _batch(
+    seq: int,
+    last_row: int,
+    rows: list[bytes],
+    framing: Framing,
+    marker: Any,
+    omitted: list[bytes] | None = None,
+) -> Batch:
+    return Batch(seq, last_row - len(rows) + 1, rows, framing.body(rows), marker, None, omitted)
 
 
 def _first_field(row: bytes) -> str:

@@ -19,11 +19,12 @@ from loader.errors import LoaderError, StateError
 from loader.job import Job
 from loader.journal import Journal
 from loader.lease import LockKeeper, held
+from loader.letters import kept_letters
 from loader.logs import RUN_ID
 from loader.options import RunOptions
 from loader.pipeline import Pipeline
 from loader.result import Position, RunResult, Status
-from loader.rows import encoded_chunks
+from loader.rows import encoded_chunks, raw_columns
 from loader.sink import Sink, idempotency_key
 from loader.source import open_stream
 from loader.state import Lease, StateStore, encode_position
@@ -61,6 +62,7 @@ class _Run:
         self.fingerprint = job.fingerprint()
         self.redactor = job.redactor()
         self.started = options.monotonic()
+        self.columns: tuple[str, ...] = ()
 
     def result(self, status: Status, error: str | None = None) -> RunResult:
         """The result so far, with ``status``."""
@@ -143,9 +145,10 @@ class _Run:
         frame = framing_for(job)
         with (
             open_stream(job.source, self.redactor, position=position, decimals=target.decimals,
-                        omit=target.omit, values=target.placeholders) as stream,
+                        omit=target.omit, values=raw_columns(job)) as stream,
             open_sink(job, self.redactor, frame, self.options.transport) as sink,
         ):  # fmt: skip
+            self.columns = stream.columns  # for the dead letters (see kept_letters)
             chunks = encoded_chunks(job, stream, self.counters, self.options.limit)
             produced = self.scoped(
                 singles(chunks, frame, max_bytes=job.batch.max_bytes)
@@ -197,11 +200,7 @@ class _Run:
         def commit(group: list[tuple[Batch, Rejected]]) -> None:
             """Record ``group`` (acknowledged, in read order); runs in the pipeline's
             committing thread only, so the counts it writes need no lock."""
-            dead_letters = [
-                (row, error.status, error.body_excerpt)
-                for _, rejected in group
-                for row, error in rejected
-            ]
+            dead_letters = kept_letters(group, self.columns, self.redactor, self.job.target.url)
             position = group[-1][0].position
             if position is not None or dead_letters:
                 self.store.record_batch(lease, self.run_id, fingerprint=self.fingerprint,

@@ -20,7 +20,13 @@ from loader.errors import StateError
 from loader.result import Position
 from loader.state.deadletters import insert_dead_letters
 from loader.state.locks import LockSql
-from loader.state.records import Checkpoint, Lease, decode_position, encode_position
+from loader.state.records import (
+    Checkpoint,
+    Lease,
+    NewDeadLetter,
+    decode_position,
+    encode_position,
+)
 from loader.state.schema import checkpoints, meta
 
 
@@ -60,7 +66,7 @@ class CheckpointSql(LockSql):
         *,
         fingerprint: str,
         position: Position | None,
-        dead_letters: Sequence[tuple[bytes, int | None, str]] = (),
+        dead_letters: Sequence[NewDeadLetter | tuple[bytes, int | None, str]] = (),
         ttl: float = defaults.LOCK_TTL,
     ) -> None:
         """Record a batch as done, in one transaction: keep its rejected rows as dead

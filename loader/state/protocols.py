@@ -18,6 +18,7 @@ from loader.state.records import (
     Checkpoint,
     DeadLetter,
     Lease,
+    NewDeadLetter,
     RunRecord,
     SlotRecord,
 )
@@ -78,13 +79,13 @@ class CheckpointStore(Protocol):
         *,
         fingerprint: str,
         position: Position | None,
-        dead_letters: Sequence[tuple[bytes, int | None, str]] = ...,
+        dead_letters: Sequence[NewDeadLetter | tuple[bytes, int | None, str]] = ...,
         ttl: float = ...,
     ) -> None:
         """Record an acknowledged batch, atomically: renew ``lease`` for ``ttl``, keep
-        its ``dead_letters`` (row as UTF-8 JSON, HTTP status or ``None``, answer
-        excerpt) and, unless ``position`` is ``None``, move ``lease.job``'s checkpoint
-        there with ``fingerprint`` and ``run_id``.
+        its ``dead_letters`` (see :class:`~loader.state.records.NewDeadLetter`) and,
+        unless ``position`` is ``None``, move ``lease.job``'s checkpoint there with
+        ``fingerprint`` and ``run_id``.
 
         Either all of it is written or nothing: if the lease was lost it raises
         :class:`LockLostError` and writes nothing.
@@ -158,7 +159,9 @@ class DeadLetterStore(Protocol):
         """Remove the dead letters ``ids`` (delivered on replay); unknown ids are ignored."""
 
     def purge_dead_letters(self, job: str) -> int:
-        """Remove all of ``job``'s dead letters; return how many there were."""
+        """Remove all of ``job``'s dead letters; return how many there were. Takes the
+        job's lock for the duration (raises :class:`JobLockedError` while a run or a
+        replay holds it)."""
 
 
 class SlotStore(Protocol):
