@@ -31,7 +31,7 @@ def kept_letters(
         for row, error in rejected:
             full = row
             if batch.omitted is not None:
-                full = _whole(row, batch.omitted[_index(batch.rows, row)], columns)
+                full = _whole(row, batch.omitted(_index(batch.rows, row)), columns)
             letters.append(NewDeadLetter(row, error.status, error.body_excerpt, full,
                                          redactor.url(batch.url or url)))  # fmt: skip
     return letters

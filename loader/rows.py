@@ -40,7 +40,7 @@ def encoded_chunks(
     encode = _encoder(job, stream)
     target = job.target
     filler = UrlFiller(target.url, target.placeholders) if target.per_row else None
-    values, indexes = stream.value_indexes[: len(target.placeholders)], stream.cursor_indexes
+    values, indexes = stream.value_indexes, stream.cursor_indexes
     omitted = _omitted_encoder(job, stream) if target.omit else None
     check = CursorCheck(job.source.cursor) if indexes else None
     for raw in stream.chunks:
@@ -63,7 +63,7 @@ def encoded_chunks(
             rows,
             _position_of(raw, indexes) if indexes else _no_position,
             urls,
-            list(map(omitted, raw)) if omitted is not None else None,
+            omitted(raw) if omitted is not None else None,
         )
 
 
@@ -78,30 +78,24 @@ def _encoder(job: Job, stream: RowStream) -> Callable[[Sequence[Any]], bytes]:
     ).encode
 
 
-def raw_columns(job: Job) -> tuple[str, ...]:
-    """The columns a run needs as they are, besides each row's JSON: the URL's
-    placeholders, then the omitted columns (kept with a rejected row, see
-    :class:`~loader.batching.Chunk`)."""
-    target = job.target
-    return (*target.placeholders, *(c for c in target.omit if c not in target.placeholders))
-
-
-def _omitted_encoder(job: Job, stream: RowStream) -> Callable[[Sequence[Any]], bytes]:
-    """What encodes a fetched row's omitted columns as a JSON object (``{"id":7}``): from
-    the values the stream hands over as they are (see :func:`raw_columns`), on both paths."""
-    names = raw_columns(job)
-    at = [stream.value_indexes[names.index(name)] for name in job.target.omit]
-    # On the generic path the value indexes are the row's columns, whose types the
-    # stream describes; on the fast path they follow the JSON and the cursor values.
-    typed = not stream.json_rows
+def _omitted_encoder(
+    job: Job, stream: RowStream
+) -> Callable[[Sequence[Sequence[Any]]], Callable[[int], bytes]]:
+    """What makes a fetched chunk's :attr:`Chunk.omitted`: its rows' omitted columns as a
+    JSON object (``{"id":7}``), only when asked for. On the fast path the database wrote
+    it beside the row's JSON; on the generic path it is encoded from the fetched row."""
+    at_json = stream.omitted_index
+    if at_json is not None:
+        return lambda raw: lambda n: bytes(raw[n][at_json])
+    at = [stream.columns.index(name) for name in job.target.omit]
     encoder = RowEncoder(
         job.target.omit,
         decimals=job.target.decimals,
         utc_datetimes=stream.utc_datetimes,
-        utc_columns=[n for n, i in enumerate(at) if typed and i in stream.utc_columns],
-        json_columns=[n for n, i in enumerate(at) if typed and i in stream.json_columns],
+        utc_columns=[n for n, i in enumerate(at) if i in stream.utc_columns],
+        json_columns=[n for n, i in enumerate(at) if i in stream.json_columns],
     )
-    return lambda row: encoder.encode([row[i] for i in at])
+    return lambda raw: lambda n: encoder.encode([raw[n][i] for i in at])
 
 
 def _position_of(raw: Sequence[Sequence[Any]], indexes: tuple[int, ...]) -> Callable[[int], Any]:

@@ -24,7 +24,7 @@ from loader.logs import RUN_ID
 from loader.options import RunOptions
 from loader.pipeline import Pipeline
 from loader.result import Position, RunResult, Status
-from loader.rows import encoded_chunks, raw_columns
+from loader.rows import encoded_chunks
 from loader.sink import Sink, idempotency_key
 from loader.source import open_stream
 from loader.state import Lease, StateStore, encode_position
@@ -145,7 +145,7 @@ class _Run:
         frame = framing_for(job)
         with (
             open_stream(job.source, self.redactor, position=position, decimals=target.decimals,
-                        omit=target.omit, values=raw_columns(job)) as stream,
+                        omit=target.omit, values=target.placeholders) as stream,
             open_sink(job, self.redactor, frame, self.options.transport) as sink,
         ):  # fmt: skip
             self.columns = stream.columns  # for the dead letters (see kept_letters)

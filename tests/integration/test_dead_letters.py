@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,31 @@ def test_a_letter_keeps_the_row_as_read_and_its_url(
     assert [list(row)[:4] for row in full] == [["id", "name", "price", "updated_at"]] * 2
     assert [(row["id"], row["price"]) for row in full] == [(2, -1), (4, -2)]
     assert {letter.url for letter in letters} == {endpoint.url + "/items?token=***"}
+    state.close()
+
+
+def test_omitted_columns_with_any_name_and_type_are_kept_as_the_row_would_have_them(
+    schema: Schema, endpoint: Endpoint, isolated_state: str
+) -> None:
+    """On the fast path, omitted columns whose names need quoting and whose values are
+    time stamps or decimals are kept as loader's JSON would write them."""
+    schema.execute(
+        "CREATE TABLE t AS SELECT 1 AS id, numeric '1.50' AS \"Price €\", "
+        "timestamptz '2024-05-01 12:00:00.5+02' AS \"it's at\""
+    )
+    query = f'SELECT id, "Price €", "it\'s at" FROM {schema.table("t")}'
+    endpoint.script("/", (400, {}, b"no"))
+    job = build_job(make_job(schema, endpoint.url, query,
+                             target={"omit": ["Price €", "it's at"]}))  # fmt: skip
+    state = open_state(isolated_state)
+
+    assert run_job(job, state=state).rows_rejected == 1
+
+    (letter,) = state.dead_letters(job.name)
+    assert json.loads(letter.full_row or b"", parse_float=Decimal) == {
+        "id": 1, "Price €": Decimal("1.50"), "it's at": "2024-05-01T10:00:00.5Z"
+    }  # fmt: skip
+    assert b'"Price \xe2\x82\xac":1.50' in (letter.full_row or b"")
     state.close()
 
 
