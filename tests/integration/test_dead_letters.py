@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from loader import JobLockedError, build_job, open_state, run_job
+from loader.errors import LockLostError
 from loader.replay import replay_dead_letters
 from loader.state import NewDeadLetter
 from tests.integration.conftest import Schema, make_job
@@ -291,6 +292,42 @@ def test_a_replay_longer_than_the_lock_ttl_keeps_the_lock(
     assert outcome["first"].delivered == 5
     sent = [r.json()[0]["name"] for r in endpoint.requests if r.ok]
     assert sorted(sent) == ["p1", "p2", "p3", "p4", "p5"]
+
+
+def test_a_replay_whose_lock_is_taken_over_stops(
+    schema: Schema, endpoint: Endpoint, isolated_state: str
+) -> None:
+    """When another process takes the lock over, the replay stops after the letter in
+    flight and fails with the lost lock; the letters it did not send stay."""
+    query = products(schema, [-1, -2, -3, -4, -5])
+    endpoint.reject_when(lambda body: b'"price":-' in body, (400, {}, b"no"))
+    job = build_job(make_job(schema, endpoint.url, query, max_rejected=10))
+    assert run_job(job).rows_rejected == 5
+    endpoint.clear_rejections()
+    endpoint.script("/", *[Delay(0.4)] * 5)
+    before = len(endpoint.requests)
+    failure: list[BaseException] = []
+
+    def replay() -> None:
+        try:
+            replay_dead_letters(job, state=open_state(isolated_state), lock_ttl=0.9)
+        except LockLostError as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=replay)
+    thread.start()
+    time.sleep(0.5)
+    other = open_state(isolated_state)
+    with sqlite3.connect(isolated_state.removeprefix("sqlite:///")) as db:
+        (owner,) = db.execute("SELECT owner FROM loader_locks").fetchone()
+    assert other.break_lock("test_job", owner)
+    other.acquire("test_job", "intruder", ttl=30)
+    thread.join()
+
+    sent = len(endpoint.requests) - before
+    assert len(failure) == 1 and 1 <= sent < 5
+    assert other.dead_letter_count("test_job") == 5 - sent
+    other.close()
 
 
 def test_purge_takes_the_lock(
