@@ -132,4 +132,9 @@ def _add_columns(conn: sa.Connection) -> None:
         for name in names:
             if name not in present:
                 kind = table.c[name].type.compile(dialect=conn.dialect)
-                conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {name} {kind}")
+                try:
+                    conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {name} {kind}")
+                except sa.exc.OperationalError as exc:
+                    # SQLite has no migration lock: another process may have added it.
+                    if "duplicate column" not in str(exc).lower():
+                        raise
