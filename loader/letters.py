@@ -9,29 +9,39 @@ as before when that is enough, and refused with the reason otherwise.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from loader.batching import Batch
 from loader.delivery import Rejected
 from loader.encoding import UrlFiller, dumps, loads
+from loader.errors import EncodingError
 from loader.job import Job
 from loader.redact import Redactor
 from loader.state import DeadLetter, NewDeadLetter
+
+log = logging.getLogger("loader")
 
 
 def kept_letters(
     group: Sequence[tuple[Batch, Rejected]], columns: Sequence[str], redactor: Redactor, url: str
 ) -> list[NewDeadLetter]:
     """The dead letters of ``group``'s rejected rows: each row as sent, its rejection,
-    the row as read (its omitted columns put back, in the query's ``columns`` order) and
-    the URL it went to (the batch's, else ``url``), secrets masked."""
+    the row as read (its omitted columns put back, in the query's ``columns`` order;
+    ``None`` when they cannot be encoded) and the URL it went to (the batch's, else
+    ``url``), secrets masked."""
     letters = []
     for batch, rejected in group:
         for row, error in rejected:
-            full = row
+            full: bytes | None = row
             if batch.omitted is not None:
-                full = _whole(row, batch.omitted(_index(batch.rows, row)), columns)
+                try:
+                    full = _whole(row, batch.omitted(_index(batch.rows, row)), columns)
+                except EncodingError as exc:
+                    # Kept as the body only (as older letters are), never lost for it.
+                    log.warning("a rejected row is kept without its omitted columns: %s", exc)
+                    full = None
             letters.append(NewDeadLetter(row, error.status, error.body_excerpt, full,
                                          redactor.url(batch.url or url)))  # fmt: skip
     return letters

@@ -15,14 +15,14 @@ from typing import Any
 
 from loader.batching import Chunk
 from loader.delivery import Counters
-from loader.encoding import RowEncoder, UrlFiller
+from loader.encoding import PgFloat, RowEncoder, UrlFiller
 from loader.errors import CursorOrderError
 from loader.job import Cursor, Job
 from loader.source import RowStream
 from loader.state import encode_position
 
 #: Types whose Python order is the database's order; text collations differ.
-_ORDERED_TYPES = frozenset({int, float, Decimal, datetime, date})
+_ORDERED_TYPES = frozenset({int, float, PgFloat, Decimal, datetime, date})
 _json_of = operator.itemgetter(0)  # a fast-path row's JSON
 
 

@@ -145,7 +145,8 @@ class _Run:
         frame = framing_for(job)
         with (
             open_stream(job.source, self.redactor, position=position, decimals=target.decimals,
-                        omit=target.omit, values=target.placeholders) as stream,
+                        omit=target.omit, values=target.placeholders,
+                        fast=self.options.database_json) as stream,
             open_sink(job, self.redactor, frame, self.options.transport) as sink,
         ):  # fmt: skip
             self.columns = stream.columns  # for the dead letters (see kept_letters)

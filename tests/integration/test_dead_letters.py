@@ -21,7 +21,9 @@ import sqlalchemy as sa
 
 from loader import JobLockedError, build_job, open_state, run_job
 from loader.errors import LockLostError
+from loader.redact import Redactor
 from loader.replay import replay_dead_letters
+from loader.source import open_stream
 from loader.state import NewDeadLetter
 from tests.integration.conftest import Schema, make_job
 from tests.support.kinto import PASSWORD, USER, Kinto
@@ -88,22 +90,25 @@ def test_omitted_columns_with_any_name_and_type_are_kept_as_the_row_would_have_t
     schema: Schema, endpoint: Endpoint, isolated_state: str
 ) -> None:
     """On the fast path, omitted columns whose names need quoting and whose values are
-    time stamps or decimals are kept as loader's JSON would write them."""
+    time stamps or decimals are kept as loader's JSON would write them; a date loader
+    would refuse to send is kept as null (it is not sent, so the run goes on)."""
     schema.execute(
         "CREATE TABLE t AS SELECT 1 AS id, numeric '1.50' AS \"Price €\", "
-        "timestamptz '2024-05-01 12:00:00.5+02' AS \"it's at\""
+        "timestamptz '2024-05-01 12:00:00.5+02' AS \"it's at\", date 'infinity' AS until"
     )
-    query = f'SELECT id, "Price €", "it\'s at" FROM {schema.table("t")}'
+    query = f'SELECT id, "Price €", "it\'s at", until FROM {schema.table("t")}'
     endpoint.script("/", (400, {}, b"no"))
     job = build_job(make_job(schema, endpoint.url, query,
-                             target={"omit": ["Price €", "it's at"]}))  # fmt: skip
+                             target={"omit": ["Price €", "it's at", "until"]}))  # fmt: skip
     state = open_state(isolated_state)
+    with open_stream(job.source, Redactor(), omit=job.target.omit) as stream:
+        assert stream.json_rows and stream.omitted_index == 1
 
     assert run_job(job, state=state).rows_rejected == 1
 
     (letter,) = state.dead_letters(job.name)
     assert json.loads(letter.full_row or b"", parse_float=Decimal) == {
-        "id": 1, "Price €": Decimal("1.50"), "it's at": "2024-05-01T10:00:00.5Z"
+        "id": 1, "Price €": Decimal("1.50"), "it's at": "2024-05-01T10:00:00.5Z", "until": None
     }  # fmt: skip
     assert b'"Price \xe2\x82\xac":1.50' in (letter.full_row or b"")
     state.close()
