@@ -13,13 +13,16 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg.adapt import Loader
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from loader import job as jobmodel
-from loader.encoding import json_fragment
+from loader.cursor import POSTGRES_TYPES
+from loader.encoding import PgFloat, Unsendable, json_fragment
 from loader.errors import JobConfigError, SourceError
+from loader.pgtypes import CATALOG_SQL, PgType, refuse
 from loader.redact import Redactor, mask_url
 
 #: The package to install for each driver SQLAlchemy may fail to import.
@@ -76,11 +79,10 @@ def create_engine(config: jobmodel.Source, redactor: Redactor) -> sa.Engine:
             f"install it with: pip install {hint}"
         ) from exc
     if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
-        from psycopg.types.json import set_json_loads
 
         @sa.event.listens_for(engine, "connect")
-        def _exact_json(dbapi_connection: Any, _record: Any) -> None:
-            set_json_loads(json_fragment, dbapi_connection)
+        def _exact_values(dbapi_connection: Any, _record: Any) -> None:
+            _register_loaders(dbapi_connection)
 
     if engine.dialect.name == "mysql":
 
@@ -91,6 +93,51 @@ def create_engine(config: jobmodel.Source, redactor: Redactor) -> sa.Engine:
             kwargs["client_flag"] = flags & ~_MYSQL_MULTI_STATEMENTS
 
     return engine
+
+
+def _register_loaders(connection: Any) -> None:
+    """Make psycopg (the generic path) read PostgreSQL values as loader's table says,
+    as the fast path writes them: json/jsonb as exact text, intervals, inet and cidr as
+    PostgreSQL's text (ISO 8601 durations, with months), and dates and times outside
+    what Python holds (infinity, BC, after 9999, 24:00) as :class:`Unsendable`."""
+    from psycopg.pq import Format
+    from psycopg.types.json import set_json_loads
+    from psycopg.types.string import TextLoader
+
+    set_json_loads(json_fragment, connection)
+    adapters = connection.adapters
+    for oid in (1186, 869, 650):  # interval, inet, cidr
+        adapters.register_loader(oid, TextLoader)
+    for oid in (700, 701):  # real, double precision
+        adapters.register_loader(oid, _FloatLoader)
+    for oid in (1082, 1083, 1114, 1184, 1266):  # date, time, timestamp, timestamptz, timetz
+        adapters.register_loader(oid, _tolerant(adapters.get_loader(oid, Format.TEXT)))
+
+
+class _FloatLoader(Loader):
+    """Floats as :class:`PgFloat`: values that keep the database's text."""
+
+    def load(self, data: Any) -> PgFloat:
+        return PgFloat(bytes(data).decode())
+
+
+def _tolerant(base: Any) -> Any:
+    """A psycopg loader reading as ``base`` does, but returning what ``base`` cannot
+    read (a value Python's dates and times cannot hold) as :class:`Unsendable`."""
+    import psycopg
+
+    class Tolerant(Loader):
+        def __init__(self, oid: int, context: Any = None) -> None:
+            super().__init__(oid, context)
+            self.loader = base(oid, context)
+
+        def load(self, data: Any) -> Any:
+            try:
+                return self.loader.load(data)
+            except (psycopg.DataError, ValueError):
+                return Unsendable(bytes(data).decode())
+
+    return Tolerant
 
 
 def execute_query(
@@ -119,6 +166,7 @@ def begin_read_only(connection: Connection, config: jobmodel.Source) -> str | No
         connection.exec_driver_sql(f"SET LOCAL statement_timeout = {timeout_ms}")
         connection.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
         connection.exec_driver_sql("SET LOCAL DateStyle = 'ISO, YMD'")
+        connection.exec_driver_sql("SET LOCAL IntervalStyle = 'iso_8601'")  # P1Y2M
         return str(zone)
     if dialect == "sqlite":
         connection.exec_driver_sql("PRAGMA query_only = ON")
@@ -128,6 +176,29 @@ def begin_read_only(connection: Connection, config: jobmodel.Source) -> str | No
         connection.exec_driver_sql("SET TRANSACTION READ ONLY")
         connection.exec_driver_sql("SET time_zone = '+00:00'")
     return None
+
+
+def refuse_types(
+    connection: Connection,
+    columns: tuple[str, ...],
+    types: dict[str, int],
+    where: str,
+    redactor: Redactor,
+) -> None:
+    """Look the columns' types up in the catalog (those the fast path writes are known
+    to be fine) and raise :class:`EncodingError` for one loader refuses (see
+    :mod:`loader.pgtypes`), before any row is read, on either path."""
+    oids = sorted({oid for oid in types.values() if oid not in POSTGRES_TYPES})
+    if not oids:
+        return
+    try:
+        found = connection.execute(sa.text(CATALOG_SQL), {"oids": oids}).all()
+    except SQLAlchemyError as exc:
+        raise SourceError(
+            f"cannot read the result's column types on {where}: {driver_message(exc, redactor)}"
+        ) from exc
+    catalog = {row[0]: PgType(*row) for row in found}
+    refuse(columns, types, catalog)
 
 
 def read_once(

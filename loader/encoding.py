@@ -6,11 +6,13 @@ database value             JSON
 integer (any size)         number with every digit
 numeric / decimal          number with its exact digits (never through float), or a string
                            with ``target.decimals: string``; NaN and ±Infinity become null
-float                      shortest round-trip number; NaN and ±Infinity become null
-timestamptz                RFC 3339 in UTC: ``2024-03-10T07:59:58.913402Z``
+float                      shortest round-trip number (PostgreSQL's text, :class:`PgFloat`);
+                           NaN and ±Infinity become null
+timestamptz                RFC 3339 in UTC: ``2024-03-10T07:59:58.9134Z`` (no trailing zeros)
 timestamp                  ISO 8601 without offset: ``2024-03-10T07:59:58.913402``
-date / time                ``2024-03-10`` / ``07:59:58.913402``
-interval                   ISO 8601 duration: ``P1DT2H3M4.5S``
+date / time                ``2024-03-10`` / ``07:59:58.5``
+infinite, BC, year > 9999  :class:`~loader.errors.EncodingError` (:class:`Unsendable`)
+interval                   ISO 8601 duration (PostgreSQL's text: ``P1Y2M3DT4H5M6.5S``)
 uuid                       lowercase string
 json / jsonb               embedded JSON value (exact text from the database)
 array                      array, nulls kept
@@ -19,8 +21,11 @@ inet / cidr                string
 boolean, NULL              true / false, null
 =========================  =================================================================
 
-A value of any other type is an :class:`~loader.errors.EncodingError` naming the column
-and the type: cast it in SQL (``col::text``) to send it.
+README's "Rows to JSON" table is the full contract for PostgreSQL, whose fast path
+(:mod:`loader.pgjson`) writes the same bytes; :mod:`loader.pgtypes` lists the types
+refused before any row is read. A value of any other type is an
+:class:`~loader.errors.EncodingError` naming the column and the type: cast it in SQL
+(``col::text``) to send it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -91,17 +97,79 @@ def iso_duration(value: timedelta) -> str:
     return f"{sign}P{date}" + (f"T{clock}" if clock else "")
 
 
+class PgFloat(float):
+    """A PostgreSQL float with its text, which is sent as is (``2``, ``1e-07``), so the
+    generic path writes what the database writes on the fast path (``2.0``, ``1e-7``)."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> PgFloat:
+        value = super().__new__(cls, text)
+        value.text = text
+        return value
+
+
+class Unsendable:
+    """A date or time the driver read as text because Python cannot hold it: infinity,
+    a year before 1 or after 9999 (refused, see :func:`unsendable_message`), or a time
+    of 24:00:00 (sent as is)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def unsendable_message(column: str, text: str, *, in_array: bool = False) -> str:
+    """The error for a date or timestamp ``text`` in ``column`` (in an element of its
+    array) that JSON cannot carry."""
+    name = column if column.isidentifier() and column.islower() else f'"{column}"'
+    if "infinity" in text:
+        null = f"array_replace({name}, '{text}', NULL)" if in_array else f"NULLIF({name}, '{text}')"
+        return (
+            f"column {column!r} holds {text}, which no JSON date can carry; send NULL in its "
+            f"place with {null} in the query, or its text with {name}::text"
+        )
+    return (
+        f"column {column!r} holds {text}, outside the years 1 to 9999 that a JSON date "
+        f"(RFC 3339) can carry; send its text with {name}::text in the query, or leave "
+        "such rows out"
+    )
+
+
+def _iso_time(value: datetime | time) -> Any:
+    """ISO 8601 as PostgreSQL writes it in JSON: the fraction without trailing zeros,
+    an aware datetime in UTC with ``Z``. The common cases (naive, or in UTC as
+    PostgreSQL's are) are formatted by orjson, several times faster."""
+    if value.tzinfo is None or (value.tzinfo is UTC and isinstance(value, datetime)):
+        raw = orjson.dumps(value, option=orjson.OPT_UTC_Z)
+        if value.microsecond % 10 or not value.microsecond:
+            return orjson.Fragment(raw)
+        end = -2 if value.tzinfo is UTC else -1  # before Z" or "
+        return orjson.Fragment(raw[:end].rstrip(b"0") + raw[end:])
+    if isinstance(value, datetime):
+        if value.utcoffset() is None:
+            return _iso_time(value.replace(tzinfo=None))
+        return _iso_time(value.astimezone(UTC))
+    offset = value.isoformat()[len(value.replace(tzinfo=None).isoformat()) :]
+    text = value.replace(tzinfo=None).isoformat()
+    return (text.rstrip("0") if value.microsecond else text) + offset
+
+
 def _default_common(value: Any) -> Any:
+    if isinstance(value, datetime | time):
+        return _iso_time(value)
+    if isinstance(value, PgFloat):
+        return orjson.Fragment(value.text) if math.isfinite(value) else None
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(bytes(value)).decode("ascii")
     if isinstance(value, timedelta):
         return iso_duration(value)
-    if isinstance(value, datetime):
-        if value.tzinfo is not None and value.utcoffset() is not None:
-            return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
         return value.isoformat()
-    if isinstance(value, date | time):
-        return value.isoformat()
+    if isinstance(value, Unsendable) and value.text.startswith("24:"):
+        return value.text
     if isinstance(value, _IP_TYPES):
         return str(value)
     if isinstance(value, set | frozenset):
@@ -112,6 +180,8 @@ def _default_common(value: Any) -> Any:
 
 
 def _default_number(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return _iso_time(value)
     if isinstance(value, Decimal):
         return orjson.Fragment(str(value)) if value.is_finite() else None
     return _default_common(value)
@@ -133,9 +203,7 @@ def _widen(value: Any, default: Callable[[Any], Any]) -> Any:
         return {k: _widen(v, default) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_widen(v, default) for v in value]
-    if isinstance(value, time) and value.tzinfo is not None:
-        return value.isoformat()
-    if isinstance(value, datetime | Decimal | bytes | bytearray | memoryview | timedelta):
+    if isinstance(value, date | time | Decimal | bytes | bytearray | memoryview | timedelta):
         return default(value)
     return value
 
@@ -181,8 +249,9 @@ def framing(
 class RowEncoder:
     """Encodes rows (sequences in ``columns`` order) as JSON objects.
 
-    ``utc_datetimes`` promises that every aware datetime is already in UTC (the
-    PostgreSQL source sets the session time zone), which keeps datetimes on the fast path.
+    Dates and times are written as PostgreSQL writes them in JSON (the fraction without
+    trailing zeros, aware datetimes in UTC with ``Z``). ``utc_datetimes`` (the PostgreSQL
+    source's promise that aware datetimes are in UTC) no longer changes the output.
     """
 
     def __init__(
@@ -201,9 +270,9 @@ class RowEncoder:
         self._utc_columns = tuple(utc_columns)
         self._json_columns = tuple(json_columns)
         self._default = _default_number if decimals == "number" else _default_string
-        self._option = orjson.OPT_UTC_Z
-        if not utc_datetimes:
-            self._option |= orjson.OPT_PASSTHROUGH_DATETIME
+        self._option = (
+            orjson.OPT_UTC_Z | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
+        )
 
     def encode(self, row: Sequence[Any]) -> bytes:
         """One row as a JSON object; raises :class:`EncodingError` naming the column."""
@@ -231,6 +300,11 @@ class RowEncoder:
     def _encode_slowly(self, record: dict[str, Any]) -> bytes:
         widened = {}
         for column, value in record.items():
+            unsendable = _unsendable(value)
+            if unsendable is not None:
+                raise EncodingError(
+                    unsendable_message(column, unsendable.text, in_array=isinstance(value, list))
+                )
             try:
                 widened[column] = _widen(value, self._default)
                 orjson.dumps(widened[column], default=self._default, option=self._option)
@@ -241,6 +315,15 @@ class RowEncoder:
                     f"(e.g. {column}::text) to send it as a string"
                 ) from exc
         return orjson.dumps(widened, default=self._default, option=self._option)
+
+
+def _unsendable(value: Any) -> Unsendable | None:
+    """The first refused :class:`Unsendable` in ``value`` (or in its arrays)."""
+    if isinstance(value, Unsendable):
+        return None if value.text.startswith("24:") else value
+    if isinstance(value, list):
+        return next(filter(None, map(_unsendable, value)), None)
+    return None
 
 
 class UrlFiller:

@@ -22,6 +22,8 @@ class RunOptions:
 
     ``stop``, ``sleep``, ``monotonic`` and ``transport`` are the seams: the stop signal,
     the retry waits, the clock durations are measured with and the HTTP transport.
+    ``database_json=False`` keeps PostgreSQL from writing the rows' JSON itself (the
+    fast path, :mod:`loader.pgjson`): loader encodes them, with the same bytes.
     A partitioned run hands each range these same options (with its share of ``limit``
     and without ``monitor``), so nothing given to the whole run is dropped on the way.
     """
@@ -37,6 +39,7 @@ class RunOptions:
     lock_ttl: float = defaults.LOCK_TTL
     monitor: bool = True
     progress: Callable[[RunResult], None] | None = None
+    database_json: bool = True
 
     def __post_init__(self) -> None:
         # ``stop=None`` means "no stop signal", as it always did for run_job's callers.

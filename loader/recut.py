@@ -123,13 +123,15 @@ class _Rows:
 
 
 def _slice(chunk: Chunk, start: int, end: int) -> Chunk:
-    """Rows ``start`` to ``end`` of ``chunk``, with their markers and URLs."""
+    """Rows ``start`` to ``end`` of ``chunk``, with their markers, URLs and omitted
+    columns."""
     if start == 0 and end == len(chunk.rows):
         return chunk
-    marker = chunk.marker
+    marker, omitted = chunk.marker, chunk.omitted
     return replace(
         chunk,
         rows=chunk.rows[start:end],
         marker=lambda i: marker(start + i),
         urls=chunk.urls[start:end] if chunk.urls is not None else None,
+        omitted=(lambda i: omitted(start + i)) if omitted is not None else None,
     )

@@ -18,14 +18,14 @@ from typing import Any
 
 from loader.batching import Chunk
 from loader.delivery import Counters
-from loader.encoding import RowEncoder, UrlFiller
+from loader.encoding import PgFloat, RowEncoder, UrlFiller
 from loader.errors import CursorOrderError, EncodingError, QueryError, StateError
 from loader.job import Cursor, Job
 from loader.source import RowStream
 from loader.state import encode_position
 
 #: Types whose Python order is the database's order; text collations differ.
-_ORDERED_TYPES = frozenset({int, float, Decimal, datetime, date})
+_ORDERED_TYPES = frozenset({int, float, PgFloat, Decimal, datetime, date})
 _json_of = operator.itemgetter(0)  # a fast-path row's JSON
 
 
@@ -44,6 +44,7 @@ def encoded_chunks(
     target = job.target
     filler = UrlFiller(target.url, target.placeholders) if target.per_row else None
     values, indexes = stream.value_indexes, stream.cursor_indexes
+    omitted = _omitted_encoder(job, stream) if target.omit else None
     check = CursorCheck(job.source.cursor) if indexes else None
     add_ids = RowIds(job, stream) if target.row_id is not None else None
     for raw in stream.chunks:
@@ -64,7 +65,12 @@ def encoded_chunks(
             first = counters.rows_read + 1
             urls = [filler.fill([row[i] for i in values], first + n) for n, row in enumerate(raw)]
         counters.rows_read += len(raw)
-        yield Chunk(rows, _position_of(raw, indexes) if indexes else _no_position, urls)
+        yield Chunk(
+            rows,
+            _position_of(raw, indexes) if indexes else _no_position,
+            urls,
+            omitted(raw) if omitted is not None else None,
+        )
 
 
 def _encoder(job: Job, stream: RowStream) -> Callable[[Sequence[Any]], bytes]:
@@ -110,15 +116,16 @@ def _micros(value: datetime) -> str:
     return str((value - (_EPOCH if value.tzinfo is not None else _LOCAL_EPOCH)) // _MICROSECOND)
 
 
-# Looked up by exact type first; datetime before date, its base class.
+# Looked up by exact type first; datetime before date, its base class. The base types'
+# own methods: a subclass (PgFloat) is written as its base type is.
 _TYPED: dict[type, tuple[str, Callable[[Any], str]]] = {
-    int: ("int", str),
-    Decimal: ("decimal", str),
-    float: ("float", repr),
+    int: ("int", int.__repr__),
+    Decimal: ("decimal", Decimal.__str__),
+    float: ("float", float.__repr__),
     datetime: ("datetime", _micros),
     date: ("date", date.isoformat),
-    uuid.UUID: ("uuid", str),
-    str: ("str", str),
+    uuid.UUID: ("uuid", uuid.UUID.__str__),
+    str: ("str", str.__str__),
 }
 
 
@@ -168,6 +175,26 @@ class RowIds:
             comma = b"" if row[cut - 1] == 0x7B else b","  # after "{": the object is empty
             out.append(row[:cut] + comma + self.key + value + b'"' + row[cut:])
         return out
+
+
+def _omitted_encoder(
+    job: Job, stream: RowStream
+) -> Callable[[Sequence[Sequence[Any]]], Callable[[int], bytes]]:
+    """What makes a fetched chunk's :attr:`Chunk.omitted`: its rows' omitted columns as a
+    JSON object (``{"id":7}``), only when asked for. On the fast path the database wrote
+    it beside the row's JSON; on the generic path it is encoded from the fetched row."""
+    at_json = stream.omitted_index
+    if at_json is not None:
+        return lambda raw: lambda n: bytes(raw[n][at_json])
+    at = [stream.columns.index(name) for name in job.target.omit]
+    encoder = RowEncoder(
+        job.target.omit,
+        decimals=job.target.decimals,
+        utc_datetimes=stream.utc_datetimes,
+        utc_columns=[n for n, i in enumerate(at) if i in stream.utc_columns],
+        json_columns=[n for n, i in enumerate(at) if i in stream.json_columns],
+    )
+    return lambda raw: lambda n: encoder.encode([raw[n][i] for i in at])
 
 
 def _position_of(raw: Sequence[Sequence[Any]], indexes: tuple[int, ...]) -> Callable[[int], Any]:

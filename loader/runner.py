@@ -19,6 +19,7 @@ from loader.errors import LoaderError, StateError
 from loader.job import Job
 from loader.journal import Journal
 from loader.lease import LockKeeper, held
+from loader.letters import kept_letters
 from loader.logs import RUN_ID
 from loader.options import RunOptions
 from loader.pipeline import Pipeline
@@ -65,6 +66,7 @@ class _Run:
         self.incremental = job.source.cursor is not None and not options.full_refresh
         self.pending: list[Cut] = []  # batches a crashed run left in flight, to re-cut
         self.cuts: dict[int, int] = {}  # the recorded cut of each batch in flight, by seq
+        self.columns: tuple[str, ...] = ()
 
     def result(self, status: Status, error: str | None = None) -> RunResult:
         """The result so far, with ``status``."""
@@ -162,9 +164,11 @@ class _Run:
         frame = framing_for(job)
         with (
             open_stream(job.source, self.redactor, position=position, decimals=target.decimals,
-                        omit=target.omit, values=target.placeholders) as stream,
+                        omit=target.omit, values=target.placeholders,
+                        fast=self.options.database_json) as stream,
             open_sink(job, self.redactor, frame, self.options.transport) as sink,
         ):  # fmt: skip
+            self.columns = stream.columns  # for the dead letters (see kept_letters)
             chunks = encoded_chunks(job, stream, self.counters, self.options.limit)
 
             def cutter(rows: Iterable[Chunk]) -> Iterator[Batch]:
@@ -233,11 +237,7 @@ class _Run:
         def commit(group: list[tuple[Batch, Rejected]]) -> None:
             """Record ``group`` (acknowledged, in read order); runs in the pipeline's
             committing thread only, so the counts it writes need no lock."""
-            dead_letters = [
-                (row, error.status, error.body_excerpt)
-                for _, rejected in group
-                for row, error in rejected
-            ]
+            dead_letters = kept_letters(group, self.columns, self.redactor, self.job.target.url)
             position = group[-1][0].position
             posted = counters.rows_posted + sum(len(b.rows) - len(r) for b, r in group)
             rejected = counters.rows_rejected + sum(len(r) for _, r in group)

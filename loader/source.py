@@ -38,9 +38,10 @@ from loader.database import (
     driver_message,
     execute_query,
     read_once,
+    refuse_types,
 )
 from loader.errors import CursorOrderError, QueryError, SourceError
-from loader.pgjson import fast_query
+from loader.pgjson import fast_query, unsendable_error
 from loader.redact import Redactor
 
 
@@ -52,7 +53,8 @@ class RowStream:
     (empty without a cursor). When ``json_rows`` is true (the PostgreSQL fast path), each
     row's first item is the row already encoded as a JSON object (bytes, without the
     omitted columns) and the cursor values follow it. ``value_indexes`` are the positions
-    of the columns asked for as ``values`` (for URL placeholders).
+    of the columns asked for as ``values`` (for URL placeholders). On the fast path with
+    omitted columns, ``omitted_index`` is the position of their JSON object (bytes).
     """
 
     columns: tuple[str, ...]
@@ -63,6 +65,7 @@ class RowStream:
     utc_columns: tuple[int, ...] = ()
     json_columns: tuple[int, ...] = ()
     value_indexes: tuple[int, ...] = ()
+    omitted_index: int | None = None
 
 
 @contextmanager
@@ -198,6 +201,7 @@ def _describe(
     _refuse_duplicates(columns)
     cursor_indexes(config, columns)
     types = {column[0]: cast(int, column[1]) for column in description}
+    refuse_types(connection, columns, types, where, redactor)
     return Described(columns, types, zone)
 
 
@@ -262,6 +266,7 @@ def _open_fast(
         raw, str(statement), statement.params, config, described.columns,
         tuple(range(1, 1 + cursor_count)),
         tuple(range(1 + cursor_count, 1 + cursor_count + len(values))),
+        1 + cursor_count + len(values) if omit else None,
         where, redactor,
     )  # fmt: skip
 
@@ -275,6 +280,7 @@ def _fast_stream(
     columns: tuple[str, ...],
     cursor_indexes: tuple[int, ...],
     value_indexes: tuple[int, ...],
+    omitted_index: int | None,
     where: str,
     redactor: Redactor,
 ) -> Iterator[RowStream]:
@@ -290,7 +296,7 @@ def _fast_stream(
     cursor = raw.cursor(binary=True)
     rows = cursor.stream(sql, params, size=config.fetch_size)
     chunks = _streamed_chunks(
-        raw, rows, config.fetch_size, config.statement_timeout, where, redactor
+        raw, rows, config.fetch_size, config.statement_timeout, where, redactor, columns
     )
     try:
         yield RowStream(
@@ -300,6 +306,7 @@ def _fast_stream(
             cursor_indexes=cursor_indexes,
             json_rows=True,
             value_indexes=value_indexes,
+            omitted_index=omitted_index,
         )
     finally:
         chunks.close()
@@ -390,10 +397,12 @@ def _streamed_chunks(
     timeout: float,
     where: str,
     redactor: Redactor,
+    columns: Sequence[str] = (),
 ) -> Generator[list[Any], None, None]:
     """Chunks of ``size`` rows, the next one read in a thread while this one is
     processed, so the database never waits for Python; at most two chunks wait in
-    memory. Waiting longer than ``timeout`` for a chunk cancels the query."""
+    memory. Waiting longer than ``timeout`` for a chunk cancels the query. A date the
+    query refuses in one of ``columns`` is an :class:`EncodingError`."""
     reader = _ReadAhead(connection, rows, size, timeout)
     reader.start()
     try:
@@ -405,6 +414,9 @@ def _streamed_chunks(
                         f"reading rows from {where} failed: canceling statement due to "
                         f"statement timeout (no rows for {timeout:g}s; source.statement_timeout)"
                     ) from item
+                refused = unsendable_error(item, columns)
+                if refused is not None:
+                    raise refused from item
                 reason = redactor.text(" ".join(str(item).split()))
                 raise SourceError(f"reading rows from {where} failed: {reason}") from item
             if not item:
@@ -452,11 +464,20 @@ def _refuse_duplicates(columns: tuple[str, ...]) -> None:
 
 def describe_query(config: jobmodel.Source, redactor: Redactor) -> tuple[str, ...]:
     """Connect, and ask the database for the query's columns without reading a row
-    (``LIMIT 0`` in a read-only transaction). Raises :class:`SourceError`."""
+    (``LIMIT 0`` in a read-only transaction). Raises :class:`SourceError`, or
+    :class:`EncodingError` for a PostgreSQL column type loader refuses."""
+
+    def read(result: sa.CursorResult[Any]) -> tuple[str, ...]:
+        columns = tuple(result.keys())
+        if result.dialect.name == "postgresql" and result.cursor is not None:
+            types = {c[0]: cast(int, c[1]) for c in result.cursor.description or []}
+            refuse_types(result.context.root_connection, columns, types, "", redactor)
+        return columns
+
+    inner = inner_query(config)
     columns: tuple[str, ...] = read_once(
-        config, redactor, f"SELECT * FROM (\n{inner_query(config)}\n) AS s LIMIT 0",
-        lambda result: tuple(result.keys()), "",
-    )  # fmt: skip
+        config, redactor, f"SELECT * FROM (\n{inner}\n) AS s LIMIT 0", read, ""
+    )
     _refuse_duplicates(columns)
     cursor_indexes(config, columns)
     return columns

@@ -21,7 +21,13 @@ from loader.errors import StateError
 from loader.result import Position
 from loader.state.cuts import CutSql, drop_cuts
 from loader.state.deadletters import insert_dead_letters
-from loader.state.records import Checkpoint, Lease, decode_position, encode_position
+from loader.state.records import (
+    Checkpoint,
+    Lease,
+    NewDeadLetter,
+    decode_position,
+    encode_position,
+)
 from loader.state.runs import save_counts
 from loader.state.schema import checkpoints, cuts, meta
 
@@ -62,7 +68,7 @@ class CheckpointSql(CutSql):
         *,
         fingerprint: str,
         position: Position | None,
-        dead_letters: Sequence[tuple[bytes, int | None, str]] = (),
+        dead_letters: Sequence[NewDeadLetter | tuple[bytes, int | None, str]] = (),
         ttl: float = defaults.LOCK_TTL,
         cuts: Sequence[int] = (),
         counts: dict[str, Any] | None = None,

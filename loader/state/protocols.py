@@ -19,6 +19,7 @@ from loader.state.records import (
     Cut,
     DeadLetter,
     Lease,
+    NewDeadLetter,
     RunRecord,
     SlotRecord,
 )
@@ -79,15 +80,15 @@ class CheckpointStore(Protocol):
         *,
         fingerprint: str,
         position: Position | None,
-        dead_letters: Sequence[tuple[bytes, int | None, str]] = ...,
+        dead_letters: Sequence[NewDeadLetter | tuple[bytes, int | None, str]] = ...,
         ttl: float = ...,
         cuts: Sequence[int] = ...,
         counts: dict[str, Any] | None = ...,
     ) -> None:
         """Record an acknowledged batch, atomically: renew ``lease`` for ``ttl``, keep
-        its ``dead_letters`` (row as UTF-8 JSON, HTTP status or ``None``, answer
-        excerpt) and, unless ``position`` is ``None``, move ``lease.job``'s checkpoint
-        there with ``fingerprint`` and ``run_id``; delete the ``cuts`` (ids from
+        its ``dead_letters`` (see :class:`~loader.state.records.NewDeadLetter`) and,
+        unless ``position`` is ``None``, move ``lease.job``'s checkpoint there with
+        ``fingerprint`` and ``run_id``; delete the ``cuts`` (ids from
         :meth:`CutStore.record_cut`) of the batches acknowledged; write ``counts``
         (columns of the run record, ``cursor_to`` as a position) into ``run_id``'s record.
 
@@ -194,7 +195,9 @@ class DeadLetterStore(Protocol):
         """Remove the dead letters ``ids`` (delivered on replay); unknown ids are ignored."""
 
     def purge_dead_letters(self, job: str) -> int:
-        """Remove all of ``job``'s dead letters; return how many there were."""
+        """Remove all of ``job``'s dead letters; return how many there were. Takes the
+        job's lock for the duration (raises :class:`JobLockedError` while a run or a
+        replay holds it)."""
 
 
 class SlotStore(Protocol):

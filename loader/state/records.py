@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from loader.errors import StateError
 from loader.result import Position
@@ -97,6 +97,22 @@ class DeadLetter:
     attempts: int
     created_at: float
     updated_at: float
+    #: The row as read, before ``target.omit`` (``None``: kept before loader stored it).
+    full_row: bytes | None = None
+    #: Where the row was sent, secrets masked (``None``: kept before loader stored it).
+    url: str | None = None
+
+
+class NewDeadLetter(NamedTuple):
+    """A rejected row to keep: ``row`` as it was sent (UTF-8 JSON, after ``target.omit``),
+    the HTTP status or ``None``, the answer's excerpt, the row as read (before omit) and
+    the URL it went to, secrets masked."""
+
+    row: bytes
+    status: int | None
+    excerpt: str
+    full_row: bytes | None = None
+    url: str | None = None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from loader.encoding import RowEncoder, UrlFiller, framing, iso_duration
+from loader.encoding import PgFloat, RowEncoder, Unsendable, UrlFiller, framing, iso_duration
 from loader.errors import EncodingError
 
 
@@ -53,11 +53,43 @@ def encode(value: object, **options: object) -> bytes:
         ({"a": Decimal("1.0")}, b'{"a":1.0}'),
         (ipaddress.ip_address("10.0.0.1"), b'"10.0.0.1"'),
         (time(1, 2, 3, tzinfo=UTC), b'"01:02:03+00:00"'),
+        # Fractions as PostgreSQL writes them: no trailing zeros.
+        (time(7, 59, 58, 500000), b'"07:59:58.5"'),
+        (datetime(2024, 3, 10, 7, 59, 58, 120000), b'"2024-03-10T07:59:58.12"'),
+        (datetime(2024, 3, 10, 7, 59, 58, 500000, tzinfo=UTC), b'"2024-03-10T07:59:58.5Z"'),
+        (
+            datetime(2024, 3, 10, 8, 59, 58, 100, tzinfo=timezone(timedelta(hours=1))),
+            b'"2024-03-10T07:59:58.0001Z"',
+        ),
+        (time(7, 59, 58, 250000, tzinfo=timezone(timedelta(hours=-8))), b'"07:59:58.25-08:00"'),
+        (PgFloat("2"), b"2"),
+        (PgFloat("1e-07"), b"1e-07"),
+        (PgFloat("NaN"), b"null"),
+        ([PgFloat("-Infinity"), PgFloat("0.5")], b"[null,0.5]"),
+        (Unsendable("24:00:00"), b'"24:00:00"'),
     ],
 )
 def test_exact_type_mapping(value: object, json: bytes) -> None:
     """Each value becomes the documented JSON, with every digit kept."""
     assert encode(value) == b'{"v":' + json + b"}"
+
+
+@pytest.mark.parametrize(
+    ("value", "fix"),
+    [
+        (Unsendable("infinity"), "NULLIF(v, 'infinity')"),
+        (Unsendable("0044-03-15 BC"), "v::text"),
+        ([date(2024, 1, 1), Unsendable("-infinity")], "array_replace(v, '-infinity', NULL)"),
+    ],
+)
+def test_dates_json_cannot_carry_fail_naming_the_column_and_the_fix(
+    value: object, fix: str
+) -> None:
+    """Infinity and years outside 1 to 9999 (read as Unsendable) are an EncodingError
+    naming the column, the value and the fix."""
+    with pytest.raises(EncodingError, match="column 'v' holds") as caught:
+        encode(value)
+    assert fix in str(caught.value)
 
 
 def test_decimals_as_strings() -> None:

@@ -97,3 +97,14 @@ def test_without_pending_cuts_the_batches_are_the_cutters() -> None:
     made = list(recut(_chunks([1, 2, 3], 2), [], _cutter(2)))
 
     assert [(_rows(b), b.seq, cut) for b, cut in made] == [([1, 2], 1, None), ([3], 2, None)]
+
+
+def test_re_cut_rows_keep_their_omitted_columns() -> None:
+    """A chunk split between a re-cut batch and the next keeps each row's omitted
+    columns with the row (a rejected row is kept whole)."""
+    chunk = Chunk([b"1", b"2", b"3"], lambda i: (i + 1,), omitted=lambda i: b"o%d" % (i + 1))
+    made = list(recut([chunk], [_cut(None, 1, 1)], _cutter(5)))
+
+    assert [_rows(b) for b, _ in made] == [[1], [2, 3]]
+    omitted = [[b.omitted(i) for i in range(len(b.rows))] for b, _ in made if b.omitted]
+    assert omitted == [[b"o1"], [b"o2", b"o3"]]
