@@ -16,6 +16,9 @@ from typing import Any
 from loader.encoding import Framing
 from loader.errors import EncodingError
 
+#: The omitted columns of a row, by its index (see :class:`Chunk`).
+Omitted = Callable[[int], bytes]
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -23,7 +26,9 @@ class Batch:
 
     ``first_row`` is the 1-based number of its first row in the run; ``position`` is the
     marker of its last row (the cursor position, for checkpoints). ``url`` is where a
-    single row goes when requests are per row (``None``: the target's URL).
+    single row goes when requests are per row (``None``: the target's URL). With
+    ``target.omit``, ``omitted(i)`` gives the omitted columns of ``rows[i]`` (see
+    :class:`Chunk`).
     """
 
     seq: int
@@ -32,16 +37,43 @@ class Batch:
     body: bytes
     position: Any = None
     url: str | None = None
+    omitted: Omitted | None = None
 
 
 @dataclass(frozen=True)
 class Chunk:
     """Encoded rows and, for any of them, its marker: ``marker(i)`` for ``rows[i]``;
-    with per-row requests, ``urls[i]`` is where ``rows[i]`` goes."""
+    with per-row requests, ``urls[i]`` is where ``rows[i]`` goes. With ``target.omit``,
+    ``omitted(i)`` encodes the columns left out of ``rows[i]`` as a JSON object, so that
+    a rejected row can be kept whole. It is computed only when asked for (a rejection):
+    no work per row, and only the chunk's fetched rows are kept meanwhile."""
 
     rows: list[bytes]
     marker: Callable[[int], Any] = lambda _index: None
     urls: list[str] | None = None
+    omitted: Omitted | None = None
+
+
+class Spans:
+    """A batch's ``omitted``: each row's omitted columns, asked of the chunk it came
+    from. One span per chunk the batch draws rows from."""
+
+    __slots__ = ("starts", "sources")
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []  # the batch index of each span's first row
+        self.sources: list[tuple[Omitted, int]] = []  # its chunk's omitted, and its index
+
+    def add(self, at: int, omitted: Omitted, offset: int) -> Spans:
+        """Rows from index ``at`` of the batch are rows ``offset``... of a chunk."""
+        self.starts.append(at)
+        self.sources.append((omitted, offset))
+        return self
+
+    def __call__(self, index: int) -> bytes:
+        span = bisect_right(self.starts, index) - 1
+        omitted, offset = self.sources[span]
+        return omitted(offset + index - self.starts[span])
 
 
 def batches(
@@ -56,6 +88,7 @@ def batches(
     sep = len(framing.separator)
     overhead = framing.overhead()
     pending: list[bytes] = []
+    left_out: Spans | None = None  # the pending rows' omitted columns
     size = overhead
     marker: Any = None
     seq = 0
@@ -80,22 +113,24 @@ def batches(
             if fits == 0:
                 if pending:
                     seq += 1
-                    yield _batch(seq, row_number, pending, framing, marker)
-                    pending, size = [], overhead
+                    yield _batch(seq, row_number, pending, framing, marker, left_out)
+                    pending, size, left_out = [], overhead, None
                     continue
                 raise _too_large(rows[start], row_number + 1, overhead, max_bytes)
             pending.extend(window[:fits])
+            if chunk.omitted is not None:
+                left_out = (left_out or Spans()).add(len(pending) - fits, chunk.omitted, start)
             size += added - (0 if len(pending) > fits else sep)
             start += fits
             row_number += fits
             marker = chunk.marker(start - 1)
             if len(pending) >= max_rows or fits < len(window):
                 seq += 1
-                yield _batch(seq, row_number, pending, framing, marker)
-                pending, size = [], overhead
+                yield _batch(seq, row_number, pending, framing, marker, left_out)
+                pending, size, left_out = [], overhead, None
     if pending:
         seq += 1
-        yield _batch(seq, row_number, pending, framing, marker)
+        yield _batch(seq, row_number, pending, framing, marker, left_out)
 
 
 def singles(chunks: Iterable[Chunk], framing: Framing, *, max_bytes: int) -> Iterator[Batch]:
@@ -109,7 +144,8 @@ def singles(chunks: Iterable[Chunk], framing: Framing, *, max_bytes: int) -> Ite
             if len(row) + overhead > max_bytes:
                 raise _too_large(row, seq, overhead, max_bytes)
             url = chunk.urls[index] if chunk.urls is not None else None
-            yield Batch(seq, seq, [row], framing.body((row,)), chunk.marker(index), url)
+            left_out = Spans().add(0, chunk.omitted, index) if chunk.omitted else None
+            yield Batch(seq, seq, [row], framing.body((row,)), chunk.marker(index), url, left_out)
 
 
 def _too_large(row: bytes, number: int, overhead: int, max_bytes: int) -> EncodingError:
@@ -120,8 +156,15 @@ def _too_large(row: bytes, number: int, overhead: int, max_bytes: int) -> Encodi
     )
 
 
-def _batch(seq: int, last_row: int, rows: list[bytes], framing: Framing, marker: Any) -> Batch:
-    return Batch(seq, last_row - len(rows) + 1, rows, framing.body(rows), marker)
+def _batch(
+    seq: int,
+    last_row: int,
+    rows: list[bytes],
+    framing: Framing,
+    marker: Any,
+    omitted: Omitted | None = None,
+) -> Batch:
+    return Batch(seq, last_row - len(rows) + 1, rows, framing.body(rows), marker, None, omitted)
 
 
 def _first_field(row: bytes) -> str:

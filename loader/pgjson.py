@@ -122,14 +122,18 @@ def fast_query(
     values: Sequence[str] = (),
 ) -> tuple[str, dict[str, Any]] | None:
     """The query rewritten so PostgreSQL writes each row's JSON object itself (without the
-    ``omit`` columns), followed by the cursor's values and then the ``values`` columns;
-    ``None`` when a column's type is not one it can write exactly."""
+    ``omit`` columns), followed by the cursor's values, then the ``values`` columns and,
+    with ``omit``, the omitted columns as one JSON object (UTF-8 bytes, for dead letters
+    kept whole; see :func:`_omitted_object`); ``None`` when a column's type is not one it
+    can write exactly."""
     quote = quoter(dialect)
     fields = _fields(described, quote, decimals, omit)
     if fields is None:
         return None
     where, order, params = cursor_clauses(config, dialect, position, "s", described)
     keys = "".join(f", {column}" for column in [*order, *(f"s.{quote(v)}" for v in values)])
+    if omit:
+        keys += f", convert_to({_omitted_object(described, quote, decimals, omit)}, 'UTF8')"
     inner = inner_query(config)
     # UTF-8 bytes, fetched in binary: psycopg hands them over without a Python call per row.
     built = _json_object([(name, text) for name, _, text in fields])
@@ -147,6 +151,36 @@ def fast_query(
     if order:
         sql += f"\nORDER BY {', '.join(order)}"
     return sql, params
+
+
+def _omitted_object(
+    described: Described, quote: Callable[[str], str], decimals: str, omit: Sequence[str]
+) -> str:
+    """SQL for the text of a JSON object of the ``omit`` columns, each value as the row's
+    JSON would have it (spacing aside, for names that need escaping: it is read back,
+    never sent), except that a value loader refuses to send is null instead of an error."""
+    pairs, texts = [], []
+    for name in omit:
+        type_name = _FAST_TYPES.get(described.types[name])
+        column = "s." + quote(name)
+        if type_name in ("timestamptz", "timestamp", "date"):
+            # Not sent, so never a reason to fail the run: a date loader refuses is null.
+            value = (
+                f"CASE WHEN {column} >= '0001-01-01' AND {column} < '10000-01-01' THEN "
+                + (f"replace(({column} AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z'"
+                   if type_name == "timestamptz" else column)
+                + " END"
+            )  # fmt: skip
+        else:
+            value = _fast_expression(column, type_name, decimals) if type_name else column
+        texts.append((name, _value_text(value, type_name or "", decimals)))
+        pairs.append("'" + name.replace("'", "''") + "', " + value)
+    built = _json_object(texts)
+    if built is not None:
+        return built
+    # A function takes at most 100 arguments: objects of 50 pairs, merged.
+    groups = [", ".join(pairs[i : i + 50]) for i in range(0, len(pairs), 50)]
+    return "(" + " || ".join(f"jsonb_build_object({group})" for group in groups) + ")::text"
 
 
 def _fields(

@@ -30,6 +30,7 @@ import httpx
 from loader import defaults
 from loader import job as jobmodel
 from loader.auth import OAuth2Token, basic_authorization, tls_context, transport_reason
+from loader.deadline import bounded, exchange, expired
 from loader.errors import RejectedError, RetryableSinkError, SinkError
 from loader.ratelimit import Rate, limiter_for
 from loader.redact import Redactor, mask_path, mask_registered, mask_url
@@ -157,13 +158,15 @@ class Sink:
     def _connection(self) -> httpx.BaseTransport:
         transport: httpx.BaseTransport | None = getattr(self._local, "transport", None)
         if transport is None:
-            transport = self._transport or httpx.HTTPTransport(
-                verify=self._verify,
-                trust_env=False,
-                proxy=self._target.proxy,
-                # One connection per sending thread: ``concurrency`` threads make at
-                # most ``concurrency`` connections, each kept alive between batches.
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            transport = self._transport or bounded(
+                httpx.HTTPTransport(
+                    verify=self._verify,
+                    trust_env=False,
+                    proxy=self._target.proxy,
+                    # One connection per sending thread: ``concurrency`` threads make at
+                    # most ``concurrency`` connections, each kept alive between batches.
+                    limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                )
             )
             self._local.transport = transport
             if self._transport is None:
@@ -262,7 +265,29 @@ class Sink:
         retry_401: bool,
     ) -> tuple[bool, list[ItemError]]:
         """One request: whether to send it again with a fresh token, and the rows a 2xx
-        answer refused."""
+        answer refused. The whole exchange, from connecting to the answer's last byte,
+        ends within ``target.timeout`` (see :mod:`loader.deadline`)."""
+        try:
+            with exchange(self._target.timeout):
+                return self._exchange(method, url, what, headers, body, retry_401=retry_401)
+        except httpx.TimeoutException as exc:
+            raise RetryableSinkError(
+                f"{what}: no complete response within target.timeout "
+                f"({format_duration(self._target.timeout)}): {type(exc).__name__}",
+                url=self.safe_url,
+            ) from exc
+
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        headers: dict[str, str],
+        body: bytes,
+        *,
+        retry_401: bool,
+    ) -> tuple[bool, list[ItemError]]:
+        """:meth:`_attempt`'s request and answer, its httpx errors as they are."""
         try:
             request = httpx.Request(
                 method,
@@ -281,17 +306,12 @@ class Sink:
                 if self._target.item_errors is not None:
                     return False, self._item_errors(response)
                 # Acknowledged. Drain the raw body (never decoded: a broken one cannot fail
-                # a delivered batch) so the connection goes back to the pool for reuse.
+                # a delivered batch) so the connection goes back to the pool for reuse;
+                # one still arriving at the deadline is a timeout.
                 if not response.is_stream_consumed:
-                    with contextlib.suppress(httpx.HTTPError, httpx.StreamError):
-                        for _ in response.iter_raw():
-                            pass
-        except httpx.TimeoutException as exc:
-            raise RetryableSinkError(
-                f"{what}: no response within target.timeout "
-                f"({format_duration(self._target.timeout)}): {type(exc).__name__}",
-                url=self.safe_url,
-            ) from exc
+                    self._drain(response)
+        except httpx.TimeoutException:
+            raise
         except httpx.LocalProtocolError as exc:
             # Its message quotes the offending header, value included: never show it.
             raise SinkError(
@@ -308,6 +328,19 @@ class Sink:
                 f"{what}: {self._redactor.text(transport_reason(exc))}", url=self.safe_url
             ) from exc
         return False, []
+
+    @staticmethod
+    def _drain(response: httpx.Response) -> None:
+        """Read an acknowledged answer's body to its end, raising
+        :class:`httpx.ReadTimeout` if the exchange's deadline passes first."""
+        try:
+            for _ in response.iter_raw():
+                if expired():
+                    raise httpx.ReadTimeout("the answer did not end in time")
+        except httpx.TimeoutException:
+            raise
+        except (httpx.HTTPError, httpx.StreamError):
+            pass
 
     def _item_errors(self, response: httpx.Response) -> list[ItemError]:
         """The refused rows a 2xx answer lists at ``target.item_errors.path``. An answer

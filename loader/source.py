@@ -56,7 +56,8 @@ class RowStream:
     (empty without a cursor). When ``json_rows`` is true (the PostgreSQL fast path), each
     row's first item is the row already encoded as a JSON object (bytes, without the
     omitted columns) and the cursor values follow it. ``value_indexes`` are the positions
-    of the columns asked for as ``values`` (for URL placeholders).
+    of the columns asked for as ``values`` (for URL placeholders). On the fast path with
+    omitted columns, ``omitted_index`` is the position of their JSON object (bytes).
     """
 
     columns: tuple[str, ...]
@@ -67,6 +68,7 @@ class RowStream:
     utc_columns: tuple[int, ...] = ()
     json_columns: tuple[int, ...] = ()
     value_indexes: tuple[int, ...] = ()
+    omitted_index: int | None = None
 
 
 @contextmanager
@@ -260,6 +262,7 @@ def _open_fast(
         raw, str(statement), statement.params, config, described.columns,
         tuple(range(1, 1 + cursor_count)),
         tuple(range(1 + cursor_count, 1 + cursor_count + len(values))),
+        1 + cursor_count + len(values) if omit else None,
         where, redactor,
     )  # fmt: skip
 
@@ -273,6 +276,7 @@ def _fast_stream(
     columns: tuple[str, ...],
     cursor_indexes: tuple[int, ...],
     value_indexes: tuple[int, ...],
+    omitted_index: int | None,
     where: str,
     redactor: Redactor,
 ) -> Iterator[RowStream]:
@@ -302,6 +306,7 @@ def _fast_stream(
             cursor_indexes=cursor_indexes,
             json_rows=True,
             value_indexes=value_indexes,
+            omitted_index=omitted_index,
         )
     finally:
         chunks.close()

@@ -153,6 +153,14 @@ class Target(FrozenModel):
         "still counts the uncompressed body.",
     )
     auth: Auth = Field(default_factory=Auth)
+    row_id: str | None = Field(
+        default=None,
+        pattern=r"^[^.]+(\.[^.]+)?$",
+        description="A field added to each row: an id derived from the job, the row's cursor "
+        "value and key, the same every time that version of the row is sent (Amplitude "
+        "insert_id, Segment messageId). COLUMN.FIELD puts it inside the JSON object of the "
+        "body's last column (Mixpanel properties.$insert_id). Needs source.cursor.",
+    )
 
     def __repr_args__(self) -> Any:
         redactor = Redactor(secret_headers=frozenset(n.lower() for n in self.secret_headers))

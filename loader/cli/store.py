@@ -61,7 +61,10 @@ def deadletter_list(
     ),
     env_file: EnvFile = ENV_FILE,
 ) -> None:
-    """Show the job's dead letters: the row, the status and the endpoint's answer."""
+    """Show the job's dead letters: which row (its cursor key), the status, the
+    endpoint's answer, the URL and the row as read."""
+    from loader.letters import row_key
+
     with exit_codes(Redactor()):
         job = load(job_file, env_file)
         store = open_state()
@@ -71,11 +74,16 @@ def deadletter_list(
         redactor = job.redactor()
         for letter in letters:
             typer.echo(
-                f"#{letter.id} run {letter.run_id} at {when(letter.created_at)}, "
-                f"{letter.attempts} attempt(s), status {letter.status}: "
+                f"#{letter.id} {row_key(job, letter)}: status {letter.status}: "
                 f"{redactor.text(letter.excerpt)}"
             )
-            typer.echo(f"  {letter.row.decode('utf-8', 'replace')}")
+            typer.echo(
+                f"  run {letter.run_id} at {when(letter.created_at)}, "
+                f"{letter.attempts} attempt(s)"
+                + (f", sent to {redactor.url(letter.url)}" if letter.url else "")
+            )
+            row = letter.full_row if letter.full_row is not None else letter.row
+            typer.echo(f"  {row.decode('utf-8', 'replace')}")
         typer.echo(
             f"{job.name}: {total} dead letters" + (f", {limit} shown" if total > limit else "")
         )
@@ -90,13 +98,17 @@ def deadletter_replay(job_file: JobFile, env_file: EnvFile = ENV_FILE) -> None:
     with exit_codes(job.redactor()):
         result = replay_dead_letters(job, stop=stop_on_signals(defaults.GRACE_PERIOD))
         flush_notifications(timeout=defaults.NOTIFY_FLUSH_TIMEOUT)
-        typer.echo(f"{job.name}: {result.delivered} delivered, {result.rejected} rejected again")
-        if result.rejected:
+        typer.echo(
+            f"{job.name}: {result.delivered} delivered, {result.rejected} rejected again"
+            + (f", {result.unsendable} could not be sent (see above)" if result.unsendable else "")
+        )
+        if result.rejected or result.unsendable:
             raise typer.Exit(defaults.EXIT_REJECTED_ROWS)
 
 
 def deadletter_purge(job_file: JobFile, yes: Yes = False, env_file: EnvFile = ENV_FILE) -> None:
-    """Delete the job's dead letters for good."""
+    """Delete the job's dead letters for good (exit 5 while a run or replay holds the
+    job's lock)."""
     with exit_codes(Redactor()):
         job = load(job_file, env_file)
         removed = _confirmed(yes, f"Delete every dead letter of {job.name}?", "nothing deleted",

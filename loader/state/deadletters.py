@@ -7,16 +7,17 @@ replay tries them again.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from loader.state.base import SqlBase
-from loader.state.records import DeadLetter
+from loader.state.locks import LockSql
+from loader.state.records import DeadLetter, NewDeadLetter
 from loader.state.schema import dead_letters
 
 
-class DeadLetterSql(SqlBase):
+class DeadLetterSql(LockSql):
     """Reading, updating and removing a job's dead letters."""
 
     def dead_letters(self, job: str, limit: int | None = None) -> list[DeadLetter]:
@@ -24,7 +25,14 @@ class DeadLetterSql(SqlBase):
         query = sa.select(dead_letters).where(dead_letters.c.job == job)
         with self._transaction("reading dead letters") as conn:
             rows = conn.execute(query.order_by(dead_letters.c.id).limit(limit)).all()
-        return [DeadLetter(**{**row._asdict(), "row": row.row.encode("utf-8")}) for row in rows]
+        return [
+            DeadLetter(**{
+                **row._asdict(),
+                "row": row.row.encode("utf-8"),
+                "full_row": row.full_row.encode("utf-8") if row.full_row is not None else None,
+            })
+            for row in rows
+        ]  # fmt: skip
 
     def dead_letter_count(self, job: str) -> int:
         """How many dead letters ``job`` has."""
@@ -52,9 +60,16 @@ class DeadLetterSql(SqlBase):
             conn.execute(sa.delete(dead_letters).where(dead_letters.c.id.in_(list(ids))))
 
     def purge_dead_letters(self, job: str) -> int:
-        """Remove all of ``job``'s dead letters; return how many there were."""
-        with self._transaction("purging dead letters") as conn:
-            result = conn.execute(sa.delete(dead_letters).where(dead_letters.c.job == job))
+        """Remove all of ``job``'s dead letters; return how many there were.
+
+        Takes the job's lock (raises :class:`JobLockedError` while a run or a replay
+        holds it): a run adds letters and a replay resends them meanwhile."""
+        lease = self.acquire(job, f"purge-{uuid.uuid4().hex[:8]}")
+        try:
+            with self._transaction("purging dead letters") as conn:
+                result = conn.execute(sa.delete(dead_letters).where(dead_letters.c.job == job))
+        finally:
+            self.release(lease)
         return int(result.rowcount)
 
 
@@ -62,12 +77,12 @@ def insert_dead_letters(
     conn: sa.Connection,
     job: str,
     run_id: str,
-    letters: Sequence[tuple[bytes, int | None, str]],
+    letters: Sequence[NewDeadLetter | tuple[bytes, int | None, str]],
     now: float,
 ) -> None:
-    """Keep ``letters`` (row as UTF-8 JSON, HTTP status or ``None``, answer excerpt) as
-    ``job``'s dead letters from ``run_id``, each at its first attempt, in ``conn``'s
-    transaction. Nothing is written for no letters."""
+    """Keep ``letters`` (see :class:`NewDeadLetter`; a plain ``(row, status, excerpt)``
+    keeps no full row nor URL) as ``job``'s dead letters from ``run_id``, each at its
+    first attempt, in ``conn``'s transaction. Nothing is written for no letters."""
     if not letters:
         return
     conn.execute(
@@ -76,13 +91,19 @@ def insert_dead_letters(
             {
                 "job": job,
                 "run_id": run_id,
-                "row": row.decode("utf-8"),
-                "status": status,
-                "excerpt": excerpt,
+                "row": letter.row.decode("utf-8"),
+                "status": letter.status,
+                "excerpt": letter.excerpt,
                 "attempts": 1,
                 "created_at": now,
                 "updated_at": now,
+                "full_row": letter.full_row.decode("utf-8") if letter.full_row else None,
+                "url": letter.url,
             }
-            for row, status, excerpt in letters
+            for letter in map(_new, letters)
         ],
     )
+
+
+def _new(letter: NewDeadLetter | tuple[bytes, int | None, str]) -> NewDeadLetter:
+    return letter if isinstance(letter, NewDeadLetter) else NewDeadLetter(*letter)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from loader.errors import StateError
 from loader.result import Position
@@ -97,6 +97,42 @@ class DeadLetter:
     attempts: int
     created_at: float
     updated_at: float
+    #: The row as read, before ``target.omit`` (``None``: kept before loader stored it).
+    full_row: bytes | None = None
+    #: Where the row was sent, secrets masked (``None``: kept before loader stored it).
+    url: str | None = None
+
+
+class NewDeadLetter(NamedTuple):
+    """A rejected row to keep: ``row`` as it was sent (UTF-8 JSON, after ``target.omit``),
+    the HTTP status or ``None``, the answer's excerpt, the row as read (before omit) and
+    the URL it went to, secrets masked."""
+
+    row: bytes
+    status: int | None
+    excerpt: str
+    full_row: bytes | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A batch recorded before it was sent and not yet acknowledged: where it was cut.
+
+    It holds the rows whose positions are after ``after`` and at most ``last`` (both
+    encoded positions; ``after`` is ``"start"`` before the first checkpoint). ``scope``
+    and ``key`` are those of its idempotency key; ``rows`` how many rows it held.
+    """
+
+    id: int
+    job: str
+    run_id: str
+    scope: str
+    after: str
+    last: str
+    rows: int
+    key: str
+    created_at: float
 
 
 def encode_position(position: Position) -> str:

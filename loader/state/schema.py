@@ -63,7 +63,12 @@ dead_letters = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # Added after the table: a store made before them gains them on open (see migrate).
+    sa.Column("full_row", sa.Text),
+    sa.Column("url", sa.Text),
 )
+#: Columns added to existing tables since they were first created, by table.
+_ADDED_COLUMNS = {dead_letters.name: ("full_row", "url")}
 slots = sa.Table(
     "loader_slots",
     metadata,
@@ -74,6 +79,21 @@ slots = sa.Table(
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("claimed_at", sa.Float, nullable=False),
     sa.Column("detail", sa.Text),
+)
+# Batches cut and about to be sent, not yet acknowledged (see loader.state.cuts): added
+# after version 1 as a table of its own, which an older loader ignores.
+cuts = sa.Table(
+    "loader_cuts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job", sa.String(200), nullable=False, index=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("scope", sa.Text, nullable=False),
+    sa.Column("after", sa.Text, nullable=False),
+    sa.Column("last", sa.Text, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("key", sa.String(255), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 alert_states = sa.Table(
     "loader_alert_states",
@@ -106,6 +126,7 @@ def migrate(engine: sa.Engine, url: str) -> None:
             # Several processes may open a new store at once: one creates the tables.
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         metadata.create_all(conn, checkfirst=True)
+        _add_columns(conn)
         row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).first()
         if row is None:
             conn.execute(sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
@@ -114,3 +135,21 @@ def migrate(engine: sa.Engine, url: str) -> None:
                 f"the state store {url} has schema version {row.value}, newer than "
                 f"this loader's {SCHEMA_VERSION}; upgrade loader"
             )
+
+
+def _add_columns(conn: sa.Connection) -> None:
+    """Add the columns of :data:`_ADDED_COLUMNS` a store made before them lacks. They
+    are nullable, so a loader that predates them still reads and writes the table."""
+    inspector = sa.inspect(conn)
+    for table_name, names in _ADDED_COLUMNS.items():
+        present = {column["name"] for column in inspector.get_columns(table_name)}
+        table = metadata.tables[table_name]
+        for name in names:
+            if name not in present:
+                kind = table.c[name].type.compile(dialect=conn.dialect)
+                try:
+                    conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {name} {kind}")
+                except sa.exc.OperationalError as exc:
+                    # SQLite has no migration lock: another process may have added it.
+                    if "duplicate column" not in str(exc).lower():
+                        raise

@@ -21,7 +21,7 @@ from loader import (
 )
 from loader.errors import EncodingError, QueryError
 from tests.integration.conftest import Schema, make_job
-from tests.support.server import RESET, Delay, Endpoint
+from tests.support.server import RESET, Delay, Endpoint, Trickle
 
 
 def numbers(schema: Schema, count: int, payload: str = "'x'") -> str:
@@ -176,6 +176,25 @@ def test_connection_resets_and_timeouts_are_retried(schema: Schema, endpoint: En
 
     assert result.status == "succeeded"
     assert result.retries == 2 and len(endpoint.requests) == 3
+
+
+@pytest.mark.parametrize("headers", [False, True], ids=["slow-body", "slow-headers"])
+def test_target_timeout_bounds_the_whole_exchange(
+    schema: Schema, endpoint: Endpoint, headers: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An answer trickled a byte every 0.2 s (no read ever waits 400ms) ends at
+    ``target.timeout: 400ms`` for the whole exchange, and is retried as a timeout."""
+    endpoint.script("/", Trickle(0.2, headers=headers), 200)
+    job = build_job(make_job(schema, endpoint.url + "/", numbers(schema, 2),
+                             target={"timeout": "400ms"}))  # fmt: skip
+
+    started = time.monotonic()
+    result = run_job(job, sleep=lambda s: None)
+
+    assert result.status == "succeeded" and result.retries == 1
+    first, second = endpoint.requests
+    assert second.at - first.at < 0.9 and time.monotonic() - started < 3
+    assert "no complete response within target.timeout (400ms)" in caplog.text
 
 
 def test_429_retry_after_seconds_is_honoured(schema: Schema, endpoint: Endpoint) -> None:

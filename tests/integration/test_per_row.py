@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from loader import JobConfigError, RejectedError, build_job, open_state, run_job
+from loader import RejectedError, build_job, open_state, run_job
 from loader.errors import EncodingError, QueryError
 from loader.replay import replay_dead_letters
 from tests.integration.conftest import Schema, make_job
@@ -106,16 +106,6 @@ def test_a_404_rejects_one_row_and_replay_uses_its_url(
     last = endpoint.requests[-1]
     assert (last.path, last.status, last.json()["id"]) == ("/contacts/gone%40x.io", 200, 2)
     state.close()
-
-
-def test_replay_refuses_when_the_url_columns_were_omitted(
-    schema: Schema, endpoint: Endpoint, isolated_state: str
-) -> None:
-    """Letters keep the body; with the URL's column omitted the URL cannot be rebuilt."""
-    query = contacts(schema, [(1, "a@x.io", "p")])
-    job = build_job(upsert(schema, endpoint, query, target={"omit": ["email", "id"]}))
-    with pytest.raises(JobConfigError, match=r"target.omit: .* lack email"):
-        replay_dead_letters(job, state=open_state(isolated_state))
 
 
 def test_a_null_url_value_stops_the_run_naming_the_column(

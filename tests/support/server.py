@@ -80,6 +80,37 @@ RESET = "reset"
 
 
 @dataclass(frozen=True)
+class Trickle:
+    """Answer ``status`` slowly: the status line at once, then the ``headers`` (when
+    ``headers`` is true) or the body one byte every ``seconds``, as a server that keeps
+    a connection busy without ever letting a read time out."""
+
+    seconds: float
+    body: bytes = b'{"ok":true}'
+    headers: bool = False
+    status: int = 200
+
+    def play(self, handler: Handler) -> None:
+        head = (f"HTTP/1.1 {self.status} OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(self.body)}\r\n\r\n").encode()  # fmt: skip
+        slow, fast = (head, b"") if self.headers else (b"", head)
+        try:
+            handler.wfile.write(fast)
+            handler.wfile.flush()
+            for index in range(len(slow)):
+                handler.wfile.write(slow[index : index + 1])
+                handler.wfile.flush()
+                time.sleep(self.seconds)
+            for index in range(len(self.body)):
+                time.sleep(self.seconds)
+                handler.wfile.write(self.body[index : index + 1])
+                handler.wfile.flush()
+        except OSError:
+            pass  # the client gave up: that is the point
+        handler.close_connection = True
+
+
+@dataclass(frozen=True)
 class Echo:
     """Answer ``status``, echoing the request's headers ``into`` "body", "location" or
     "reason"."""
@@ -147,7 +178,7 @@ class Endpoint(LoopbackServer):
         final = step.then if isinstance(step, Delay) else step
         status = (
             None if final == RESET
-            else final.status if isinstance(final, Echo)
+            else final.status if isinstance(final, Echo | Trickle)
             else final if isinstance(final, int) else final[0]
         )  # fmt: skip
         with self._lock:
@@ -169,7 +200,7 @@ def _play(handler: Handler, step: Any) -> None:
     if isinstance(step, Delay):
         time.sleep(step.seconds)
         step = step.then
-    if isinstance(step, Echo):
+    if isinstance(step, Echo | Trickle):
         step.play(handler)
         return
     if step == RESET:

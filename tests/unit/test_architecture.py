@@ -23,6 +23,7 @@ LIBRARIES = {
     "sqlalchemy",
     "psycopg",
     "httpx",
+    "httpcore",
     "certifi",
     "croniter",
     "tenacity",
