@@ -119,6 +119,16 @@ def closing(connection: Connection) -> Iterator[Connection]:
                 connection.invalidate()
 
 
+def abandon_unread(result: sa.CursorResult[Any]) -> None:
+    """Forget the rows a lost connection will never send: PyMySQL's unbuffered result
+    would otherwise try to read them from the closed socket when it is collected, and
+    print a traceback."""
+    cursor = getattr(result.context, "cursor", None)
+    unread = getattr(cursor, "_result", None)
+    if getattr(unread, "unbuffered_active", False):
+        unread.unbuffered_active = False  # type: ignore[union-attr]
+
+
 def failure(message: str, exc: BaseException) -> SourceError:
     """The error for ``message``: :class:`ConnectionLostError` when the driver's ``exc``
     means the connection dropped or could not be made, else :class:`SourceError`."""

@@ -33,6 +33,7 @@ from loader.cursor import (
     quoter,
 )
 from loader.database import (
+    abandon_unread,
     begin_read_only,
     closing,
     connect,
@@ -43,7 +44,7 @@ from loader.database import (
     read_once,
     refuse_types,
 )
-from loader.errors import CursorOrderError, QueryError, SourceError
+from loader.errors import ConnectionLostError, CursorOrderError, QueryError, SourceError
 from loader.pgjson import fast_query, unsendable_error
 from loader.redact import Redactor
 
@@ -449,9 +450,10 @@ def _chunks(
         # An explicit size: without one, partitions() may fetch the whole result at once.
         yield from result.partitions(size)
     except SQLAlchemyError as exc:
-        raise failure(
-            f"reading rows from {where} failed: {driver_message(exc, redactor)}", exc
-        ) from exc
+        error = failure(f"reading rows from {where} failed: {driver_message(exc, redactor)}", exc)
+        if isinstance(error, ConnectionLostError):
+            abandon_unread(result)
+        raise error from exc
 
 
 def _refuse_duplicates(columns: tuple[str, ...]) -> None:

@@ -13,11 +13,13 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+import pymysql
 import pytest
 import yaml
 
@@ -230,3 +232,40 @@ def test_a_dropped_state_store_still_records_the_failure(
     (record,) = history(schema.scoped_url)
     assert record.status == "failed" and "connection was lost" in (record.error or "")
     assert record.rows_posted == len(endpoint.requests) * BATCH > 0
+
+
+@pytest.fixture
+def mariadb_table() -> Any:
+    """A ``ROWS``-row table in the MariaDB of ``LOADER_TEST_MARIADB_URL``, dropped after."""
+    url = os.environ.get("LOADER_TEST_MARIADB_URL")
+    if not url:
+        pytest.fail("set LOADER_TEST_MARIADB_URL, e.g. mysql://root@127.0.0.1:3306/test")
+    parts = urlsplit(url)
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    options = {"host": parts.hostname, "port": parts.port or 3306, "user": parts.username,
+               "database": parts.path.lstrip("/"), "autocommit": True}  # fmt: skip
+    with pymysql.connect(**options) as conn, conn.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {name} (id INT PRIMARY KEY, pad VARCHAR(80))")
+        cursor.execute(f"INSERT INTO {name} SELECT seq, REPEAT('x', 60) FROM seq_1_to_{ROWS}")
+    yield url, name
+    with pymysql.connect(**options) as conn, conn.cursor() as cursor:
+        cursor.execute(f"DROP TABLE {name}")
+
+
+def test_mariadb_cut_mid_stream_resumes(
+    tmp_path: Path, mariadb_table: tuple[str, str], endpoint: Endpoint, schema: Schema
+) -> None:
+    """MySQL's "Lost connection to server during query" resumes the same way, and the
+    unread rows of the lost unbuffered result print no traceback."""
+    url, name = mariadb_table
+    parts = urlsplit(url)
+    with Proxy((parts.hostname or "127.0.0.1", parts.port or 3306)) as proxy:
+        job = write(tmp_path, job_for(schema, proxy.via(url), f"SELECT * FROM {name}"), endpoint)
+        proxy.cut_after(1_000_000)
+        done = loader_run(tmp_path, job)
+        assert proxy.cuts == 1
+
+    output = done.stdout + done.stderr
+    assert done.returncode == defaults.EXIT_OK, output
+    assert_every_row_once(endpoint)
+    assert "Traceback" not in output and "Exception ignored" not in output
