@@ -9,7 +9,8 @@ read and sent again, cut into the same batches with the same idempotency keys wh
 did not change. The source is opened at most ``retry.attempts`` times in one run.
 
 Without a cursor nothing marks where to resume, so the run fails with a one-line
-:class:`SourceError` (exit 3); so does a dry run, which keeps no checkpoint.
+:class:`SourceError` (exit 3). A dry run keeps no checkpoint and is not resumed either
+(it does not come through here: its :class:`ConnectionLostError` ends it, exit 3).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def deliver_resuming(
             return deliver(position)
         except ConnectionLostError as exc:
             if not resumable or (opened == 1 and counters.rows_read == 0):
-                raise SourceError(_cannot_resume(job, counters, exc, resumable)) from exc
+                raise SourceError(_cannot_resume(counters, exc, resumable)) from exc
             if opened >= job.retry.attempts:
                 raise SourceError(_gave_up(job, counters, exc, opened)) from exc
             wait = backoff(job, opened)
@@ -89,7 +90,7 @@ def _sleep(options: RunOptions, seconds: float) -> bool:
     return options.stop.is_set()
 
 
-def _cannot_resume(job: Job, counters: Counters, exc: ConnectionLostError, cursor: bool) -> str:
+def _cannot_resume(counters: Counters, exc: ConnectionLostError, cursor: bool) -> str:
     """Why a run whose source connection dropped fails instead of resuming."""
     lost = (
         f"the database connection was lost after {counters.rows_read} rows read "
@@ -100,14 +101,10 @@ def _cannot_resume(job: Job, counters: Counters, exc: ConnectionLostError, curso
             "the database connection was lost before the first row was read, so the run "
             f"stops; the next run starts after the checkpoint ({exc})"
         )
-    if job.source.cursor is None:
-        why = (
-            "; this job has no cursor, so it cannot resume: the next run sends every row "
-            "again (set source.cursor to resume after the rows delivered)"
-        )
-    else:
-        why = "; a dry run keeps no checkpoint, so it cannot resume"
-    return f"{lost}{why} ({exc})"
+    return (
+        f"{lost}; this job has no cursor, so it cannot resume: the next run sends every row "
+        f"again (set source.cursor to resume after the rows delivered) ({exc})"
+    )
 
 
 def _gave_up(job: Job, counters: Counters, exc: ConnectionLostError, opened: int) -> str:

@@ -61,7 +61,6 @@ class _Run:
         self.lost = threading.Event()  # set when the run's lock was lost: stop, and fail
         self.journal = Journal(job, store, run_id, monitor=options.monitor and not options.dry_run)
         self.epoch = 0
-        self.opens = 0  # how often the source was opened (reopened after a lost connection)
         self.fingerprint = job.fingerprint()
         self.redactor = job.redactor()
         self.started = options.monotonic()
@@ -167,7 +166,6 @@ class _Run:
         preview, on a dry run, when ``lease`` is ``None``)."""
         job, target = self.job, self.job.target
         frame = framing_for(job)
-        self.opens += 1
         with (
             open_stream(job.source, self.redactor, position=position, decimals=target.decimals,
                         omit=target.omit, values=target.placeholders,
@@ -217,9 +215,8 @@ class _Run:
         # endpoint can drop the duplicate. Without a resumable cursor nothing is resumed,
         # so the run id keys them.
         for batch, cut in produced:
-            if not self.incremental:  # a stream reopened after a lost connection: new numbers
-                run = self.run_id if self.opens < 2 else f"{self.run_id}.{self.opens}"
-                yield batch, f"run:{run}:{batch.seq}"
+            if not self.incremental:
+                yield batch, f"run:{self.run_id}:{batch.seq}"
                 continue
             start = encode_position(after) if after is not None else "start"
             scope = cut.scope if cut is not None else f"{self.fingerprint}:{self.epoch}:{start}"

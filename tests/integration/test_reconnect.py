@@ -269,3 +269,22 @@ def test_mariadb_cut_mid_stream_resumes(
     assert done.returncode == defaults.EXIT_OK, output
     assert_every_row_once(endpoint)
     assert "Traceback" not in output and "Exception ignored" not in output
+
+
+def test_a_full_refresh_resumes_with_keys_of_its_own(
+    schema: Schema, events: str, proxy: Proxy, endpoint: Endpoint, isolated_state: str
+) -> None:
+    """A ``--full-refresh`` run of a cursor job resumes after the checkpoint it moved in
+    this run; the reopened stream's batches, numbered anew, still get keys of their own
+    (a key covers the body too)."""
+    mapping = job_for(schema, proxy.via(schema.url), f"SELECT * FROM {events}")
+    mapping["target"]["url"] = f"{endpoint.url}/in"
+    proxy.cut_after(1_000_000)
+
+    result = run_job(build_job(mapping), full_refresh=True)
+
+    assert proxy.cuts == 1
+    assert_every_row_once(endpoint)
+    assert (result.status, result.rows_posted) == ("succeeded", ROWS)
+    keys = [request.headers["Idempotency-Key"] for request in endpoint.requests]
+    assert len(set(keys)) == len(keys)
