@@ -72,6 +72,7 @@ class _Run:
             rows_posted=c.rows_posted, requests=c.requests, retries=c.retries,
             duration=self.options.monotonic() - self.started, rows_rejected=c.rows_rejected,
             throttled=c.throttled, in_flight=c.in_flight, checkpoint=c.checkpoint,
+            splits=c.splits, split_size=c.split_size,
             error=error, preview=tuple(c.preview),
         )  # fmt: skip
 

@@ -45,6 +45,21 @@ class ItemErrors(FrozenModel):
     )
 
 
+class ItemResults(FrozenModel):
+    """Where an API that answers 2xx for a batch gives one result per row, in order."""
+
+    path: str = Field(
+        min_length=1,
+        description="Dotted path to the list with one entry per row of the request, in "
+        "order (items, responses).",
+    )
+    status: str = Field(
+        min_length=1,
+        description="Dotted path to the status inside each entry; a * segment matches any "
+        "one key (*.status for Elasticsearch's {index: {status: 201}}).",
+    )
+
+
 class BasicAuth(FrozenModel):
     """HTTP basic authentication (a write key as the username, for instance)."""
 
@@ -147,6 +162,11 @@ class Target(FrozenModel):
         default=None,
         description="Read per-row errors from 2xx answers; those rows follow on_reject.",
     )
+    item_results: ItemResults | None = Field(
+        default=None,
+        description="Read one result per row from 2xx answers: 2xx delivered, 429 and 5xx "
+        "retried (those rows only), other 4xx follow on_reject.",
+    )
     gzip: bool = Field(
         default=False,
         description="Compress request bodies (Content-Encoding: gzip); batch.max_bytes "
@@ -232,6 +252,9 @@ class Target(FrozenModel):
         if self.item_errors is not None and self.per_row:
             raise ValueError("item_errors reads errors per row of a batch; per_row "
                              "requests are refused with their status instead")  # fmt: skip
+        if self.item_results is not None and (self.per_row or self.item_errors is not None):
+            raise ValueError("item_results reads one result per row of a batch: remove "
+                             "per_row and item_errors, or item_results")  # fmt: skip
         return self
 
     @field_validator("omit")
