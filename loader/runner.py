@@ -147,7 +147,7 @@ class _Run:
         with (
             open_stream(job.source, self.redactor, position=position, decimals=target.decimals,
                         omit=target.omit, values=target.placeholders,
-                        fast=self.options.database_json) as stream,
+                        fast=self.options.database_json and not target.shape) as stream,
             open_sink(job, self.redactor, frame, self.options.transport) as sink,
         ):  # fmt: skip
             self.columns = stream.columns  # for the dead letters (see kept_letters)

@@ -127,6 +127,17 @@ class Target(FrozenModel):
         default="json",
         description="json: one JSON array of rows per request; ndjson: one object per line.",
     )
+    body: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Send each row as this column's JSON value (built in SQL) instead of "
+        "an object of all columns.",
+    )
+    lines: tuple[str, ...] = Field(
+        default=(),
+        description="With format: ndjson, send each row as these columns' JSON values, one "
+        "line each, in order (Elasticsearch's action and document); still one row.",
+    )
     envelope: Envelope | None = Field(
         default=None, description="A key (shorthand) or {key, fields} wrapping the rows."
     )
@@ -240,6 +251,17 @@ class Target(FrozenModel):
         return self
 
     @model_validator(mode="after")
+    def _shaped_rows(self) -> Target:
+        if self.lines and self.format != "ndjson":
+            raise ValueError("lines sends a row as several NDJSON lines: set format: ndjson")
+        if self.lines and self.body is not None:
+            raise ValueError("body and lines both say what a row is sent as: keep one")
+        if (self.lines or self.body is not None) and (self.per_row or self.omit):
+            raise ValueError("body and lines send only the columns they name: remove "
+                             "per_row and omit")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
     def _placeholders_need_per_row(self) -> Target:
         names = self.placeholders
         if names and not self.per_row:
@@ -264,6 +286,11 @@ class Target(FrozenModel):
         if repeated:
             raise ValueError(f"names {', '.join(map(repr, repeated))} more than once")
         return value
+
+    @property
+    def shape(self) -> tuple[str, ...]:
+        """The columns a row is sent as (``body`` or ``lines``); empty: all of them."""
+        return (self.body,) if self.body is not None else self.lines
 
     @property
     def placeholders(self) -> tuple[str, ...]:
