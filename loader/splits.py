@@ -72,13 +72,14 @@ def notice(refusal: RejectedError, refused: int, worked: int) -> str:
 
 
 def reason(excerpt: str) -> str:
-    """The endpoint's reason in an error body: its ``errors``, ``error``, ``message``
-    or ``detail`` when it is JSON, else the body's start."""
+    """The endpoint's reason in an error body: its ``errors``, ``message``, ``error``
+    or ``detail`` when it is JSON (Kinto's ``error`` is only the status's title), else
+    the body's start."""
     try:
         body: Any = json.loads(excerpt)
     except ValueError:
         return excerpt[:200] or "(empty body)"
-    for key in ("errors", "error", "message", "detail", "title"):
+    for key in ("errors", "message", "error", "detail", "title"):
         found = body.get(key) if isinstance(body, dict) else None
         if isinstance(found, dict):
             found = found.get("reason") or found.get("message") or found.get("type")

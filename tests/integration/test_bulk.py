@@ -99,7 +99,7 @@ def test_kinto_batch_over_its_limit_is_split_and_said_once(
 
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert len(kinto.records(collection)) == 300
-    notice = "refused 60-row requests (400: "
+    notice = "refused 60-row requests (400: Number of requests is limited to 25)"
     assert ran.stderr.count(notice) == 1, ran.stderr
     assert "; split to 15: set batch.size to at most 15" in ran.stderr
     assert "split                   5 batches, to 15 rows" in ran.stdout, ran.stdout
