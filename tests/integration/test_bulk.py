@@ -78,6 +78,13 @@ def test_kinto_batch_recipe_accounts_for_every_row(
     assert (run.rows_posted, run.rows_rejected, run.splits) == (130 - len(refused), len(refused), 0)
     state.close()
 
+    # Once the schema allows negative prices, a replay stores the refused records.
+    kinto.call("PUT", collection, {"data": {"schema": {**PRICE_RULES, "properties": {
+        "name": {"type": "string"}, "price": {"type": "integer"}}}}})  # fmt: skip
+    replayed = loader_cli(tmp_path, "deadletter", "replay", str(JOBS / "kinto_batch.yml"), env=env)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert len(kinto.records(collection)) == 130
+
 
 def test_kinto_batch_over_its_limit_is_split_and_said_once(
     tmp_path: Path, schema: Schema, kinto: Kinto, isolated_state: str
@@ -149,6 +156,14 @@ def test_elasticsearch_bulk_recipe_accounts_for_every_row(
     (run,) = state.history("elasticsearch_bulk")
     assert (run.rows_posted, run.rows_rejected) == (120 - len(refused), len(refused))
     state.close()
+
+    # Once the mapping takes text prices, a replay sends each letter's two lines again.
+    elastic.numeric = ()
+    replayed = loader_cli(tmp_path, "deadletter", "replay", str(JOBS / "elasticsearch_bulk.yml"),
+                          env=env)  # fmt: skip
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert set(elastic.indices["products"]) == {str(n) for n in range(1, 121)}
+    assert elastic.indices["products"]["13"] == {"name": "p13", "price": "n/a"}
 
 
 def test_a_row_answered_429_again_keeps_its_key(schema: Schema, endpoint: Endpoint) -> None:
