@@ -340,6 +340,15 @@ class Job(FrozenModel):
         return value
 
     @model_validator(mode="after")
+    def _row_id_needs_cursor(self) -> Job:
+        if self.target.row_id is not None and self.source.cursor is None:
+            raise ValueError(
+                "target.row_id is derived from each row's cursor value and key: set "
+                "source.cursor, or remove target.row_id"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _parallel_within_concurrency(self) -> Job:
         partition = self.source.partition
         if partition is not None and partition.parallel and partition.parallel > self.concurrency:

@@ -56,10 +56,12 @@ def _index(rows: list[bytes], row: bytes) -> int:
 
 
 def _whole(row: bytes, omitted: bytes, columns: Sequence[str]) -> bytes:
-    """``row`` with its ``omitted`` columns put back, in ``columns`` order."""
+    """``row`` with its ``omitted`` columns put back, in ``columns`` order; fields the
+    row has beside its columns (``target.row_id``) follow them."""
     sent, left_out = loads(row), loads(omitted)
     merged = {name: left_out[name] if name in left_out else sent[name]
               for name in columns if name in left_out or name in sent}  # fmt: skip
+    merged.update((name, value) for name, value in sent.items() if name not in merged)
     return dumps(merged)
 
 

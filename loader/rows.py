@@ -7,9 +7,12 @@ column that goes backwards or a tie without a key would make a checkpoint skip r
 
 from __future__ import annotations
 
+import hashlib
+import json
 import operator
+import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -17,7 +20,7 @@ from loader.batching import Chunk
 from loader.cursor import named_columns
 from loader.delivery import Counters
 from loader.encoding import PgFloat, RowEncoder, UrlFiller
-from loader.errors import CursorOrderError
+from loader.errors import CursorOrderError, EncodingError, QueryError, StateError
 from loader.job import Cursor, Job
 from loader.source import RowStream
 from loader.state import encode_position
@@ -46,6 +49,7 @@ def encoded_chunks(
     values, indexes = stream.value_indexes, stream.cursor_indexes
     omitted = _omitted_encoder(job, stream) if target.omit else None
     check = CursorCheck(job.source.cursor) if indexes else None
+    add_ids = RowIds(job, stream) if target.row_id is not None else None
     for raw in stream.chunks:
         if limit is not None:
             room = limit - counters.rows_read
@@ -57,6 +61,8 @@ def encoded_chunks(
         if check is not None:
             check(raw, indexes, counters.rows_read)
         rows = list(map(_json_of, raw)) if stream.json_rows else list(map(encode, raw))
+        if add_ids is not None:
+            rows = add_ids(rows, raw, counters.rows_read)
         urls = None
         if filler is not None:
             first = counters.rows_read + 1
@@ -80,6 +86,99 @@ def _encoder(job: Job, stream: RowStream) -> Callable[[Sequence[Any]], bytes]:
         omit=job.target.omit,
         shape=job.target.shape,
     ).encode
+
+
+def row_id(job: str, position: Sequence[Any]) -> str:
+    """The ``target.row_id`` of the row at ``position`` (its cursor value, then its key)
+    in ``job``: the first 32 hex digits of the SHA-256 of the job's name and each value's
+    type and text, joined by NUL characters (see the README). A time stamp counts as
+    microseconds since 1970-01-01 (UTC when it has a zone), so the id depends neither on
+    the session's time zone nor on how the time is written."""
+    text = "\0".join([job, *map(_typed, position)])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _typed(value: Any) -> str:
+    """``TYPE\0TEXT`` of one cursor value."""
+    entry = _TYPED.get(type(value))
+    if entry is None:  # a subclass (bool is refused, as it is as a cursor value)
+        kinds = (kind for kind in _TYPED if isinstance(value, kind))
+        kind = next(kinds, None)
+        if kind is None or isinstance(value, bool):
+            raise StateError(f"a cursor value of type {type(value).__name__} has no row id")
+        entry = _TYPED[kind]
+    name, text = entry
+    return f"{name}\0{text(value)}"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LOCAL_EPOCH = datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(value: datetime) -> str:
+    return str((value - (_EPOCH if value.tzinfo is not None else _LOCAL_EPOCH)) // _MICROSECOND)
+
+
+# Looked up by exact type first; datetime before date, its base class. The base types'
+# own methods: a subclass (PgFloat) is written as its base type is.
+_TYPED: dict[type, tuple[str, Callable[[Any], str]]] = {
+    int: ("int", int.__repr__),
+    Decimal: ("decimal", Decimal.__str__),
+    float: ("float", float.__repr__),
+    datetime: ("datetime", _micros),
+    date: ("date", date.isoformat),
+    uuid.UUID: ("uuid", uuid.UUID.__str__),
+    str: ("str", str.__str__),
+}
+
+
+class RowIds:
+    """Adds ``target.row_id`` to each encoded row: ``,"FIELD":"<row_id>"`` before the
+    object's closing brace or, for ``COLUMN.FIELD``, before that of the object in the
+    body's last column, ``COLUMN``. Works on the encoded bytes, so both encoding paths
+    give the same body.
+
+    Raises :class:`QueryError` when ``FIELD`` is already a column of the body, or
+    ``COLUMN`` is not its last column.
+    """
+
+    def __init__(self, job: Job, stream: RowStream) -> None:
+        field = job.target.row_id
+        assert field is not None
+        body = [name for name in stream.columns if name not in job.target.omit]
+        outer, dot, inner = field.partition(".")
+        if dot and body[-1:] != [outer]:
+            raise QueryError(
+                f"target.row_id {field!r} goes inside column {outer!r}, which must be the "
+                f"last column of the body (columns: {', '.join(body)}); move it last in "
+                "the query's SELECT list"
+            )
+        if not dot and field in body:
+            raise QueryError(
+                f"target.row_id {field!r} is also a column of the query; rename one, or "
+                "add the column to target.omit"
+            )
+        self.job, self.field, self.nested = job.name, field, bool(dot)
+        self.key = json.dumps(inner if dot else field).encode() + b':"'
+        self.indexes = stream.cursor_indexes
+
+    def __call__(self, rows: list[bytes], raw: Sequence[Sequence[Any]], before: int) -> list[bytes]:
+        """``rows`` (rows ``before + 1``... of the run, fetched as ``raw``) with their ids."""
+        out = []
+        tail, job, indexes = 2 if self.nested else 1, self.job, self.indexes
+        for number, (row, fetched) in enumerate(zip(rows, raw, strict=True), before + 1):
+            value = row_id(job, [fetched[i] for i in indexes]).encode()
+            if self.nested and not row.endswith(b"}}"):
+                raise EncodingError(
+                    f"row {number}: target.row_id {self.field!r} goes inside column "
+                    f"{self.field.split('.')[0]!r}, whose value is not a JSON object; "
+                    "build an object there (jsonb_build_object), or name a top-level field"
+                )
+            cut = len(row) - tail
+            comma = b"" if row[cut - 1] == 0x7B else b","  # after "{": the object is empty
+            out.append(row[:cut] + comma + self.key + value + b'"' + row[cut:])
+        return out
 
 
 def _omitted_encoder(

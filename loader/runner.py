@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
-from loader.batching import Batch, batches, singles
+from loader.batching import Batch, Chunk, batches, singles
 from loader.delivery import Counters, Delivery, Rejected, framing_for, open_sink
 from loader.errors import LoaderError, StateError
 from loader.job import Job
@@ -23,11 +23,12 @@ from loader.letters import kept_letters
 from loader.logs import RUN_ID
 from loader.options import RunOptions
 from loader.pipeline import Pipeline
+from loader.recut import recut
 from loader.result import Position, RunResult, Status
 from loader.rows import encoded_chunks
 from loader.sink import Sink, idempotency_key
 from loader.source import open_stream
-from loader.state import Lease, StateStore, encode_position
+from loader.state import Cut, Lease, StateStore, encode_position
 
 log = logging.getLogger("loader")
 
@@ -62,6 +63,9 @@ class _Run:
         self.fingerprint = job.fingerprint()
         self.redactor = job.redactor()
         self.started = options.monotonic()
+        self.incremental = job.source.cursor is not None and not options.full_refresh
+        self.pending: list[Cut] = []  # batches a crashed run left in flight, to re-cut
+        self.cuts: dict[int, int] = {}  # the recorded cut of each batch in flight, by seq
         self.columns: tuple[str, ...] = ()
 
     def result(self, status: Status, error: str | None = None) -> RunResult:
@@ -111,6 +115,7 @@ class _Run:
             position = self.start_position()
             self.counters.checkpoint = position
             self.journal.began(position)
+            self.pending = self.in_flight(lease, position)
             log.info("run %s of %s started after %s", self.run_id, self.job.name, position)
             status = self.deliver(lease, position)
             keeper.check()
@@ -139,6 +144,20 @@ class _Run:
             )
         return checkpoint.position
 
+    def in_flight(self, lease: Lease, position: Position | None) -> list[Cut]:
+        """The batches recorded in flight from ``position`` by a run that did not end
+        them, to re-cut first (none without a resumable cursor, or from another epoch)."""
+        if not self.incremental:
+            return []
+        start = encode_position(position) if position is not None else "start"
+        scope = f"{self.fingerprint}:{self.epoch}:"
+        pending = self.store.pending_cuts(lease, start, ttl=self.options.lock_ttl)
+        pending = pending if all(cut.scope.startswith(scope) for cut in pending) else []
+        if pending:
+            log.info("run %s re-cuts the %d batch(es) in flight when run %s ended",
+                     self.run_id, len(pending), pending[0].run_id)  # fmt: skip
+        return pending
+
     def deliver(self, lease: Lease | None, position: Position | None) -> Status:
         """Stream, batch and send every row after ``position`` (encode only, keeping a
         preview, on a dry run, when ``lease`` is ``None``)."""
@@ -152,12 +171,14 @@ class _Run:
         ):  # fmt: skip
             self.columns = stream.columns  # for the dead letters (see kept_letters)
             chunks = encoded_chunks(job, stream, self.counters, self.options.limit)
-            produced = self.scoped(
-                singles(chunks, frame, max_bytes=job.batch.max_bytes)
-                if target.per_row
-                else batches(chunks, frame, max_rows=job.batch.size, max_bytes=job.batch.max_bytes),
-                position,
-            )
+
+            def cutter(rows: Iterable[Chunk]) -> Iterator[Batch]:
+                """The job's batches of ``rows``."""
+                if target.per_row:
+                    return singles(rows, frame, max_bytes=job.batch.max_bytes)
+                return batches(rows, frame, max_rows=job.batch.size, max_bytes=job.batch.max_bytes)
+
+            produced = self.scoped(recut(chunks, self.pending, cutter), position, lease)
             if lease is None:
                 self.preview(produced, sink)
                 return Status.DRY_RUN
@@ -177,22 +198,37 @@ class _Run:
                 self.counters.preview.append(sink.prepare(batch.body, key, batch.url))
 
     def scoped(
-        self, produced: Iterator[Batch], position: Position | None
+        self,
+        produced: Iterator[tuple[Batch, Cut | None]],
+        position: Position | None,
+        lease: Lease | None,
     ) -> Iterator[tuple[Batch, str]]:
-        """Each batch with the scope of its idempotency key (see ``idempotency_key``)."""
+        """Each batch with the scope of its idempotency key (see ``idempotency_key``);
+        with ``lease``, its cut is recorded before it is handed on to be sent."""
         after = position
-        incremental = self.job.source.cursor is not None and not self.options.full_refresh
-        # Incremental keys depend only on the job, its epoch and where the batch starts,
-        # so a batch re-sent by the next run after a crash reuses its key and the
+        # Incremental keys depend only on the job, its epoch, where the batch starts and
+        # its body; a batch re-cut from a crashed run's record keeps its first scope, so
+        # when its rows did not change it goes out again under its first key and the
         # endpoint can drop the duplicate. Without a resumable cursor nothing is resumed,
         # so the run id keys them.
-        for batch in produced:
-            if incremental:
-                start = encode_position(after) if after is not None else "start"
-                yield batch, f"{self.fingerprint}:{self.epoch}:{start}"
-            else:
+        for batch, cut in produced:
+            if not self.incremental:
                 yield batch, f"run:{self.run_id}:{batch.seq}"
+                continue
+            start = encode_position(after) if after is not None else "start"
+            scope = cut.scope if cut is not None else f"{self.fingerprint}:{self.epoch}:{start}"
+            if lease is not None:
+                self.record_cut(lease, batch, scope, cut.after if cut is not None else start)
+            yield batch, scope
             after = batch.position
+
+    def record_cut(self, lease: Lease, batch: Batch, scope: str, start: str) -> None:
+        """Write ``batch``'s cut ahead of sending it (see :mod:`loader.recut`)."""
+        self.cuts[batch.seq] = self.store.record_cut(
+            lease, self.run_id, scope=scope, after=start, last=encode_position(batch.position),
+            rows=len(batch.rows), key=idempotency_key(self.job.name, scope, batch.body),
+            ttl=self.options.lock_ttl,
+        )  # fmt: skip
 
     def committer(self, lease: Lease) -> Callable[[list[tuple[Batch, Rejected]]], None]:
         """What records batches acknowledged in order: their dead letters and the
@@ -204,14 +240,19 @@ class _Run:
             committing thread only, so the counts it writes need no lock."""
             dead_letters = kept_letters(group, self.columns, self.redactor, self.job.target.url)
             position = group[-1][0].position
+            posted = counters.rows_posted + sum(len(b.rows) - len(r) for b, r in group)
+            rejected = counters.rows_rejected + sum(len(r) for _, r in group)
             if position is not None or dead_letters:
+                # The run's counts go with the checkpoint: a run whose process dies is
+                # recorded with what was acknowledged.
+                counts = {"rows_posted": posted, "rows_rejected": rejected, "cursor_to": position}
                 self.store.record_batch(lease, self.run_id, fingerprint=self.fingerprint,
                                         position=position, dead_letters=dead_letters,
-                                        ttl=self.options.lock_ttl)  # fmt: skip
+                                        ttl=self.options.lock_ttl, counts=counts,
+                                        cuts=[self.cuts.pop(b.seq) for b, _ in group
+                                              if b.seq in self.cuts])  # fmt: skip
             # Counted only once durable: a crash before this line re-sends these rows.
-            for batch, rejected in group:
-                counters.rows_posted += len(batch.rows) - len(rejected)
-                counters.rows_rejected += len(rejected)
+            counters.rows_posted, counters.rows_rejected = posted, rejected
             if position is not None:
                 counters.checkpoint = position
             if progress is not None:

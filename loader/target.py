@@ -184,6 +184,14 @@ class Target(FrozenModel):
         "still counts the uncompressed body.",
     )
     auth: Auth = Field(default_factory=Auth)
+    row_id: str | None = Field(
+        default=None,
+        pattern=r"^[^.]+(\.[^.]+)?$",
+        description="A field added to each row: an id derived from the job, the row's cursor "
+        "value and key, the same every time that version of the row is sent (Amplitude "
+        "insert_id, Segment messageId). COLUMN.FIELD puts it inside the JSON object of the "
+        "body's last column (Mixpanel properties.$insert_id). Needs source.cursor.",
+    )
 
     def __repr_args__(self) -> Any:
         redactor = Redactor(secret_headers=frozenset(n.lower() for n in self.secret_headers))
@@ -256,9 +264,9 @@ class Target(FrozenModel):
             raise ValueError("lines sends a row as several NDJSON lines: set format: ndjson")
         if self.lines and self.body is not None:
             raise ValueError("body and lines both say what a row is sent as: keep one")
-        if (self.lines or self.body is not None) and (self.per_row or self.omit):
-            raise ValueError("body and lines send only the columns they name: remove "
-                             "per_row and omit")  # fmt: skip
+        if (self.lines or self.body is not None) and (self.per_row or self.omit or self.row_id):
+            raise ValueError("body and lines send only the columns they name, as built in "
+                             "SQL: remove per_row, omit and row_id")  # fmt: skip
         return self
 
     @model_validator(mode="after")

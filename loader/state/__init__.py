@@ -13,7 +13,7 @@ when its process is known dead (same host, PID gone).
 
 The modules, one concern each: ``schema`` (tables, version), ``records`` (what the store
 returns, positions as text), ``liveness`` (is a lock's holder gone), ``base`` (the shared
-engine and transactions), ``locks``, ``checkpoints``, ``runs``, ``deadletters``,
+engine and transactions), ``locks``, ``cuts``, ``checkpoints``, ``runs``, ``deadletters``,
 ``slots``, ``alerts`` (the SQL of each concern), ``protocols`` (a narrow Protocol per
 concern and :class:`StateStore`, their union) and ``store`` (the facade, and opening it).
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 from loader.state.protocols import (
     AlertStore,
     CheckpointStore,
+    CutStore,
     DeadLetterStore,
     LockStore,
     RunLog,
@@ -32,6 +33,7 @@ from loader.state.protocols import (
 from loader.state.records import (
     AlertState,
     Checkpoint,
+    Cut,
     DeadLetter,
     Lease,
     NewDeadLetter,
@@ -49,6 +51,8 @@ __all__ = [
     "AlertStore",
     "Checkpoint",
     "CheckpointStore",
+    "Cut",
+    "CutStore",
     "DeadLetter",
     "DeadLetterStore",
     "Lease",

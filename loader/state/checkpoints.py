@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
 from loader import defaults
 from loader.errors import StateError
 from loader.result import Position
+from loader.state.cuts import CutSql, drop_cuts
 from loader.state.deadletters import insert_dead_letters
-from loader.state.locks import LockSql
 from loader.state.records import (
     Checkpoint,
     Lease,
@@ -27,10 +28,11 @@ from loader.state.records import (
     decode_position,
     encode_position,
 )
-from loader.state.schema import checkpoints, meta
+from loader.state.runs import save_counts
+from loader.state.schema import checkpoints, cuts, meta
 
 
-class CheckpointSql(LockSql):
+class CheckpointSql(CutSql):
     """Reading, moving and resetting checkpoints, epochs and partition boundaries."""
 
     def checkpoint(self, job: str) -> Checkpoint | None:
@@ -68,9 +70,13 @@ class CheckpointSql(LockSql):
         position: Position | None,
         dead_letters: Sequence[NewDeadLetter | tuple[bytes, int | None, str]] = (),
         ttl: float = defaults.LOCK_TTL,
+        cuts: Sequence[int] = (),
+        counts: dict[str, Any] | None = None,
     ) -> None:
         """Record a batch as done, in one transaction: keep its rejected rows as dead
-        letters and move the checkpoint to ``position`` (when the job has a cursor).
+        letters and move the checkpoint to ``position`` (when the job has a cursor),
+        drop the ``cuts`` recorded for the batches acknowledged, and keep the run's
+        ``counts`` so far in its record.
 
         Only while ``lease`` still holds the lock: a run that lost it writes nothing.
         """
@@ -80,6 +86,9 @@ class CheckpointSql(LockSql):
             insert_dead_letters(conn, lease.job, run_id, dead_letters, now)
             if position is not None:
                 _save_checkpoint(conn, lease.job, fingerprint, position, run_id, now)
+            drop_cuts(conn, lease.job, cuts)
+            if counts:
+                save_counts(conn, run_id, counts)
 
     def reset(self, job: str) -> bool:
         """Forget ``job``'s checkpoint: the next run starts from ``cursor.start``.
@@ -167,6 +176,11 @@ def _forget_checkpoints(conn: sa.Connection, job: str) -> bool:
     )
     conn.execute(
         sa.delete(meta).where(meta.c.key.startswith(f"partitions:{job}:", autoescape=True))
+    )
+    conn.execute(
+        sa.delete(cuts).where(
+            (cuts.c.job == job) | cuts.c.job.startswith(f"{job}#", autoescape=True)
+        )
     )
     return bool(deleted.rowcount or ranges.rowcount)
 

@@ -21,7 +21,7 @@ from loader.result import Status
 from loader.state import liveness
 from loader.state.base import SqlBase
 from loader.state.records import Lease
-from loader.state.schema import locks, runs
+from loader.state.schema import locks, runs, slots
 from loader.units import when
 
 
@@ -117,9 +117,34 @@ class LockSql(SqlBase):
 
 
 def _abandon(conn: sa.Connection, run_id: str, now: float) -> None:
-    """Record the run whose lock is being taken over as abandoned, if still running."""
-    conn.execute(
+    """Record the run whose lock is being taken over as abandoned, if still running, and
+    close the clock's slot it ran for. Its counts are those its last checkpoint saved
+    (see ``record_batch``): what the endpoint acknowledged before its process died."""
+    died = "the run's process died"
+    abandoned = conn.execute(
         sa.update(runs)
         .where(runs.c.run_id == run_id, runs.c.status == Status.RUNNING)
-        .values(status=Status.ABANDONED, ended_at=now, error="the run's process died")
+        .values(status=Status.ABANDONED, ended_at=now, error=died)
     )
+    if abandoned.rowcount:
+        _count_ranges(conn, run_id)
+        conn.execute(
+            sa.update(slots)
+            .where(slots.c.run_id == run_id, slots.c.status.in_([Status.CLAIMED, Status.QUEUED]))
+            .values(status=Status.ABANDONED, detail=died)
+        )
+
+
+def _count_ranges(conn: sa.Connection, run_id: str) -> None:
+    """A partitioned run's counts: the sums of its ranges' (``RUN#pN``), which each
+    checkpoint of theirs keeps; a run without ranges is left as it is."""
+    ranges = runs.c.run_id.startswith(f"{run_id}#p", autoescape=True)
+    posted, rejected = conn.execute(
+        sa.select(sa.func.sum(runs.c.rows_posted), sa.func.sum(runs.c.rows_rejected)).where(ranges)
+    ).one()
+    if posted is not None:
+        conn.execute(
+            sa.update(runs)
+            .where(runs.c.run_id == run_id)
+            .values(rows_posted=posted, rows_rejected=rejected)
+        )

@@ -16,6 +16,7 @@ from loader.result import Position
 from loader.state.records import (
     AlertState,
     Checkpoint,
+    Cut,
     DeadLetter,
     Lease,
     NewDeadLetter,
@@ -81,11 +82,15 @@ class CheckpointStore(Protocol):
         position: Position | None,
         dead_letters: Sequence[NewDeadLetter | tuple[bytes, int | None, str]] = ...,
         ttl: float = ...,
+        cuts: Sequence[int] = ...,
+        counts: dict[str, Any] | None = ...,
     ) -> None:
         """Record an acknowledged batch, atomically: renew ``lease`` for ``ttl``, keep
         its ``dead_letters`` (see :class:`~loader.state.records.NewDeadLetter`) and,
         unless ``position`` is ``None``, move ``lease.job``'s checkpoint there with
-        ``fingerprint`` and ``run_id``.
+        ``fingerprint`` and ``run_id``; delete the ``cuts`` (ids from
+        :meth:`CutStore.record_cut`) of the batches acknowledged; write ``counts``
+        (columns of the run record, ``cursor_to`` as a position) into ``run_id``'s record.
 
         Either all of it is written or nothing: if the lease was lost it raises
         :class:`LockLostError` and writes nothing.
@@ -109,6 +114,37 @@ class CheckpointStore(Protocol):
         """The boundaries of ``job``'s ``count`` key ranges: those kept earlier, else
         ``compute()``'s, kept (unless ``keep`` is false, for a dry run) so every later
         run splits the same way. If two runs race, both return the first one kept."""
+
+
+class CutStore(Protocol):
+    """Batches recorded before they are sent, so the next run can re-cut them.
+
+    Every method is one transaction under the writer's lease (renewed for ``ttl``);
+    a lost lease raises :class:`LockLostError` and writes nothing; any database failure
+    raises :class:`StateError`.
+    """
+
+    def record_cut(
+        self,
+        lease: Lease,
+        run_id: str,
+        *,
+        scope: str,
+        after: str,
+        last: str,
+        rows: int,
+        key: str,
+        ttl: float = ...,
+    ) -> int:
+        """Record a batch of ``lease.job`` about to be sent: the rows after ``after`` up
+        to ``last`` (encoded positions, ``"start"`` before any), how many, and its
+        idempotency ``scope`` and ``key``; return the record's id. It takes the place of
+        the job's earlier records with the same ``after`` (see :meth:`pending_cuts`)."""
+
+    def pending_cuts(self, lease: Lease, after: str, *, ttl: float = ...) -> list[Cut]:
+        """The recorded cuts of ``lease.job`` that chain from ``after`` (the latest one
+        that starts there, then the latest starting at its ``last``...), in order; the
+        job's other cuts are deleted."""
 
 
 class RunLog(Protocol):
@@ -201,7 +237,7 @@ class AlertStore(Protocol):
 
 
 class StateStore(
-    LockStore, CheckpointStore, RunLog, DeadLetterStore, SlotStore, AlertStore, Protocol
+    LockStore, CheckpointStore, CutStore, RunLog, DeadLetterStore, SlotStore, AlertStore, Protocol
 ):
     """What the runner and the CLI need from a state store: every concern, and closing.
 

@@ -117,6 +117,26 @@ class NewDeadLetter(NamedTuple):
     url: str | None = None
 
 
+@dataclass(frozen=True)
+class Cut:
+    """A batch recorded before it was sent and not yet acknowledged: where it was cut.
+
+    It holds the rows whose positions are after ``after`` and at most ``last`` (both
+    encoded positions; ``after`` is ``"start"`` before the first checkpoint). ``scope``
+    and ``key`` are those of its idempotency key; ``rows`` how many rows it held.
+    """
+
+    id: int
+    job: str
+    run_id: str
+    scope: str
+    after: str
+    last: str
+    rows: int
+    key: str
+    created_at: float
+
+
 def encode_position(position: Position) -> str:
     """A position as JSON text with each value's type, so it binds back exactly.
 

@@ -74,3 +74,14 @@ def _run_record(row: Any) -> RunRecord:
             "splits": row.splits or 0,
         }
     )
+
+
+def save_counts(conn: sa.Connection, run_id: str, counts: dict[str, Any]) -> None:
+    """Keep run ``run_id``'s counts so far in its record, in the transaction of the
+    checkpoint they go with: a run whose process dies is then recorded with what its
+    checkpoint proves it delivered. ``cursor_to`` is a position."""
+    values = dict(counts)
+    if values.get("cursor_to") is not None:
+        values["cursor_to"] = encode_position(values["cursor_to"])
+    if values:
+        conn.execute(sa.update(runs).where(runs.c.run_id == run_id).values(**values))

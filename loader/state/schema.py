@@ -82,6 +82,21 @@ slots = sa.Table(
     sa.Column("claimed_at", sa.Float, nullable=False),
     sa.Column("detail", sa.Text),
 )
+# Batches cut and about to be sent, not yet acknowledged (see loader.state.cuts): added
+# after version 1 as a table of its own, which an older loader ignores.
+cuts = sa.Table(
+    "loader_cuts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job", sa.String(200), nullable=False, index=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("scope", sa.Text, nullable=False),
+    sa.Column("after", sa.Text, nullable=False),
+    sa.Column("last", sa.Text, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("key", sa.String(255), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
 alert_states = sa.Table(
     "loader_alert_states",
     metadata,

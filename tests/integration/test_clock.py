@@ -261,3 +261,45 @@ def test_the_clock_runs_inside_another_app(
     clock.stop(timeout=10)
     state.close()
     assert sorted(endpoint.accepted_ids()) == [1, 2, 3]
+
+
+def test_a_clock_killed_mid_run_leaves_a_closed_slot_and_the_same_keys(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str, add_job: Callable[..., Path]
+) -> None:
+    """kill -9 of the clock during a run, rows added meanwhile: the next clock's run
+    re-sends the batches in flight under their first keys, the killed run is recorded
+    abandoned with the rows its checkpoint proves, and its slot is closed."""
+    endpoint.reject_when(lambda body: True, Delay(0.2, 200))
+    add_job("long", rows=400, batch={"size": 10}, concurrency=2, schedule="every 1s")
+
+    clock = start_clock(tmp_path)
+    deadline = time.monotonic() + 30
+    while len(endpoint.requests) < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    clock.kill()
+    clock.wait()
+    killed = {tuple(row["id"] for row in r.rows()): r.headers["Idempotency-Key"]
+              for r in endpoint.requests}  # fmt: skip
+    schema.execute("INSERT INTO events SELECT g, now() FROM generate_series(401, 405) g")
+    endpoint.clear_rejections()
+    clock = start_clock(tmp_path)
+    deadline = time.monotonic() + 30
+    while len(set(endpoint.accepted_ids())) < 405 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _, out, _ = stop_clock(clock)
+
+    state = open_state(pg_state)
+    slots = {slot.run_id: slot for slot in state.slots("long", limit=100)}
+    runs = {run.run_id: run for run in state.history("long", limit=100)}
+    state.close()
+    assert sorted(set(endpoint.accepted_ids())) == list(range(1, 406)), out
+    (dead,) = [run for run in runs.values() if run.status == "abandoned"]
+    assert slots[dead.run_id].status == "abandoned"
+    assert "claimed" not in {slot.status for slot in slots.values()}
+    assert dead.cursor_to is not None and dead.rows_posted == dead.cursor_to[0] > 0
+    later = collections.defaultdict(set)
+    for r in endpoint.requests[len(killed) :]:
+        later[tuple(row["id"] for row in r.rows())].add(r.headers["Idempotency-Key"])
+    resent = [ids for ids in killed if ids in later]
+    assert resent and all(later[ids] == {killed[ids]} for ids in resent), (killed, later)
+    assert all(ids[0] > dead.rows_posted for ids in resent)

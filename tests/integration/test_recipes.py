@@ -15,6 +15,8 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import pytest
 
 from loader import RunResult, TooManyRejectionsError, load_job, run_job
 from loader.errors import SinkError
+from loader.rows import row_id
 from tests.integration.conftest import Schema
 from tests.support.contracts import AmplitudeV2, ContractServer, MixpanelImport, SegmentBatch
 
@@ -76,6 +79,22 @@ def ids(first: int, last: int, *, with_user_only: bool) -> list[int]:
     return [i for i in range(first, last + 1) if not (with_user_only and i % 250 == 0)]
 
 
+def created_at(event: int) -> datetime:
+    """The ``created_at`` of event ``event`` (see :func:`insert_events`)."""
+    return datetime(2024, 5, 1, 12, tzinfo=UTC) + timedelta(seconds=event // 3)
+
+
+def rid(job: str, event: int) -> str:
+    """The ``target.row_id`` of event ``event`` in recipe ``job`` (cursor created_at, id)."""
+    return row_id(job, (created_at(event), event))
+
+
+@cache
+def events_by_rid(job: str) -> dict[str, int]:
+    """The event id of each row id of ``job``, for every event a test inserts."""
+    return {rid(job, event): event for event in range(1, ROWS + MORE + 1)}
+
+
 def run(recipe: str, env: dict[str, str]) -> RunResult:
     return run_job(load_job(JOBS / recipe, env=env))
 
@@ -125,7 +144,8 @@ def segment_env(schema: Schema, server: SegmentBatch, **extra: str) -> dict[str,
 
 
 def segment_ids(server: SegmentBatch) -> list[int]:
-    return [int(event["messageId"].removeprefix("events-")) for event in server.events]
+    by_rid = events_by_rid("segment_batch")
+    return [by_rid[event["messageId"]] for event in server.events]
 
 
 def test_segment_recipe_delivers_every_event_once_within_the_limits(
@@ -147,7 +167,7 @@ def test_segment_recipe_delivers_every_event_once_within_the_limits(
         "event": "Order Completed",
         "properties": {"n": 10, "plan": "pro", "notes": "x" * 20000, "price": 12.50},
         "timestamp": "2024-05-01T12:00:03Z",
-        "messageId": "events-10",
+        "messageId": rid("segment_batch", 10),
     }
 
     insert_events(events, ROWS + 1, ROWS + MORE)
@@ -218,8 +238,8 @@ def test_amplitude_recipe_delivers_every_event_once_within_the_limits(
         "event_type": "Order Completed",
         "time": 1714564800000,  # 2024-05-01T12:00:00Z in milliseconds
         "event_properties": {"n": 1, "plan": "pro", "price": 1.25},
-        "insert_id": "events-1",
         "event_id": 1,
+        "insert_id": rid("amplitude_events", 1),
     }
 
     insert_events(events, ROWS + 1, ROWS + MORE)
@@ -230,6 +250,23 @@ def test_amplitude_recipe_delivers_every_event_once_within_the_limits(
         1, ROWS + MORE, with_user_only=True
     )
     assert amplitude.duplicates == 0 and amplitude.rejected == 0
+
+
+def test_amplitude_drops_the_events_a_recipe_sends_again_by_their_row_ids(
+    events: Schema, amplitude: AmplitudeV2
+) -> None:
+    """A full refresh sends every event again under its first insert_id, so Amplitude
+    keeps each once; an updated event (its created_at moved) is a new event."""
+    env = amplitude_env(events, amplitude)
+    run("amplitude_events.yml", env)
+    events.execute("UPDATE events SET created_at = created_at + interval '1 day' WHERE id = 7")
+
+    again = run_job(load_job(JOBS / "amplitude_events.yml", env=env), full_refresh=True)
+
+    expected = ids(1, ROWS, with_user_only=True)
+    assert again.rows_posted == len(expected)
+    assert amplitude.duplicates == len(expected) - 1
+    assert sorted(e["event_id"] for e in amplitude.events) == sorted([*expected, 7])
 
 
 def test_amplitude_recipe_fails_with_a_wrong_api_key(
@@ -278,7 +315,8 @@ def mixpanel_env(schema: Schema, server: MixpanelImport, **extra: str) -> dict[s
 
 
 def mixpanel_ids(server: MixpanelImport) -> list[int]:
-    return [int(e["properties"]["$insert_id"].removeprefix("events-")) for e in server.events]
+    by_rid = events_by_rid("mixpanel_import")
+    return [by_rid[e["properties"]["$insert_id"]] for e in server.events]
 
 
 def test_mixpanel_recipe_delivers_every_event_once_within_the_limits(
@@ -303,9 +341,9 @@ def test_mixpanel_recipe_delivers_every_event_once_within_the_limits(
     assert first["event"] == "Order Completed"
     assert first["properties"] == {
         "n": 1, "plan": "pro", "price": 1.25, "time": 1714564800,
-        "distinct_id": "user-00001", "$insert_id": "events-1",
+        "distinct_id": "user-00001", "$insert_id": rid("mixpanel_import", 1),
     }  # fmt: skip
-    no_user = next(e for e in mixpanel.events if e["properties"]["$insert_id"] == "events-250")
+    no_user = by_id(mixpanel_ids(mixpanel), mixpanel.events)[250]
     assert no_user["properties"]["distinct_id"] == ""
 
     insert_events(events, ROWS + 1, ROWS + MORE)

@@ -96,7 +96,8 @@ def test_lines_and_body_shape_a_row() -> None:
     [
         ("  lines: [a, b]\n", "set format: ndjson"),
         ("  format: ndjson\n  lines: [a]\n  body: b\n", "keep one"),
-        ("  body: b\n  omit: [id]\n", "remove per_row and omit"),
+        ("  body: b\n  omit: [id]\n", "remove per_row, omit and row_id"),
+        ("  body: b\n  row_id: rid\n", "remove per_row, omit and row_id"),
         ("  item_results: {path: items, status: status}\n  item_errors: {path: e}\n",
          "remove per_row and item_errors"),
     ],

@@ -52,6 +52,17 @@ def test_a_rejected_row_is_kept_with_its_omitted_columns_in_column_order() -> No
     assert one.url == "http://api.test/items?token=***"
 
 
+def test_a_row_id_stays_in_the_row_kept_and_replayed() -> None:
+    """A field the row carries beside its columns (target.row_id) is kept after them
+    and sent again on replay, under the current omit."""
+    row = b'{"name":"a","rid":"0f"}'
+    batch = Batch(1, 1, [row], b"", omitted=[b'{"id":1}'].__getitem__)
+    (one,) = kept_letters([(batch, [(row, rejection())])], ("id", "name"), Redactor(), "u")
+    assert one.full_row == b'{"id":1,"name":"a","rid":"0f"}'
+    sent, _ = resend(job(omit=["id"]), letter(row, one.full_row), None)
+    assert sent == b'{"name":"a","rid":"0f"}'
+
+
 def test_without_omit_the_row_sent_is_the_row_kept() -> None:
     """No omit: nothing is carried beside the rows, and the row sent is kept as is."""
     row = b'{"id":1}'
