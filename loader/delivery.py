@@ -137,7 +137,8 @@ class Delivery:
         """
         size = self.splits.size
         if size is not None and len(rows) > size:
-            return self.send_parts(rows, scope, stop, size)
+            self.splits.split_ahead()
+            return self.send_parts(rows, 0, scope, stop, size)
         try:
             return self.deliver(rows, body, scope, stop, url)
         except RejectedError as exc:
@@ -154,17 +155,20 @@ class Delivery:
             self.splits.learned(len(rows), worked, refusal)
         return rejected
 
-    def send_parts(self, rows: list[bytes], scope: str, stop: StopSignal, size: int) -> Rejected:
-        """Send ``rows`` as the fewest parts of at most ``size`` rows, of even sizes, each
-        under a scope derived from the batch's as a bisection's halves are."""
-        self.splits.split_ahead()
-        count = -(-len(rows) // size)
-        bounds = [len(rows) * n // count for n in range(count + 1)]
-        rejected: Rejected = []
-        for start, end in zip(bounds, bounds[1:], strict=False):
-            part = rows[start:end]
-            rejected += self.send(part, self.frame.body(part), f"{scope}/{start}+{len(part)}", stop)
-        return rejected
+    def send_parts(
+        self, rows: list[bytes], offset: int, scope: str, stop: StopSignal, size: int
+    ) -> Rejected:
+        """Send ``rows`` (at ``offset`` in the batch) in halves, and halves of halves,
+        until each part holds at most ``size`` rows: the parts bisection would reach, each
+        under the scope bisection would give it (so a batch re-sent by a later run,
+        which bisects before it learns the size, gets the same keys)."""
+        if len(rows) <= size:
+            body, part = self.frame.body(rows), f"{scope}/{offset}+{len(rows)}"
+            return self.send(rows, body, part, stop)
+        middle = len(rows) // 2
+        return self.send_parts(rows[:middle], offset, scope, stop, size) + self.send_parts(
+            rows[middle:], offset + middle, scope, stop, size
+        )
 
     def deliver(
         self, rows: list[bytes], body: bytes, scope: str, stop: StopSignal, url: str | None = None
