@@ -2,9 +2,12 @@
 
 A request is retried under the job's :class:`~loader.retry.RetryPolicy` with the same
 idempotency key. A rejected batch is bisected until each rejected row stands alone; rows
-a 2xx answer refuses (``target.item_errors``) are rejected the same way. Rejected rows
-follow ``on_reject`` and count towards the circuit breaker (``max_rejected``). Runs and
-replays both deliver through :class:`Delivery`, so they answer an endpoint the same way.
+a 2xx answer refuses (``target.item_errors``, ``target.item_results``) are rejected the
+same way, and rows whose result says 429 or 5xx are sent again on their own. A batch
+refused whole but delivered in parts teaches the run a size (:mod:`loader.splits`).
+Rejected rows follow ``on_reject`` and count towards the circuit breaker
+(``max_rejected``). Runs and replays both deliver through :class:`Delivery`, so they
+answer an endpoint the same way.
 """
 
 from __future__ import annotations
