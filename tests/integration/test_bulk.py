@@ -263,3 +263,48 @@ def test_datasette_refusing_big_requests_is_split_once_and_said(
     assert (result.splits, result.split_size, server.requests) == (4, 75, 3 + 3 * 2)
     (run,) = open_state(isolated_state).history("test_job")
     assert run.splits == 4
+
+
+def test_the_bulk_stand_ins_refuse_what_the_apis_refuse(elastic: ElasticsearchBulk) -> None:
+    """The _bulk stand-in refuses a body without its final newline, another Content-Type,
+    a malformed action line and a wrong API key; the Datasette one refuses 101 rows."""
+    import httpx
+
+    ndjson = {"Content-Type": "application/x-ndjson", "Authorization": "ApiKey es-key-0123456789"}
+    pair = b'{"create": {"_index": "i", "_id": "1"}}\n{"price": 1}\n'
+
+    def bulk(body: bytes, **headers: str) -> httpx.Response:
+        return httpx.post(elastic.url + "/_bulk", content=body, headers={**ndjson, **headers})
+
+    assert bulk(pair[:-1]).json()["error"]["reason"].startswith("The bulk request must be")
+    assert bulk(pair, **{"Content-Type": "application/json"}).status_code == 406
+    assert bulk(b'["index"]\n{}\n').status_code == 400
+    assert bulk(pair, Authorization="ApiKey nope").status_code == 401
+    first, again = bulk(pair).json(), bulk(pair + b'{"index": {"_index": "i"}}\n{"price": "x"}\n')
+    assert first == {
+        "took": 1,
+        "errors": False,
+        "items": [
+            {
+                "create": {
+                    "_index": "i",
+                    "_id": "1",
+                    "status": 201,
+                    "result": "created",
+                    "_version": 1,
+                }
+            }
+        ],
+    }
+    assert [next(iter(i.values()))["status"] for i in again.json()["items"]] == [409, 400]
+
+    datasette = DatasetteInsert("tok")
+    datasette.start()
+    try:
+        rows = {"rows": [{"n": n} for n in range(101)]}
+        answer = httpx.post(datasette.url + "/db/t/-/insert", json=rows,
+                            headers={"Authorization": "Bearer tok"})  # fmt: skip
+    finally:
+        datasette.stop()
+    assert (answer.status_code, answer.json()) == (
+        400, {"ok": False, "errors": ["Too many rows, maximum allowed is 100"]})  # fmt: skip
