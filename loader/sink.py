@@ -339,12 +339,18 @@ class Sink:
             pass
 
     def _per_row(self, response: httpx.Response, rows: int, what: str) -> list[ItemError]:
-        """The rows a 2xx answer says it did not deliver (see :mod:`loader.answers`)."""
+        """The rows a 2xx answer says it did not deliver (see :mod:`loader.answers`).
+        With ``item_results``, an answer cut short is a transport error (retried, as
+        the rows' fate is unknown); ``item_errors`` keeps reading it as no errors."""
         target = self._target
         try:
             try:
                 answer: Any = json.loads(response.read())
-            except (ValueError, httpx.HTTPError):
+            except httpx.HTTPError:
+                if target.item_results is not None:
+                    raise
+                return []
+            except ValueError:
                 if target.item_results is None:
                     return []  # item_errors: an answer that is not JSON refuses nothing
                 raise AnswerError("its body is not JSON", "target.item_results") from None

@@ -19,6 +19,7 @@ from loader import build_job, open_state, run_job
 from loader.errors import RetriesExhaustedError, SinkError
 from tests.integration.conftest import Schema, make_job
 from tests.support.contracts import DatasetteInsert, ElasticsearchBulk
+from tests.support.httpd import Handler, LoopbackServer
 from tests.support.kinto import PASSWORD, USER, Kinto
 from tests.support.server import Endpoint
 
@@ -308,3 +309,38 @@ def test_the_bulk_stand_ins_refuse_what_the_apis_refuse(elastic: ElasticsearchBu
         datasette.stop()
     assert (answer.status_code, answer.json()) == (
         400, {"ok": False, "errors": ["Too many rows, maximum allowed is 100"]})  # fmt: skip
+
+
+class CutShort(LoopbackServer):
+    """Answers the first request 200 with half of its promised body, then closes the
+    connection; answers the next ones in full, one result per row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list[str] = []
+
+    def respond(self, handler: Handler, body: bytes) -> None:
+        self.keys.append(handler.headers["Idempotency-Key"])
+        rows = json.loads(body)
+        answer = json.dumps({"items": [{"status": 201}] * len(rows)}).encode()
+        if len(self.keys) > 1:
+            handler.reply(200, {"Content-Type": "application/json"}, answer)
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(answer)))
+        handler.end_headers()
+        handler.wfile.write(answer[: len(answer) // 2])
+        handler.close_connection = True
+
+
+def test_per_row_results_cut_short_are_asked_again(schema: Schema) -> None:
+    """A 200 whose per-row results end early says nothing of the rows: the request is
+    sent again with the same key, as after a lost connection, and then counts."""
+    products(schema, 3)
+    with CutShort() as server:
+        spec = make_job(schema, server.url + "/", f"SELECT id FROM {schema.table('products')}",
+                        target={"item_results": {"path": "items", "status": "status"}})  # fmt: skip
+        result = run_job(build_job(spec))
+
+    assert (result.status, result.rows_posted, result.retries) == ("succeeded", 3, 1)
+    assert len(server.keys) == 2 and server.keys[0] == server.keys[1]
