@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from loader import build_job, open_state, run_job
-from loader.errors import RetriesExhaustedError, SinkError
+from loader.errors import RejectedError, RetriesExhaustedError, SinkError
 from tests.integration.conftest import Schema, make_job
 from tests.support.contracts import DatasetteInsert, ElasticsearchBulk
 from tests.support.httpd import Handler, LoopbackServer
@@ -344,3 +344,20 @@ def test_per_row_results_cut_short_are_asked_again(schema: Schema) -> None:
 
     assert (result.status, result.rows_posted, result.retries) == ("succeeded", 3, 1)
     assert len(server.keys) == 2 and server.keys[0] == server.keys[1]
+
+
+def test_a_refused_result_fails_the_run_under_on_reject_fail(
+    schema: Schema, endpoint: Endpoint
+) -> None:
+    """on_reject: fail: a 4xx result inside a 200 stops the run, naming the row and
+    quoting its result, and nothing counts as delivered."""
+    products(schema, 2)
+    answer = {"responses": [{"status": 201}, {"status": 400, "body": {"message": "bad price"}}]}
+    endpoint.script("/", (200, {}, json.dumps(answer).encode()))
+    spec = make_job(schema, endpoint.url + "/", f"SELECT id FROM {schema.table('products')}",
+                    target={"item_results": {"path": "responses", "status": "status"}},
+                    on_reject="fail")  # fmt: skip
+
+    with pytest.raises(RejectedError, match="refused row 1 of the request: .*bad price") as caught:
+        run_job(build_job(spec))
+    assert caught.value.result is not None and caught.value.result.rows_posted == 0
