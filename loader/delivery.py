@@ -2,9 +2,12 @@
 
 A request is retried under the job's :class:`~loader.retry.RetryPolicy` with the same
 idempotency key. A rejected batch is bisected until each rejected row stands alone; rows
-a 2xx answer refuses (``target.item_errors``) are rejected the same way. Rejected rows
-follow ``on_reject`` and count towards the circuit breaker (``max_rejected``). Runs and
-replays both deliver through :class:`Delivery`, so they answer an endpoint the same way.
+a 2xx answer refuses (``target.item_errors``, ``target.item_results``) are rejected the
+same way, and rows whose result says 429 or 5xx are sent again on their own. A batch
+refused whole but delivered in parts teaches the run a size (:mod:`loader.splits`).
+Rejected rows follow ``on_reject`` and count towards the circuit breaker
+(``max_rejected``). Runs and replays both deliver through :class:`Delivery`, so they
+answer an endpoint the same way.
 """
 
 from __future__ import annotations
@@ -13,17 +16,19 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from loader._version import __version__
+from loader.answers import ItemError
 from loader.encoding import Framing, framing
-from loader.errors import RejectedError, TooManyRejectionsError
+from loader.errors import RejectedError, RetryableSinkError, TooManyRejectionsError
 from loader.job import Job
 from loader.redact import Redactor
 from loader.result import Position
 from loader.retry import RetryPolicy, StopSignal
-from loader.sink import ItemError, Request, Sink, idempotency_key
+from loader.sink import Request, Sink, idempotency_key
+from loader.splits import Splits
 
 if TYPE_CHECKING:
     import httpx
@@ -57,6 +62,8 @@ class Counters:
     retries: int = 0
     throttled: int = 0
     in_flight: int = 0
+    splits: int = 0
+    split_size: int | None = None
     checkpoint: Position | None = None
     preview: list[Request] = field(default_factory=list)
 
@@ -115,6 +122,7 @@ class Delivery:
         self.policy = RetryPolicy.from_config(job.retry)
         self.lock = threading.Lock()
         self.rejected_seen = 0
+        self.splits = Splits(counters)
 
     def send(
         self, rows: list[bytes], body: bytes, scope: str, stop: StopSignal, url: str | None = None
@@ -126,25 +134,98 @@ class Delivery:
         Raises :class:`RejectedError` when rejections are not row-specific (401, 403...)
         or ``on_reject: fail``, :class:`TooManyRejectionsError` past ``max_rejected``,
         and :class:`~loader.retry.Interrupted` when ``stop`` ends a retry wait.
+
+        Once a split request went through where the whole was refused (see
+        :class:`~loader.splits.Splits`), bigger batches are split up front.
         """
+        size = self.splits.size
+        if size is not None and len(rows) > size:
+            self.splits.split_ahead()
+            return self.send_parts(rows, 0, scope, stop, size)
         try:
-            return self.refused(rows, self.attempt(body, scope, stop, len(rows), url))
+            return self.deliver(rows, body, scope, stop, url)
         except RejectedError as exc:
             if self.about_request(exc) or self.job.on_reject == "fail":
                 raise
             if len(rows) == 1:
                 return self.reject(rows[0], exc)
+            refusal = exc
         # Halves are new bodies, so each gets a scope (and idempotency key) of its own,
         # derived from the batch's: the same at every attempt of that half.
         rejected: Rejected = []
-        self.bisect(rows, 0, scope, rejected, stop)
+        worked = self.bisect(rows, 0, scope, rejected, stop)
+        if not rejected and worked:
+            self.splits.learned(len(rows), worked, refusal)
         return rejected
+
+    def send_parts(
+        self, rows: list[bytes], offset: int, scope: str, stop: StopSignal, size: int
+    ) -> Rejected:
+        """Send ``rows`` (at ``offset`` in the batch) in halves, and halves of halves,
+        until each part holds at most ``size`` rows: the parts bisection would reach, each
+        under the scope bisection would give it (so a batch re-sent by a later run,
+        which bisects before it learns the size, gets the same keys)."""
+        if len(rows) <= size:
+            body, part = self.frame.body(rows), f"{scope}/{offset}+{len(rows)}"
+            return self.send(rows, body, part, stop)
+        middle = len(rows) // 2
+        return self.send_parts(rows[:middle], offset, scope, stop, size) + self.send_parts(
+            rows[middle:], offset + middle, scope, stop, size
+        )
+
+    def deliver(
+        self, rows: list[bytes], body: bytes, scope: str, stop: StopSignal, url: str | None = None
+    ) -> Rejected:
+        """Send ``body`` (of ``rows``) until acknowledged; return the rows its answer
+        refused. Rows whose result says 429 or 5xx (``target.item_results``) are sent
+        again, on their own, under the retry policy."""
+        errors = self.attempt(body, scope, stop, len(rows), url)
+        if any(error.retry for error in errors):
+            errors = self.settle(rows, errors, scope, stop, url)
+        return self.refused(rows, errors)
+
+    def settle(
+        self, rows: list[bytes], errors: list[ItemError], scope: str, stop: StopSignal,
+        url: str | None,
+    ) -> list[ItemError]:  # fmt: skip
+        """Send the rows of ``errors`` marked ``retry`` again until their results settle;
+        return every row's final error, indexed in ``rows``. Each resent subset is a new
+        body, so it gets a scope of its own derived from the batch's and the rows'
+        positions: the same rows resent get the same key. Raises
+        :class:`~loader.errors.RetriesExhaustedError` when the attempts run out."""
+        final = [error for error in errors if not error.retry]
+        pending = [error for error in errors if error.retry]
+        answered = True  # the first call reports the answer already received
+
+        def once() -> None:
+            """Send the pending rows again, and raise if some are still to retry."""
+            nonlocal pending, answered
+            if not answered:
+                indexes = [error.index for error in pending]
+                subset = [rows[index] for index in indexes]
+                part = f"{scope}/rows:{','.join(map(str, indexes))}"
+                answer = self.attempt(self.frame.body(subset), part, stop, len(subset), url)
+                final.extend(replace(e, index=indexes[e.index]) for e in answer if not e.retry)
+                pending = [replace(e, index=indexes[e.index]) for e in answer if e.retry]
+            answered = False
+            if pending:
+                first = pending[0]
+                raise RetryableSinkError(
+                    f"{self.sink.safe_url}: {len(pending)} rows of the request answered "
+                    f"{first.status}, such as {first.message}",
+                    url=self.sink.safe_url, status=first.status,
+                )  # fmt: skip
+
+        self.policy.call(once, sleep=self.sleep, stop=stop, on_retry=self.on_retry)
+        return sorted(final, key=lambda error: error.index)
 
     def send_once(self, row: bytes, scope: str, stop: StopSignal, url: str | None) -> None:
         """Deliver one row on its own, retried but never bisected and never counted
         towards the circuit breaker (a dead letter's replay). Raises :class:`RejectedError`
         when the endpoint refuses it, by status or in a 2xx answer."""
         refused = self.attempt(self.frame.body([row]), scope, stop, 1, url)
+        if any(error.retry for error in refused):
+            refused = self.settle([row], refused, scope, stop, url)
         if refused:
             first = refused[0]
             raise RejectedError(
@@ -154,31 +235,33 @@ class Delivery:
 
     def bisect(
         self, rows: list[bytes], offset: int, scope: str, rejected: Rejected, stop: StopSignal
-    ) -> None:
+    ) -> int:
         """Send each half of ``rows`` (at ``offset`` in the batch) on its own, recursing
-        into rejected halves until the rejected rows stand alone."""
-        middle = len(rows) // 2
+        into rejected halves until the rejected rows stand alone. Returns the size of
+        the biggest part sent that the endpoint took whole (0 if none)."""
+        middle, worked = len(rows) // 2, 0
         for start, half in ((offset, rows[:middle]), (offset + middle, rows[middle:])):
+            part = f"{scope}/{start}+{len(half)}"
             try:
-                errors = self.attempt(self.frame.body(half), f"{scope}/{start}+{len(half)}",
-                                      stop, len(half))  # fmt: skip
-                rejected.extend(self.refused(half, errors))
+                refused = self.deliver(half, self.frame.body(half), part, stop)
+                rejected.extend(refused)
+                worked = max(worked, 0 if refused else len(half))
             except RejectedError as exc:
                 if self.about_request(exc):
                     raise
                 if len(half) == 1:
                     rejected.extend(self.reject(half[0], exc))
                 else:
-                    self.bisect(half, start, scope, rejected, stop)
+                    worked = max(worked, self.bisect(half, start, scope, rejected, stop))
+        return worked
 
     def refused(self, rows: list[bytes], errors: list[ItemError]) -> Rejected:
-        """Rows a 2xx answer refused (``target.item_errors``), as rejections; an index
-        outside ``rows`` is ignored. Raises the first as :class:`RejectedError` under
-        ``on_reject: fail``, :class:`TooManyRejectionsError` past ``max_rejected``."""
+        """Rows a 2xx answer refused (``target.item_errors``, ``target.item_results``),
+        as rejections, each with its error or result entry as the reason. Raises the
+        first as :class:`RejectedError` under ``on_reject: fail``,
+        :class:`TooManyRejectionsError` past ``max_rejected``."""
         rejected: Rejected = []
         for error in errors:
-            if not 0 <= error.index < len(rows):
-                continue
             rejection = RejectedError(
                 f"{self.sink.safe_url} refused row {error.index} of the request: {error.message}",
                 url=self.sink.safe_url, status=error.status, body_excerpt=error.message,
@@ -235,15 +318,15 @@ class Delivery:
                 with self.lock:
                     self.counters.in_flight -= 1
 
-        def on_retry(attempt: int, wait: float, error: Exception) -> None:
-            """Count the retry (and a 429 as throttled), and log it redacted."""
-            with self.lock:
-                self.counters.retries += 1
-                if getattr(error, "status", None) == 429:
-                    self.counters.throttled += 1
-            log.warning(
-                "attempt %d/%d failed: %s; retrying in %.2fs",
-                attempt, self.policy.attempts, self.redactor.text(str(error)), wait,
-            )  # fmt: skip
+        return self.policy.call(once, sleep=self.sleep, stop=stop, on_retry=self.on_retry)
 
-        return self.policy.call(once, sleep=self.sleep, stop=stop, on_retry=on_retry)
+    def on_retry(self, attempt: int, wait: float, error: Exception) -> None:
+        """Count the retry (and a 429 as throttled), and log it redacted."""
+        with self.lock:
+            self.counters.retries += 1
+            if getattr(error, "status", None) == 429:
+                self.counters.throttled += 1
+        log.warning(
+            "attempt %d/%d failed: %s; retrying in %.2fs",
+            attempt, self.policy.attempts, self.redactor.text(str(error)), wait,
+        )  # fmt: skip

@@ -263,8 +263,10 @@ class RowEncoder:
         utc_columns: Sequence[int] = (),
         json_columns: Sequence[int] = (),
         omit: Sequence[str] = (),
+        shape: Sequence[str] = (),
     ) -> None:
         self.columns = tuple(columns)
+        self._shape = tuple(shape)  # send the row as these values, one line each
         self._omit = tuple(omit)  # columns left out of the objects
         # Columns whose naive datetimes are UTC instants, and whose text is JSON.
         self._utc_columns = tuple(utc_columns)
@@ -279,12 +281,21 @@ class RowEncoder:
         if self._utc_columns or self._json_columns:
             row = self._mend(row)
         record = dict(zip(self.columns, row, strict=True))
+        if self._shape:
+            return b"\n".join(self._value(name, record[name]) for name in self._shape)
         for name in self._omit:
             del record[name]
         try:
             return orjson.dumps(record, default=self._default, option=self._option)
         except (orjson.JSONEncodeError, TypeError):
             return self._encode_slowly(record)
+
+    def _value(self, name: str, value: Any) -> bytes:
+        """One column's value as JSON (a ``shape`` column's)."""
+        try:
+            return orjson.dumps(value, default=self._default, option=self._option)
+        except (orjson.JSONEncodeError, TypeError):
+            return self._encode_slowly({name: value})[len(orjson.dumps(name)) + 2 : -1]
 
     def _mend(self, row: Sequence[Any]) -> list[Any]:
         values = list(row)

@@ -31,7 +31,7 @@ from loader.fields import Duration, FrozenModel, Scalar, Size, url_placeholders
 from loader.jobsecrets import job_redactor, job_secrets
 from loader.redact import MASK, Redactor, mask_url
 from loader.schedule import Schedule, parse_timezone
-from loader.target import Auth, BasicAuth, Envelope, ItemErrors, OAuth2, Target
+from loader.target import Auth, BasicAuth, Envelope, ItemErrors, ItemResults, OAuth2, Target
 
 __all__ = [
     "Alerts",
@@ -42,6 +42,7 @@ __all__ = [
     "Duration",
     "Envelope",
     "ItemErrors",
+    "ItemResults",
     "Job",
     "OAuth2",
     "Partition",

@@ -76,6 +76,8 @@ def resend(job: Job, letter: DeadLetter, filler: UrlFiller | None) -> tuple[byte
     Raises :class:`Unreplayable` for a letter kept before loader stored whole rows that
     lacks a column the URL needs."""
     omit = job.target.omit
+    if job.target.shape:
+        return letter.row, None  # sent as the columns of target.body or target.lines
     if letter.full_row is not None:
         values = loads(letter.full_row)
         row = dumps({name: value for name, value in values.items() if name not in omit})

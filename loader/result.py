@@ -58,6 +58,8 @@ class RunResult:
     ``status`` is ``succeeded`` (every row delivered), ``partial`` (every row delivered
     or dead-lettered, some dead-lettered), ``failed``, ``interrupted`` or ``dry-run``.
     ``throttled`` counts 429 answers; ``in_flight`` the requests under way (for progress).
+    ``splits`` counts batches sent in parts because the endpoint refused a bigger
+    request, ``split_size`` the size that went through (see :mod:`loader.splits`).
     ``checkpoint`` is the cursor position saved last (``None`` without a cursor).
     """
 
@@ -71,6 +73,8 @@ class RunResult:
     duration: float
     rows_rejected: int = 0
     throttled: int = 0
+    splits: int = 0
+    split_size: int | None = None
     in_flight: int = 0
     checkpoint: Position | None = None
     error: str | None = None
@@ -89,6 +93,7 @@ class RunResult:
             "rows_rejected": self.rows_rejected,
             "requests": self.requests,
             "retries": self.retries,
+            "splits": self.splits,
         }
 
 
@@ -110,6 +115,8 @@ def combine(job: str, run_id: str, results: Sequence[RunResult], duration: float
         requests=sum(r.requests for r in results), retries=sum(r.retries for r in results),
         duration=duration, rows_rejected=sum(r.rows_rejected for r in results),
         throttled=sum(r.throttled for r in results), in_flight=sum(r.in_flight for r in results),
+        splits=sum(r.splits for r in results),
+        split_size=min((r.split_size for r in results if r.split_size), default=None),
         error=errors[0] if errors else None,
         preview=tuple(p for r in results for p in r.preview), checkpoint=checkpoint,
     )  # fmt: skip

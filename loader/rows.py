@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from loader.batching import Chunk
+from loader.cursor import named_columns
 from loader.delivery import Counters
 from loader.encoding import PgFloat, RowEncoder, UrlFiller
 from loader.errors import CursorOrderError, EncodingError, QueryError, StateError
@@ -40,8 +41,10 @@ def encoded_chunks(
     chunk that breaks the cursor's rules (no row of that chunk is yielded), and the
     stream's own errors.
     """
-    encode = _encoder(job, stream)
     target = job.target
+    for key, names in (("target.body", (target.body,)), ("target.lines", target.lines)):
+        named_columns(stream.columns, [name for name in names if name], key)
+    encode = _encoder(job, stream)
     filler = UrlFiller(target.url, target.placeholders) if target.per_row else None
     values, indexes = stream.value_indexes, stream.cursor_indexes
     omitted = _omitted_encoder(job, stream) if target.omit else None
@@ -81,6 +84,7 @@ def _encoder(job: Job, stream: RowStream) -> Callable[[Sequence[Any]], bytes]:
         utc_columns=stream.utc_columns,
         json_columns=stream.json_columns,
         omit=job.target.omit,
+        shape=job.target.shape,
     ).encode
 
 

@@ -77,6 +77,7 @@ class _Run:
             rows_posted=c.rows_posted, requests=c.requests, retries=c.retries,
             duration=self.options.monotonic() - self.started, rows_rejected=c.rows_rejected,
             throttled=c.throttled, in_flight=c.in_flight, checkpoint=c.checkpoint,
+            splits=c.splits, split_size=c.split_size,
             error=error, preview=tuple(c.preview),
         )  # fmt: skip
 
@@ -169,7 +170,7 @@ class _Run:
         with (
             open_stream(job.source, self.redactor, position=position, decimals=target.decimals,
                         omit=target.omit, values=target.placeholders,
-                        fast=self.options.database_json) as stream,
+                        fast=self.options.database_json and not target.shape) as stream,
             open_sink(job, self.redactor, frame, self.options.transport) as sink,
         ):  # fmt: skip
             self.columns = stream.columns  # for the dead letters (see kept_letters)

@@ -29,6 +29,7 @@ import httpx
 
 from loader import defaults
 from loader import job as jobmodel
+from loader.answers import AnswerError, ItemError, item_errors, item_results
 from loader.auth import OAuth2Token, basic_authorization, tls_context, transport_reason
 from loader.deadline import bounded, exchange, expired
 from loader.errors import RejectedError, RetryableSinkError, SinkError
@@ -51,15 +52,6 @@ class _RedactingFilter(logging.Filter):
 
 for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).addFilter(_RedactingFilter())
-
-
-@dataclass(frozen=True)
-class ItemError:
-    """A row a 2xx answer refused: its position in the request, the status, the error."""
-
-    index: int
-    status: int
-    message: str
 
 
 @dataclass(frozen=True)
@@ -216,11 +208,13 @@ class Sink:
         target's; return on 2xx, raise a :class:`SinkError` otherwise. Waits for the
         host's rate limit first.
 
-        Returns the rows a 2xx answer says it refused (``target.item_errors``)."""
+        Returns the rows a 2xx answer says it did not deliver (``target.item_errors``,
+        ``target.item_results``); raises :class:`SinkError` when such an answer cannot
+        be matched to the ``rows`` sent."""
         if self._limiter is not None:
             self._limiter.acquire(rows if self._limiter.rows else 1)
         try:
-            refused = self._send(body, key, url or self._target.url)
+            refused = self._send(body, key, url or self._target.url, rows)
         except RetryableSinkError as exc:
             if self._limiter is not None and exc.status == 429:
                 self._limiter.throttled(exc.retry_after)
@@ -233,7 +227,7 @@ class Sink:
         """What goes on the wire for ``body``: nothing for DELETE."""
         return b"" if self._target.method == "DELETE" else body
 
-    def _send(self, body: bytes, key: str, url: str) -> list[ItemError]:
+    def _send(self, body: bytes, key: str, url: str, rows: int) -> list[ItemError]:
         method = self._target.method
         what = f"{method} {self._redactor.url(url) if url != self._target.url else self.safe_url}"
         headers = {**self._headers, "Idempotency-Key": key}
@@ -246,7 +240,7 @@ class Sink:
                 token = self._token()
                 headers["Authorization"] = f"Bearer {token}"
             again, refused = self._attempt(
-                method, url, what, headers, body, retry_401=not fresh_token
+                method, url, what, headers, body, rows, retry_401=not fresh_token
             )
             if not again:
                 return refused
@@ -261,6 +255,7 @@ class Sink:
         what: str,
         headers: dict[str, str],
         body: bytes,
+        rows: int,
         *,
         retry_401: bool,
     ) -> tuple[bool, list[ItemError]]:
@@ -269,7 +264,7 @@ class Sink:
         ends within ``target.timeout`` (see :mod:`loader.deadline`)."""
         try:
             with exchange(self._target.timeout):
-                return self._exchange(method, url, what, headers, body, retry_401=retry_401)
+                return self._exchange(method, url, what, headers, body, rows, retry_401=retry_401)
         except httpx.TimeoutException as exc:
             raise RetryableSinkError(
                 f"{what}: no complete response within target.timeout "
@@ -284,6 +279,7 @@ class Sink:
         what: str,
         headers: dict[str, str],
         body: bytes,
+        rows: int,
         *,
         retry_401: bool,
     ) -> tuple[bool, list[ItemError]]:
@@ -303,8 +299,8 @@ class Sink:
                 if not 200 <= status < 300 or status in self._target.statuses:
                     excerpt = "" if 200 <= status < 300 else self._read_excerpt(response)
                     self._classify(response, what, excerpt)
-                if self._target.item_errors is not None:
-                    return False, self._item_errors(response)
+                if self._target.item_results or self._target.item_errors:
+                    return False, self._per_row(response, rows, what)
                 # Acknowledged. Drain the raw body (never decoded: a broken one cannot fail
                 # a delivered batch) so the connection goes back to the pool for reuse;
                 # one still arriving at the deadline is a timeout.
@@ -342,26 +338,35 @@ class Sink:
         except (httpx.HTTPError, httpx.StreamError):
             pass
 
-    def _item_errors(self, response: httpx.Response) -> list[ItemError]:
-        """The refused rows a 2xx answer lists at ``target.item_errors.path``. An answer
-        that is not JSON, or has no such list, refuses nothing."""
-        config = self._target.item_errors
-        assert config is not None
+    def _per_row(self, response: httpx.Response, rows: int, what: str) -> list[ItemError]:
+        """The rows a 2xx answer says it did not deliver (see :mod:`loader.answers`).
+        With ``item_results``, an answer cut short is a transport error (retried, as
+        the rows' fate is unknown); ``item_errors`` keeps reading it as no errors."""
+        target = self._target
         try:
-            found: Any = json.loads(response.read())
-        except (ValueError, httpx.HTTPError):
-            return []
-        for part in config.path.split("."):
-            found = found.get(part) if isinstance(found, dict) else None
-        if not isinstance(found, list):
-            return []
-        refused = []
-        for item in found:
-            index = item.get(config.index) if isinstance(item, dict) else None
-            if isinstance(index, int) and not isinstance(index, bool):
-                message = mask_registered(self._redactor.text(json.dumps(item)))[:500]
-                refused.append(ItemError(index, response.status_code, message))
-        return refused
+            try:
+                answer: Any = json.loads(response.read())
+            except httpx.HTTPError:
+                if target.item_results is not None:
+                    raise
+                return []
+            except ValueError:
+                if target.item_results is None:
+                    return []  # item_errors: an answer that is not JSON refuses nothing
+                raise AnswerError("its body is not JSON", "target.item_results") from None
+            if target.item_results is not None:
+                return item_results(answer, target.item_results, rows, target.statuses,
+                                    self._entry_text)  # fmt: skip
+            assert target.item_errors is not None
+            return item_errors(answer, target.item_errors, rows, response.status_code,
+                               self._entry_text)  # fmt: skip
+        except AnswerError as exc:
+            raise SinkError(exc.describe(what, response.status_code), url=self.safe_url,
+                            status=exc.status or response.status_code) from None  # fmt: skip
+
+    def _entry_text(self, entry: Any) -> str:
+        """One result or error entry as JSON text, secrets masked, at most 500 characters."""
+        return mask_registered(self._redactor.text(json.dumps(entry)))[:500]
 
     def _classify(self, response: httpx.Response, what: str, excerpt: str) -> None:
         status = response.status_code

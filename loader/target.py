@@ -45,6 +45,21 @@ class ItemErrors(FrozenModel):
     )
 
 
+class ItemResults(FrozenModel):
+    """Where an API that answers 2xx for a batch gives one result per row, in order."""
+
+    path: str = Field(
+        min_length=1,
+        description="Dotted path to the list with one entry per row of the request, in "
+        "order (items, responses).",
+    )
+    status: str = Field(
+        min_length=1,
+        description="Dotted path to the status inside each entry; a * segment matches any "
+        "one key (*.status for Elasticsearch's {index: {status: 201}}).",
+    )
+
+
 class BasicAuth(FrozenModel):
     """HTTP basic authentication (a write key as the username, for instance)."""
 
@@ -112,6 +127,17 @@ class Target(FrozenModel):
         default="json",
         description="json: one JSON array of rows per request; ndjson: one object per line.",
     )
+    body: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Send each row as this column's JSON value (built in SQL) instead of "
+        "an object of all columns.",
+    )
+    lines: tuple[str, ...] = Field(
+        default=(),
+        description="With format: ndjson, send each row as these columns' JSON values, one "
+        "line each, in order (Elasticsearch's action and document); still one row.",
+    )
     envelope: Envelope | None = Field(
         default=None, description="A key (shorthand) or {key, fields} wrapping the rows."
     )
@@ -146,6 +172,11 @@ class Target(FrozenModel):
     item_errors: ItemErrors | None = Field(
         default=None,
         description="Read per-row errors from 2xx answers; those rows follow on_reject.",
+    )
+    item_results: ItemResults | None = Field(
+        default=None,
+        description="Read one result per row from 2xx answers: 2xx delivered, 429 and 5xx "
+        "retried (those rows only), other 4xx follow on_reject.",
     )
     gzip: bool = Field(
         default=False,
@@ -228,6 +259,17 @@ class Target(FrozenModel):
         return self
 
     @model_validator(mode="after")
+    def _shaped_rows(self) -> Target:
+        if self.lines and self.format != "ndjson":
+            raise ValueError("lines sends a row as several NDJSON lines: set format: ndjson")
+        if self.lines and self.body is not None:
+            raise ValueError("body and lines both say what a row is sent as: keep one")
+        if (self.lines or self.body is not None) and (self.per_row or self.omit or self.row_id):
+            raise ValueError("body and lines send only the columns they name, as built in "
+                             "SQL: remove per_row, omit and row_id")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
     def _placeholders_need_per_row(self) -> Target:
         names = self.placeholders
         if names and not self.per_row:
@@ -240,6 +282,9 @@ class Target(FrozenModel):
         if self.item_errors is not None and self.per_row:
             raise ValueError("item_errors reads errors per row of a batch; per_row "
                              "requests are refused with their status instead")  # fmt: skip
+        if self.item_results is not None and (self.per_row or self.item_errors is not None):
+            raise ValueError("item_results reads one result per row of a batch: remove "
+                             "per_row and item_errors, or item_results")  # fmt: skip
         return self
 
     @field_validator("omit")
@@ -249,6 +294,11 @@ class Target(FrozenModel):
         if repeated:
             raise ValueError(f"names {', '.join(map(repr, repeated))} more than once")
         return value
+
+    @property
+    def shape(self) -> tuple[str, ...]:
+        """The columns a row is sent as (``body`` or ``lines``); empty: all of them."""
+        return (self.body,) if self.body is not None else self.lines
 
     @property
     def placeholders(self) -> tuple[str, ...]:

@@ -68,13 +68,14 @@ def history(
         records = store.history(job.name, limit)
         store.close()
         runs = table("run", "started", "status", "read", "posted", "rejected", "requests",
-                     "retries", "seconds", "cursor from", "cursor to", "error")  # fmt: skip
+                     "retries", "splits",
+                     "seconds", "cursor from", "cursor to", "error")  # fmt: skip
         for r in records:
             seconds = f"{r.ended_at - r.started_at:.1f}" if r.ended_at else ""
             runs.add_row(
                 r.run_id, when(r.started_at), r.status, str(r.rows_read),
                 str(r.rows_posted), str(r.rows_rejected), str(r.requests), str(r.retries),
-                seconds, position(r.cursor_from), position(r.cursor_to),
+                str(r.splits), seconds, position(r.cursor_from), position(r.cursor_to),
                 job.redactor().text(r.error or "")[:80],
             )  # fmt: skip
         console().print(runs if records else f"{job.name}: no runs recorded")

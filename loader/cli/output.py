@@ -43,6 +43,10 @@ def print_summary(result: RunResult, redactor: Redactor, *, to_stderr: bool = Fa
     ]
     if result.rows_rejected:
         lines.append(f"  rejected     {result.rows_rejected:>12,}")
+    if result.splits:
+        lines.append(f"  split        {result.splits:>12,} batches, to {result.split_size} rows "
+                     f"(the endpoint refused bigger requests: set batch.size to at most "
+                     f"{result.split_size})")  # fmt: skip
     if result.checkpoint is not None:
         lines.append(f"  checkpoint   {position(result.checkpoint)}")
     typer.echo("\n".join(lines), err=to_stderr)

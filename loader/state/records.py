@@ -58,6 +58,8 @@ class RunRecord:
     cursor_from: Position | None
     cursor_to: Position | None
     error: str | None
+    #: Batches sent in parts after the endpoint refused a bigger request.
+    splits: int = 0
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ def _run_record(row: Any) -> RunRecord:
             **row._asdict(),
             "cursor_from": decode_position(row.cursor_from) if row.cursor_from else None,
             "cursor_to": decode_position(row.cursor_to) if row.cursor_to else None,
+            "splits": row.splits or 0,
         }
     )
 

@@ -50,6 +50,8 @@ runs = sa.Table(
     sa.Column("cursor_from", sa.Text),
     sa.Column("cursor_to", sa.Text),
     sa.Column("error", sa.Text),
+    # Added after the table (see migrate): batches sent in parts after a size refusal.
+    sa.Column("splits", sa.BigInteger),
 )
 dead_letters = sa.Table(
     "loader_dead_letters",
@@ -68,7 +70,7 @@ dead_letters = sa.Table(
     sa.Column("url", sa.Text),
 )
 #: Columns added to existing tables since they were first created, by table.
-_ADDED_COLUMNS = {dead_letters.name: ("full_row", "url")}
+_ADDED_COLUMNS = {dead_letters.name: ("full_row", "url"), runs.name: ("splits",)}
 slots = sa.Table(
     "loader_slots",
     metadata,

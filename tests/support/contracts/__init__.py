@@ -12,6 +12,8 @@ contract instead of assuming it. Every server has ``url``, ``start()``, ``stop()
 * :class:`MixpanelImport`: Mixpanel's Import Events API, ``POST /import``.
 * :class:`ContactsApi`: a CRM-style ``PUT /contacts/<email>`` with a bearer token.
 * :class:`SlackWebhook`: a Slack incoming webhook, optionally rate limited.
+* :class:`ElasticsearchBulk`: Elasticsearch's (and OpenSearch's) ``POST /_bulk``.
+* :class:`DatasetteInsert`: Datasette's ``POST /<db>/<table>/-/insert``.
 
 Each lives in its own module; what they share (:class:`Request`, :class:`Answer`,
 :class:`Exchange`, :class:`ContractServer`) is in :mod:`tests.support.contracts.base`.
@@ -41,6 +43,8 @@ from tests.support.contracts.base import (
     text_answer,
 )
 from tests.support.contracts.contacts import ContactsApi
+from tests.support.contracts.datasette import DatasetteInsert
+from tests.support.contracts.elasticsearch import ElasticsearchBulk
 from tests.support.contracts.mixpanel import MixpanelImport
 from tests.support.contracts.segment import SegmentBatch
 from tests.support.contracts.slack import SlackWebhook
@@ -51,6 +55,8 @@ __all__ = [
     "Answer",
     "ContactsApi",
     "ContractServer",
+    "DatasetteInsert",
+    "ElasticsearchBulk",
     "Exchange",
     "MixpanelImport",
     "Request",
