@@ -63,11 +63,12 @@ def item_errors(
     answer: Any, config: ItemErrors, rows: int, status: int, text: EntryText
 ) -> list[ItemError]:
     """The rows listed at ``config.path`` (none when there is no such list). An error
-    whose index is not a position among the ``rows`` sent raises :class:`AnswerError`."""
+    whose index is not a position among the ``rows`` sent raises :class:`AnswerError`;
+    a row listed twice is refused once, with its first error."""
     found = at(answer, config.path.split("."))
     if not isinstance(found, list):
         return []
-    refused = []
+    refused, seen = [], set()
     for item in found:
         index = item.get(config.index) if isinstance(item, dict) else None
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < rows:
@@ -76,7 +77,9 @@ def item_errors(
                 f"not a position among the {rows} rows sent (0 to {rows - 1})",
                 "target.item_errors",
             )
-        refused.append(ItemError(index, status, text(item)))
+        if index not in seen:
+            seen.add(index)
+            refused.append(ItemError(index, status, text(item)))
     return refused
 
 

@@ -166,8 +166,19 @@ class Delivery:
         under the scope bisection would give it (so a batch re-sent by a later run,
         which bisects before it learns the size, gets the same keys)."""
         if len(rows) <= size:
-            body, part = self.frame.body(rows), f"{scope}/{offset}+{len(rows)}"
-            return self.send(rows, body, part, stop)
+            part = f"{scope}/{offset}+{len(rows)}"
+            try:
+                return self.deliver(rows, self.frame.body(rows), part, stop)
+            except RejectedError as exc:
+                if self.about_request(exc) or self.job.on_reject == "fail":
+                    raise
+                if len(rows) == 1:
+                    return self.reject(rows[0], exc)
+            # Refused whole: bisected on as bisection would, so its parts' keys are the
+            # ones a batch bisected from the start gives them.
+            rejected: Rejected = []
+            self.bisect(rows, offset, scope, rejected, stop)
+            return rejected
         middle = len(rows) // 2
         return self.send_parts(rows[:middle], offset, scope, stop, size) + self.send_parts(
             rows[middle:], offset + middle, scope, stop, size

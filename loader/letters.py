@@ -18,19 +18,24 @@ from loader.delivery import Rejected
 from loader.encoding import UrlFiller, dumps, loads
 from loader.errors import EncodingError
 from loader.job import Job
-from loader.redact import Redactor
+from loader.redact import Redactor, is_secret_name
 from loader.state import DeadLetter, NewDeadLetter
 
 log = logging.getLogger("loader")
 
 
 def kept_letters(
-    group: Sequence[tuple[Batch, Rejected]], columns: Sequence[str], redactor: Redactor, url: str
-) -> list[NewDeadLetter]:
+    group: Sequence[tuple[Batch, Rejected]], columns: Sequence[str], redactor: Redactor, url: str,
+    placeholders: Sequence[str] = (),
+) -> list[NewDeadLetter]:  # fmt: skip
     """The dead letters of ``group``'s rejected rows: each row as sent, its rejection,
     the row as read (its omitted columns put back, in the query's ``columns`` order;
     ``None`` when they cannot be encoded) and the URL it went to (the batch's, else
-    ``url``), secrets masked."""
+    ``url``), secrets masked.
+
+    An omitted column with a secret's name (``api_token``, ``password``...) is not kept,
+    unless the URL template needs it (``placeholders``) to send the row again."""
+    columns = [name for name in columns if name in placeholders or not is_secret_name(name)]
     letters = []
     for batch, rejected in group:
         for row, error in rejected:
@@ -59,6 +64,7 @@ def _whole(row: bytes, omitted: bytes, columns: Sequence[str]) -> bytes:
     """``row`` with its ``omitted`` columns put back, in ``columns`` order; fields the
     row has beside its columns (``target.row_id``) follow them."""
     sent, left_out = loads(row), loads(omitted)
+    left_out = {name: value for name, value in left_out.items() if name in columns}
     merged = {name: left_out[name] if name in left_out else sent[name]
               for name in columns if name in left_out or name in sent}  # fmt: skip
     merged.update((name, value) for name, value in sent.items() if name not in merged)
@@ -111,6 +117,7 @@ def row_key(job: Job, letter: DeadLetter) -> str:
     values = loads(letter.full_row if letter.full_row is not None else letter.row)
     if not isinstance(values, dict) or not values:
         return "?"
+    values = masked(values)
     cursor = job.source.cursor
     names: list[str] = []
     if cursor is not None:
@@ -119,3 +126,18 @@ def row_key(job: Job, letter: DeadLetter) -> str:
         names = list(job.target.placeholders)
     names = [name for name in names if name in values] or [next(iter(values))]
     return " ".join(f"{name}={dumps(values[name]).decode()}" for name in names)
+
+
+def masked(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the value of every field named like a secret masked."""
+    return {name: "***" if is_secret_name(name) else value for name, value in values.items()}
+
+
+def shown(letter: DeadLetter, redactor: Redactor) -> str:
+    """``letter``'s row as ``deadletter list`` prints it: as read when it was kept so,
+    fields named like secrets and the job's secrets masked."""
+    row = letter.full_row if letter.full_row is not None else letter.row
+    values = loads(row)
+    text = dumps(masked(values)).decode() if isinstance(values, dict) else row.decode(
+        "utf-8", "replace")  # fmt: skip
+    return redactor.text(text)

@@ -13,6 +13,12 @@ Positions are compared in Python: for a text cursor or key under a collation oth
 the code-point order, a re-cut may end elsewhere than the database's order would say;
 such a batch gets a new key (nothing is skipped: the rows stay in read order and each
 batch's checkpoint is still the end of what it holds).
+
+A re-cut batch checkpoints at its cut's recorded last position only when the stream was
+seen to go past that position and the position's values order in Python as in the
+database (numbers, dates); otherwise, as when the stream ended inside the cut (a
+``--limit``) or the cursor is text, at its own last row, so a checkpoint never claims a
+row that was not sent.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import logging
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from loader.batching import Batch, Chunk
@@ -46,14 +54,17 @@ def recut(
     numbered = _Numbered()
     for cut in pending:
         last = decode_position(cut.last)
-        taken, whole = stream.take_to(last)
+        taken, whole, passed = stream.take_to(last)
         made = list(cutter(taken))
         if not whole:  # positions of another type than recorded: cut the rest as usual
             log.info("the batches in flight no longer compare with their rows; cut anew")
             yield from ((numbered(batch), None) for batch in made)
             break
         if len(made) == 1:
-            yield numbered(replace(made[0], position=last)), cut
+            batch = made[0]
+            if passed and _ordered(last):
+                batch = replace(batch, position=last)
+            yield numbered(batch), cut
             continue
         for batch in made:
             yield numbered(batch), None
@@ -85,25 +96,26 @@ class _Rows:
         self.chunk: Chunk | None = None
         self.offset = 0
 
-    def take_to(self, last: Any) -> tuple[list[Chunk], bool]:
-        """The next rows whose positions are at most ``last``, as chunk slices, and
-        ``True``; ``False`` when a position does not compare with ``last`` (then the
-        rows taken before it)."""
+    def take_to(self, last: Any) -> tuple[list[Chunk], bool, bool]:
+        """The next rows whose positions are at most ``last``, as chunk slices; then
+        ``False`` when a position does not compare with ``last`` (the rows taken before
+        it), else ``True``; then whether a row after ``last`` was seen (``False`` when
+        the stream ended first)."""
         taken: list[Chunk] = []
         while True:
             chunk = self._current()
             if chunk is None:
-                return taken, True
+                return taken, True, False
             size = len(chunk.rows)
             try:
                 end = bisect_right(range(size), last, lo=self.offset, key=chunk.marker)
             except TypeError:
-                return taken, False
+                return taken, False, False
             if end > self.offset:
                 taken.append(_slice(chunk, self.offset, end))
             self.offset = end
             if end < size:
-                return taken, True
+                return taken, True, True
 
     def rest(self) -> Iterator[Chunk]:
         """The rows not taken yet."""
@@ -120,6 +132,16 @@ class _Rows:
             if self.chunk is None:
                 return None
         return self.chunk
+
+
+#: Types whose Python order is the database's order; text collations differ.
+_ORDERED = (int, float, Decimal, datetime, date)
+
+
+def _ordered(position: Any) -> bool:
+    """True when every value of ``position`` orders in Python as in the database."""
+    values = position if isinstance(position, tuple | list) else (position,)
+    return all(isinstance(value, _ORDERED) and not isinstance(value, bool) for value in values)
 
 
 def _slice(chunk: Chunk, start: int, end: int) -> Chunk:

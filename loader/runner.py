@@ -242,7 +242,13 @@ class _Run:
         def commit(group: list[tuple[Batch, Rejected]]) -> None:
             """Record ``group`` (acknowledged, in read order); runs in the pipeline's
             committing thread only, so the counts it writes need no lock."""
-            dead_letters = kept_letters(group, self.columns, self.redactor, self.job.target.url)
+            dead_letters = kept_letters(
+                group,
+                self.columns,
+                self.redactor,
+                self.job.target.url,
+                self.job.target.placeholders,
+            )
             position = group[-1][0].position
             posted = counters.rows_posted + sum(len(b.rows) - len(r) for b, r in group)
             rejected = counters.rows_rejected + sum(len(r) for _, r in group)

@@ -63,7 +63,7 @@ def deadletter_list(
 ) -> None:
     """Show the job's dead letters: which row (its cursor key), the status, the
     endpoint's answer, the URL and the row as read."""
-    from loader.letters import row_key
+    from loader.letters import row_key, shown
 
     with exit_codes(Redactor()):
         job = load(job_file, env_file)
@@ -82,8 +82,7 @@ def deadletter_list(
                 f"{letter.attempts} attempt(s)"
                 + (f", sent to {redactor.url(letter.url)}" if letter.url else "")
             )
-            row = letter.full_row if letter.full_row is not None else letter.row
-            typer.echo(f"  {row.decode('utf-8', 'replace')}")
+            typer.echo(f"  {shown(letter, redactor)}")
         typer.echo(
             f"{job.name}: {total} dead letters" + (f", {limit} shown" if total > limit else "")
         )

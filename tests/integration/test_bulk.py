@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from loader import build_job, open_state, run_job
+from loader.delivery import Counters, Delivery, framing_for, open_sink
 from loader.errors import RejectedError, RetriesExhaustedError, SinkError
 from tests.integration.conftest import Schema, make_job
 from tests.support.contracts import DatasetteInsert, ElasticsearchBulk
@@ -361,3 +363,55 @@ def test_a_refused_result_fails_the_run_under_on_reject_fail(
     with pytest.raises(RejectedError, match="refused row 1 of the request: .*bad price") as caught:
         run_job(build_job(spec))
     assert caught.value.result is not None and caught.value.result.rows_posted == 0
+
+
+class ScopeRecorder(Delivery):
+    """A delivery that notes the scope of every request it sends (its key's source)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.scopes: list[str] = []
+
+    def attempt(self, body: bytes, scope: str, *args: Any) -> Any:
+        self.scopes.append(scope)
+        return super().attempt(body, scope, *args)
+
+
+def _scopes_of(schema: Schema, learn_first: bool) -> list[str]:
+    """The scopes batch "B" (8 rows, its second row already stored) is sent under by a
+    Datasette that takes 4 rows a request; after a first batch taught the size, or not."""
+    server = DatasetteInsert("dstok_0123", max_rows=4, unique="id")
+    server.rows.append({"id": 102})
+    server.start()
+    try:
+        job = build_job(make_job(schema, server.url + "/shop/products/-/insert", "SELECT 1",
+                                 target={"envelope": "rows", "headers": {
+                                     "Authorization": "Bearer dstok_0123"}},
+                                 max_rejected=10))  # fmt: skip
+        frame, redactor = framing_for(job), job.redactor()
+        with open_sink(job, redactor, frame, None) as sink:
+            delivery = ScopeRecorder(job, sink, frame, Counters(), redactor, None)
+            stop = threading.Event()
+            if learn_first:
+                rows = [json.dumps({"id": n}).encode() for n in range(1, 9)]
+                assert delivery.send(rows, frame.body(rows), "A", stop) == []
+                assert delivery.splits.size == 4
+            rows = [json.dumps({"id": n}).encode() for n in range(101, 109)]
+            rejected = delivery.send(rows, frame.body(rows), "B", stop)
+    finally:
+        server.stop()
+    assert [json.loads(row) for row, _ in rejected] == [{"id": 102}]
+    assert sorted(row["id"] for row in server.rows if row["id"] > 100) == [
+        101, 102, 103, 104, 105, 106, 107, 108]  # fmt: skip
+    return [scope for scope in delivery.scopes if scope.startswith("B")]
+
+
+def test_a_batch_split_up_front_keeps_the_keys_bisection_gives(schema: Schema) -> None:
+    """A batch split before sending (the run learned the endpoint takes 4 rows) whose
+    part holds a refused row is bisected on under the keys a batch bisected from the
+    start gets: a later run re-sending it, which has not learned the size, reuses them."""
+    ahead = _scopes_of(schema, learn_first=True)
+    fresh = _scopes_of(schema, learn_first=False)
+
+    assert ahead == ["B/0+4", "B/0+2", "B/0+1", "B/1+1", "B/2+2", "B/4+4"]
+    assert fresh == ["B", *ahead]

@@ -397,3 +397,31 @@ def test_kinto_records_refused_by_the_schema_are_listed_and_replayed(
     assert sorted(stored) == [f"product-{n}" for n in range(1, 6)]
     assert (stored["product-2"]["name"], stored["product-2"]["price"]) == ("p2", -1)
     assert "0 dead letters" in loader_cli(tmp_path, "deadletter", "list", str(path)).stdout
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["fast-path", "generic-path"])
+def test_an_omitted_secret_column_is_not_kept_and_list_masks_secret_fields(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, isolated_state: str, generic: bool
+) -> None:
+    """A column named like a secret and left out of the body is not kept in the state
+    store (no replay needs it: the URL does not name it); one that is sent (``password``)
+    is kept as sent, and ``deadletter list`` masks it."""
+    query = products(schema, [5, -1]).replace(
+        "SELECT id,", "SELECT 'tok-4f9a1c' AS api_token, 'pw-77e2' AS password, id,"
+    )
+    if generic:
+        query = query.replace(" FROM ", ", ARRAY[now()] AS forces_generic FROM ")
+    endpoint.reject_when(lambda body: b'"price":-' in body, (422, {}, b"price must be >= 0"))
+    job = make_job(schema, endpoint.url + "/items", query,
+                   target={"omit": ["api_token"] + (["forces_generic"] if generic else [])},
+                   source={"cursor": {"column": "updated_at", "key": "id"}})  # fmt: skip
+    path = job_file(tmp_path, job)
+    assert loader_cli(tmp_path, "run", str(path)).returncode == 6
+
+    (letter,) = open_state(isolated_state).dead_letters("test_job", 10)
+    assert letter.full_row is not None and b"tok-4f9a1c" not in letter.full_row
+    assert json.loads(letter.full_row)["id"] == 2
+    listed = loader_cli(tmp_path, "deadletter", "list", str(path))
+    assert listed.returncode == 0, listed.stderr
+    assert "updated_at=2 id=2" in listed.stdout and '"password":"***"' in listed.stdout
+    assert "tok-4f9a1c" not in listed.stdout and "pw-77e2" not in listed.stdout

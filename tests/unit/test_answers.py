@@ -152,3 +152,11 @@ def test_a_split_is_said_once_and_the_smallest_size_kept(caplog: pytest.LogCaptu
         "api.example.com refused 150-row requests (400: Too many rows); split to 75: set "
         "batch.size to at most 75"
     ]
+
+
+def test_a_row_listed_twice_in_item_errors_is_refused_once() -> None:
+    """Two errors for one row make one rejection (one dead letter, one count)."""
+    answer = {"errors": [{"index": 1, "why": "a"}, {"index": 1, "why": "b"}, {"index": 0}]}
+    refused = item_errors(answer, ItemErrors(path="errors"), 2, 200, text)
+    assert [error.index for error in refused] == [1, 0]
+    assert '"a"' in refused[0].message and '"b"' not in refused[0].message

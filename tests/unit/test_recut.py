@@ -108,3 +108,28 @@ def test_re_cut_rows_keep_their_omitted_columns() -> None:
     assert [_rows(b) for b, _ in made] == [[1], [2, 3]]
     omitted = [[b.omitted(i) for i in range(len(b.rows))] for b, _ in made if b.omitted]
     assert omitted == [[b"o1"], [b"o2", b"o3"]]
+
+
+def test_a_stream_that_ends_inside_a_cut_checkpoints_at_its_last_row() -> None:
+    """A --limit (or the table's end) stops the rows inside a recorded cut: the batch
+    ends at its own last row, not at the cut's, so the rows after it are sent later."""
+    pending = [_cut(10, 20, 10)]
+    made = list(recut(_chunks([11, 12, 13], 3), pending, _cutter(10)))
+
+    assert [_rows(b) for b, _ in made] == [[11, 12, 13]]
+    assert made[0][0].position == (13,)
+
+
+def test_text_positions_checkpoint_at_the_batch_own_last_row() -> None:
+    """Under a collation where 'c' sorts between 'B' and 'D', Python's order differs:
+    a re-cut of ('', 'D'] must not claim 'c' and 'D', which it did not hold."""
+    rows = ["A", "B", "c", "D", "E"]
+    chunks = [Chunk([r.encode() for r in rows], lambda i: (rows[i],))]
+    pending = [Cut(0, "job", "run", "scope:start", "start", encode_position(("D",)), 4,
+                   "k", 0.0)]  # fmt: skip
+    made = list(recut(chunks, pending, _cutter(10)))
+
+    held = [row for batch, _ in made for row in batch.rows]
+    assert held == [r.encode() for r in rows]
+    first = made[0][0]
+    assert first.position == (first.rows[-1].decode(),)

@@ -16,14 +16,21 @@ class DatasetteInsert(ContractServer):
     false, "errors": ["Too many rows, maximum allowed is 100"]}`` for the whole
     request; a body over ``max_body`` bytes (a proxy's limit, when given) is ``413``; a
     row that is not an object, or a body without rows, is ``400``; a wrong token is
-    ``403``. Success is ``201 {"ok": true}``. :attr:`rows` holds the rows inserted.
+    ``403``. With ``unique`` (a column), a row whose value of it is already stored, as
+    a primary key would, refuses the whole request: ``400 {"ok": false, "errors":
+    ["UNIQUE constraint failed: ..."]}``. Success is ``201 {"ok": true}``.
+    :attr:`rows` holds the rows inserted.
     """
 
-    def __init__(self, token: str, *, max_rows: int = 100, max_body: int | None = None) -> None:
+    def __init__(
+        self, token: str, *, max_rows: int = 100, max_body: int | None = None,
+        unique: str | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.token = token
         self.max_rows = max_rows
         self.max_body = max_body
+        self.unique = unique
         self.rows: list[dict[str, Any]] = []
 
     def handle(self, request: Request) -> Answer:
@@ -50,6 +57,13 @@ class DatasetteInsert(ContractServer):
             return json_answer(400, {"ok": False, "errors": [message]})
         if not all(isinstance(row, dict) for row in rows):
             return json_answer(400, {"ok": False, "errors": ["Rows must be dictionaries"]})
+        if self.unique is not None:
+            stored = {row.get(self.unique) for row in self.rows}
+            values = [row.get(self.unique) for row in rows]
+            if stored.intersection(values) or len(set(values)) < len(values):
+                self.note(items=len(rows), error="unique")
+                message = f"UNIQUE constraint failed: {parts[1]}.{self.unique}"
+                return json_answer(400, {"ok": False, "errors": [message]})
         self.note(items=len(rows))
         self.rows.extend(rows)
         return json_answer(201, {"ok": True})
