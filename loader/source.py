@@ -102,7 +102,7 @@ def open_stream(
     try:
         connection = connect(engine, where, redactor)
         with closing(connection):
-            described = _start(connection, config, where, redactor)
+            described = _start(connection, config, where, redactor, omit)
             if fast and described is not None and connection.dialect.driver == "psycopg":
                 fast_stream = _open_fast(
                     connection, config, position, decimals, described, where, redactor,
@@ -120,9 +120,8 @@ def open_stream(
         engine.dispose()
 
 
-def _start(
-    connection: Connection, config: jobmodel.Source, where: str, redactor: Redactor
-) -> Described | None:
+def _start(connection: Connection, config: jobmodel.Source, where: str, redactor: Redactor,
+           omit: Sequence[str]) -> Described | None:  # fmt: skip
     """Start the read-only transaction and check the query before it runs: on PostgreSQL,
     what it returns (:class:`Described`, else ``None``); NULL cursor values (``on_null``)."""
     try:
@@ -132,7 +131,7 @@ def _start(
                       f"{driver_message(exc, redactor)}", exc) from exc  # fmt: skip
     described = None
     if connection.dialect.name == "postgresql":
-        described = _describe(connection, config, zone or "UTC", where, redactor)
+        described = _describe(connection, config, zone or "UTC", where, redactor, omit)
     _refuse_nulls(connection, config, where, redactor)
     return described
 
@@ -180,10 +179,9 @@ def _open_generic(
             result.close()
 
 
-def _describe(
-    connection: Connection, config: jobmodel.Source, zone: str, where: str, redactor: Redactor
-) -> Described:
-    """Ask PostgreSQL for the query's columns and types (``LIMIT 0``: nothing runs)."""
+def _describe(connection: Connection, config: jobmodel.Source, zone: str, where: str,
+              redactor: Redactor, omit: Sequence[str]) -> Described:  # fmt: skip
+    """The query's columns and types (``LIMIT 0``); refuse types ``omit`` does not drop."""
     inner = inner_query(config)
     try:
         sql = f"SELECT * FROM (\n{inner}\n) AS s LIMIT 0"
@@ -198,7 +196,7 @@ def _describe(
     _refuse_duplicates(columns)
     cursor_indexes(config, columns)
     types = {column[0]: cast(int, column[1]) for column in description}
-    refuse_types(connection, columns, types, where, redactor)
+    refuse_types(connection, tuple(c for c in columns if c not in omit), types, where, redactor)
     return Described(columns, types, zone)
 
 

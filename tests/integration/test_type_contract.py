@@ -227,6 +227,20 @@ def test_check_reports_a_refused_type_before_any_run(schema: Schema, endpoint: E
     assert "column 'price' is money" in source.detail and "price::numeric" in source.detail
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "generic-path"])
+def test_a_refused_type_left_out_by_omit_does_not_fail_the_run(
+    schema: Schema, endpoint: Endpoint, fast: bool
+) -> None:
+    """A money or composite column the job never sends (``target.omit``) is not refused:
+    the rows go out without it."""
+    query = "SELECT 1 AS id, 12.5::money AS price, ROW(1, 'a') AS pair"
+    job = build_job(make_job(schema, endpoint.url, query, target={"omit": ["price", "pair"]}))
+
+    result = run_job(job, database_json=fast)
+
+    assert result.status == "succeeded" and endpoint.rows() == [{"id": 1}]
+
+
 # Types from extensions, installed for the test; {ns} is the schema that holds them.
 EXTENSIONS: list[tuple[str, str | Fails]] = [
     ("'Ab'::{ns}.citext", '"Ab"'),
