@@ -33,7 +33,14 @@ from loader.errors import (
     TooManyRejectionsError,
 )
 from loader.job import Batch, Cursor, Envelope, Job, Retry, Source, Target
-from loader.jobfile import build_job, environment, find_job_files, load_job, parse_job
+from loader.jobfile import (
+    build_job,
+    environment,
+    find_job_files,
+    load_job,
+    parse_job,
+    resolve_job_file,
+)
 from loader.logs import RUN_ID
 from loader.monitor import cursor_lag
 from loader.monitor import flush as flush_notifications
@@ -106,6 +113,7 @@ __all__ = [
     "open_state",
     "parse_job",
     "queue_url",
+    "resolve_job_file",
     "run_and_record",
     "run_job",
 ]

@@ -73,6 +73,8 @@ MAX_REJECTED: Final = 100
 # Defaults of the ``loader`` command's options.
 #: The job files' directory when a command is given none.
 JOBS_DIR: Final = "jobs"
+#: The variable that moves the jobs directory (where job names are looked up).
+JOBS_DIR_ENV: Final = "LOADER_JOBS_DIR"
 #: The file of variables commands read (``--env-file``); the environment wins.
 ENV_FILE: Final = ".env"
 #: Seconds ``loader worker`` gives running jobs to checkpoint and end after SIGTERM.

@@ -124,6 +124,52 @@ def find_job_files(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
+def resolve_job_file(ref: str | Path, jobs_dir: str | Path) -> Path:
+    """The job file ``ref`` names: a path (an existing file, or anything with a ``/`` or a
+    ``.yml``/``.yaml`` suffix) as given; else a job's name, looked up in ``jobs_dir`` by
+    file stem first, then by the ``name:`` inside each file there.
+
+    Raises :class:`JobConfigError` when the name matches no job (listing the jobs found)
+    or two files (naming both).
+    """
+    path = Path(ref)
+    text = str(ref)
+    if path.exists() or "/" in text or os.sep in text or path.suffix in JOB_FILE_SUFFIXES:
+        return path
+    directory = Path(jobs_dir)
+    files = find_job_files([directory]) if directory.is_dir() else []
+    names = {file: _declared_name(file) for file in files}
+    for matches in (
+        [file for file in files if file.stem == text],
+        [file for file in files if names[file] == text],
+    ):
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            both = " and ".join(map(str, matches))
+            raise JobConfigError(
+                [f"{text}: the job name is ambiguous: {both}; give the file's path instead"]
+            )
+    found = ", ".join(sorted({names[file] or file.stem for file in files})) or "none"
+    raise JobConfigError([
+        f"{text}: no job file or job named {text!r} in {directory}/ (jobs found: {found}); "
+        "give the file's path, or set LOADER_JOBS_DIR to the directory of job files"
+    ])  # fmt: skip
+
+
+def _declared_name(path: Path) -> str | None:
+    """The ``name:`` written in the job file at ``path`` (its stem when it has none);
+    ``None`` when the file cannot be read as YAML."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    name = data.get("name", path.stem)
+    return name if isinstance(name, str) else None
+
+
 def _parse_yaml(
     text: str, filename: str, problems: list[tuple[int, str]]
 ) -> tuple[Any, dict[KeyPath, int]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -101,6 +101,42 @@ app.command()(serve.receive)
 app.command()(serve.demo)
 
 
+#: The options of ``loader`` itself that may also follow the command, and whether each
+#: takes a value.
+GLOBAL_OPTIONS = {"-v": False, "--verbose": False, "--log-format": True}
+
+
+def hoist_global_options(argv: list[str], command: Any) -> list[str]:
+    """``argv`` with the global options written after the command moved before it, so
+    ``loader run JOB -v`` means ``loader -v run JOB``. An option the (sub)command defines
+    under the same name stays with it, and nothing after ``--`` moves."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    moved: list[str] = []
+    kept: list[str] = []
+    current, inside, i = command, False, 0
+    while i < end:
+        token = argv[i]
+        name = token.split("=", 1)[0]
+        commands = getattr(current, "commands", None)
+        if commands is not None and token in commands:
+            current, inside = commands[token], True
+        elif inside and name in GLOBAL_OPTIONS and name not in _options_of(current):
+            takes_value = GLOBAL_OPTIONS[name] and "=" not in token and i + 1 < end
+            moved.extend(argv[i : i + 2] if takes_value else [token])
+            i += 2 if takes_value else 1
+            continue
+        kept.append(token)
+        i += 1
+    return moved + kept + argv[end:]
+
+
+def _options_of(command: Any) -> set[str]:
+    return {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+
+
 def main() -> None:
     """Entry point of the ``loader`` console script."""
-    app()
+    argv = sys.argv[1:]
+    if any(token.split("=", 1)[0] in GLOBAL_OPTIONS for token in argv):
+        argv = hoist_global_options(argv, typer.main.get_command(app))
+    app(args=argv)

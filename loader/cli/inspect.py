@@ -15,12 +15,13 @@ from loader.cli.options import (
     EnvFile,
     JobFile,
     JobPaths,
+    Json,
     exit_codes,
     fail,
     job_roots,
     load,
 )
-from loader.cli.output import console, position, table
+from loader.cli.output import console, history_document, position, print_json, table
 from loader.errors import JobConfigError
 from loader.jobfile import dump_job, environment, find_job_files, job_schema, load_job
 from loader.redact import Redactor, mask_registered
@@ -59,6 +60,7 @@ def history(
     limit: Annotated[int, typer.Option(min=1, help="How many runs to show.")] = (
         defaults.HISTORY_LIMIT
     ),
+    as_json: Json = False,
     env_file: EnvFile = ENV_FILE,
 ) -> None:
     """Show a job's recent runs, newest first."""
@@ -67,6 +69,9 @@ def history(
         store = open_state()
         records = store.history(job.name, limit)
         store.close()
+        if as_json:
+            print_json(history_document(job.name, records, job.redactor()))
+            return
         runs = table("run", "started", "status", "read", "posted", "rejected", "requests",
                      "retries", "splits",
                      "seconds", "cursor from", "cursor to", "error")  # fmt: skip

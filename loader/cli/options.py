@@ -26,7 +26,7 @@ from loader.errors import (
     StateError,
 )
 from loader.job import Job
-from loader.jobfile import environment, load_job
+from loader.jobfile import environment, load_job, resolve_job_file
 from loader.logs import configure_logging
 from loader.redact import Redactor
 from loader.units import parse_duration
@@ -35,11 +35,18 @@ EnvFile = Annotated[
     Path,
     typer.Option("--env-file", help="Read variables from this file; the environment wins."),
 ]
-JobFile = Annotated[Path, typer.Argument(help="The job file (YAML).")]
+JobFile = Annotated[
+    Path,
+    typer.Argument(
+        help=f"The job file (YAML), or a job's name in the jobs directory "
+        f"(${defaults.JOBS_DIR_ENV}, default {defaults.JOBS_DIR}/).",
+    ),
+]
 JobPaths = Annotated[
     list[Path] | None,
     typer.Argument(help=f"Job files or directories (default: {defaults.JOBS_DIR}/)."),
 ]
+Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout, for machines.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 #: The default of every ``--env-file``.
@@ -69,9 +76,16 @@ def job_roots(paths: list[Path] | None) -> list[Path]:
     return list(paths or [Path(defaults.JOBS_DIR)])
 
 
+def resolve(job_file: Path, env_file: Path) -> Path:
+    """The file ``job_file`` names: a path, or a job's name in the jobs directory."""
+    env = environment(env_file)
+    return resolve_job_file(job_file, env.get(defaults.JOBS_DIR_ENV, defaults.JOBS_DIR))
+
+
 def load(job_file: Path, env_file: Path) -> Job:
-    """The job in ``job_file``, its variables from the environment over ``env_file``."""
-    return load_job(job_file, env=environment(env_file))
+    """The job in ``job_file`` (a path or a job's name), its variables from the
+    environment over ``env_file``."""
+    return load_job(resolve(job_file, env_file), env=environment(env_file))
 
 
 def duration(option: str, text: str) -> float:

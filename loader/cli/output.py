@@ -17,9 +17,11 @@ import typer
 
 from loader.redact import Redactor
 from loader.result import Position, RunResult
+from loader.units import when
 
 if TYPE_CHECKING:
     from loader.receiver import Received
+    from loader.state import RunRecord
 
 #: Characters of a body shown (dry-run requests, ``loader receive --body``).
 BODY_CHARS = 4000
@@ -123,3 +125,54 @@ def print_received(received: Received, *, show_body: bool) -> None:
             typer.echo(json.dumps(json.loads(received.body), indent=2)[:BODY_CHARS])
         except ValueError:
             typer.echo(received.body.decode("utf-8", "replace")[:BODY_CHARS])
+
+
+def print_json(document: dict[str, Any]) -> None:
+    """``document`` as one JSON document on stdout, every registered secret masked;
+    datetimes in ISO 8601, other values JSON cannot hold (decimals, UUIDs) as text."""
+    from loader.redact import mask_registered
+
+    typer.echo(mask_registered(json.dumps(document, indent=2, default=_jsonable)))
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def run_document(result: RunResult, redactor: Redactor) -> dict[str, Any]:
+    """``loader run --json``: the summary's counters, the checkpoint's values, the error
+    (masked) and, on a dry run, the requests shown."""
+    return {
+        "job": result.job, "run_id": result.run_id, "status": str(result.status),
+        "duration_seconds": round(result.duration, 3), "rows_read": result.rows_read,
+        "rows_posted": result.rows_posted, "rows_rejected": result.rows_rejected,
+        "requests": result.requests, "retries": result.retries,
+        "throttled": result.throttled, "splits": result.splits,
+        "split_size": result.split_size,
+        "checkpoint": list(result.checkpoint) if result.checkpoint is not None else None,
+        "error": redactor.text(result.error) if result.error else None,
+        "requests_shown": [
+            {"method": r.method, "url": r.url, "headers": dict(r.headers),
+             "body": show_body(r.body, redactor)}
+            for r in result.preview
+        ],
+    }  # fmt: skip
+
+
+def history_document(job: str, records: list[RunRecord], redactor: Redactor) -> dict[str, Any]:
+    """``loader history --json``: the job and its runs, newest first, errors masked."""
+    runs = [
+        {
+            "run_id": r.run_id, "status": r.status, "started_at": when(r.started_at),
+            "ended_at": when(r.ended_at) if r.ended_at else None,
+            "duration_seconds": round(r.ended_at - r.started_at, 3) if r.ended_at else None,
+            "rows_read": r.rows_read, "rows_posted": r.rows_posted,
+            "rows_rejected": r.rows_rejected, "requests": r.requests, "retries": r.retries,
+            "splits": r.splits, "host": r.host, "pid": r.pid,
+            "cursor_from": list(r.cursor_from) if r.cursor_from is not None else None,
+            "cursor_to": list(r.cursor_to) if r.cursor_to is not None else None,
+            "error": redactor.text(r.error) if r.error else None,
+        }
+        for r in records
+    ]  # fmt: skip
+    return {"job": job, "runs": runs}

@@ -9,9 +9,19 @@ from typing import Annotated
 import typer
 
 from loader import defaults
-from loader.cli.options import ENV_FILE, EnvFile, JobFile, duration, exit_codes, fail, load
-from loader.cli.output import print_summary, progress
-from loader.errors import JobConfigError
+from loader.cli.options import (
+    ENV_FILE,
+    EnvFile,
+    JobFile,
+    Json,
+    duration,
+    exit_codes,
+    fail,
+    load,
+    resolve,
+)
+from loader.cli.output import print_json, print_summary, progress, run_document
+from loader.errors import JobConfigError, LoaderError
 from loader.executors import enqueue_once
 from loader.job import Job
 from loader.jobfile import environment
@@ -52,9 +62,11 @@ def run(
     grace: Grace = GRACE,
     target_url: TargetUrl = None,
     enqueue: Enqueue = False,
+    as_json: Json = False,
     env_file: EnvFile = ENV_FILE,
 ) -> None:
-    """Run a job once: stream its rows to its endpoint and print a summary."""
+    """Run a job once: stream its rows to its endpoint and print a summary (with
+    --json, as one JSON document)."""
     with exit_codes(Redactor()):
         job = load(job_file, env_file)
         if target_url is not None:
@@ -70,7 +82,7 @@ def run(
                     f"--enqueue runs the job file as it is on a worker; {', '.join(given)} "
                     "cannot go with it: run here without --enqueue, or edit the file",
                 )
-            _enqueue(job, job_file, env_file)
+            _enqueue(job, resolve(job_file, env_file), env_file)
             return
     redactor = job.redactor()
     with exit_codes(redactor):
@@ -81,9 +93,16 @@ def run(
                     job, limit=limit, dry_run=dry_run, full_refresh=full_refresh, stop=stop,
                     progress=update,
                 )  # fmt: skip
+            except LoaderError as exc:
+                if as_json and exc.result is not None:  # the summary goes to stderr too
+                    print_json(run_document(exc.result, redactor))
+                raise
             finally:
                 flush_notifications(timeout=defaults.NOTIFY_FLUSH_TIMEOUT)
-        print_summary(result, redactor)
+        if as_json:
+            print_json(run_document(result, redactor))
+        else:
+            print_summary(result, redactor)
         _exit_for(result, job_file)
 
 

@@ -3,14 +3,15 @@ dead letters (``loader deadletter``) and the tables themselves (``loader db``)."
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from loader import defaults
-from loader.cli.options import ENV_FILE, EnvFile, JobFile, Yes, exit_codes, fail, load
-from loader.cli.output import position
+from loader.cli.options import ENV_FILE, EnvFile, JobFile, Json, Yes, exit_codes, fail, load
+from loader.cli.output import position, print_json
 from loader.executors import migrate_queue, uses_queue
 from loader.jobfile import environment
 from loader.monitor import flush as flush_notifications
@@ -22,7 +23,7 @@ from loader.units import when
 T = TypeVar("T")
 
 
-def state_show(job_file: JobFile, env_file: EnvFile = ENV_FILE) -> None:
+def state_show(job_file: JobFile, as_json: Json = False, env_file: EnvFile = ENV_FILE) -> None:
     """Print the job's checkpoint and whether it still fits the job."""
     with exit_codes(Redactor()):
         job = load(job_file, env_file)
@@ -30,6 +31,15 @@ def state_show(job_file: JobFile, env_file: EnvFile = ENV_FILE) -> None:
         checkpoint = store.checkpoint(job.name)
         letters = store.dead_letter_count(job.name)
         store.close()
+        if as_json:
+            kept = None if checkpoint is None else {
+                "position": list(checkpoint.position), "saved_at": when(checkpoint.updated_at),
+                "run_id": checkpoint.run_id,
+                "fits_the_job": checkpoint.fingerprint == job.fingerprint(),
+            }  # fmt: skip
+            print_json({"job": job.name, "state_store": store.url, "checkpoint": kept,
+                        "dead_letters": letters})  # fmt: skip
+            return
         typer.echo(f"job:          {job.name}")
         typer.echo(f"state store:  {store.url}")
         if checkpoint is None:
@@ -59,6 +69,7 @@ def deadletter_list(
     limit: Annotated[int, typer.Option(min=1, help="How many to show.")] = (
         defaults.DEAD_LETTER_LIST_LIMIT
     ),
+    as_json: Json = False,
     env_file: EnvFile = ENV_FILE,
 ) -> None:
     """Show the job's dead letters: which row (its cursor key), the status, the
@@ -72,6 +83,15 @@ def deadletter_list(
         total = store.dead_letter_count(job.name)
         store.close()
         redactor = job.redactor()
+        if as_json:
+            print_json({"job": job.name, "total": total, "dead_letters": [
+                {"id": letter.id, "key": row_key(job, letter), "status": letter.status,
+                 "answer": redactor.text(letter.excerpt), "run_id": letter.run_id,
+                 "created_at": when(letter.created_at), "attempts": letter.attempts,
+                 "url": redactor.url(letter.url) if letter.url else None,
+                 "row": _parsed(shown(letter, redactor))}
+                for letter in letters]})  # fmt: skip
+            return
         for letter in letters:
             typer.echo(
                 f"#{letter.id} {row_key(job, letter)}: status {letter.status}: "
@@ -125,6 +145,14 @@ def db_upgrade(env_file: EnvFile = ENV_FILE) -> None:
         if uses_queue(env):
             created = migrate_queue(env)
             typer.echo("queue tables created" if created else "queue tables ready")
+
+
+def _parsed(text: str) -> Any:
+    """``text`` as the JSON value it holds, else as text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _confirmed(yes: bool, question: str, refusal: str, change: Callable[[StateStore], T]) -> T:
