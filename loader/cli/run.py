@@ -82,7 +82,7 @@ def run(
                     f"--enqueue runs the job file as it is on a worker; {', '.join(given)} "
                     "cannot go with it: run here without --enqueue, or edit the file",
                 )
-            _enqueue(job, resolve(job_file, env_file), env_file)
+            _enqueue(job, resolve(job_file, env_file), env_file, as_json=as_json)
             return
     redactor = job.redactor()
     with exit_codes(redactor):
@@ -117,9 +117,11 @@ def _exit_for(result: RunResult, job_file: Path) -> None:
         )
 
 
-def _enqueue(job: Job, job_file: Path, env_file: Path) -> None:
+def _enqueue(job: Job, job_file: Path, env_file: Path, *, as_json: bool) -> None:
     run_id, queued = enqueue_once(job.name, job_file, environment(env_file))
-    if queued:
+    if as_json:
+        print_json({"job": job.name, "run_id": run_id, "queued": queued})
+    elif queued:
         typer.echo(f"queued run {run_id} of {job.name}")
     else:
         typer.echo(f"a run of {job.name} is already waiting in the queue; it will do this one")

@@ -5,6 +5,7 @@ HTTP endpoint. Workers are killed with SIGKILL and stopped with SIGTERM mid-run.
 from __future__ import annotations
 
 import collections
+import json
 import signal
 import subprocess
 import sys
@@ -92,6 +93,10 @@ def test_an_enqueued_run_runs_on_a_worker(
     assert queued.returncode == 0 and "queued run once@" in queued.stdout, queued.stderr
     again = cli("run", "--enqueue", str(path), cwd=tmp_path)
     assert "already waiting in the queue" in again.stdout
+    by_name = cli("run", "once", "--enqueue", "--json", cwd=tmp_path)  # jobs/once.yml
+    document = json.loads(by_name.stdout)
+    assert (document["job"], document["queued"]) == ("once", False), by_name.stderr
+    assert document["run_id"].startswith("once@")
     status = cli("status", "--json", cwd=tmp_path)
     assert '"queued": 1' in status.stdout, status.stdout
 
