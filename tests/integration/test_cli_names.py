@@ -111,3 +111,20 @@ def test_a_name_that_matches_nothing_lists_the_jobs(jobs: Path) -> None:
     assert done.returncode == defaults.EXIT_CONFIG
     assert "no job file or job named 'ordres' in conf/" in done.stderr
     assert "jobs found: orders, other" in done.stderr
+
+
+def test_a_dry_run_shows_its_requests_in_json_secrets_masked(
+    jobs: Path, endpoint: Endpoint
+) -> None:
+    """``run --dry-run --json`` lists the requests it would send, the token masked, and
+    sends nothing."""
+    ran = loader(jobs, "--log-format", "text", "run", "--dry-run", "orders", "--json")
+
+    assert ran.returncode == defaults.EXIT_OK, ran.stderr
+    summary = document(ran)
+    assert summary["status"] == "dry-run" and summary["rows_read"] == 5
+    (request,) = summary["requests_shown"]
+    assert request["method"] == "POST" and request["url"] == endpoint.url
+    assert TOKEN not in request["headers"]["Authorization"]
+    assert json.loads(request["body"])[0] == {"id": 1, "name": "u1"}
+    assert endpoint.requests == []
