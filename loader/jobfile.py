@@ -134,7 +134,7 @@ def resolve_job_file(ref: str | Path, jobs_dir: str | Path) -> Path:
     """
     path = Path(ref)
     text = str(ref)
-    if path.exists() or "/" in text or os.sep in text or path.suffix in JOB_FILE_SUFFIXES:
+    if path.is_file() or "/" in text or os.sep in text or path.suffix in JOB_FILE_SUFFIXES:
         return path
     directory = Path(jobs_dir)
     files = find_job_files([directory]) if directory.is_dir() else []

@@ -38,6 +38,7 @@ EnvFile = Annotated[
 JobFile = Annotated[
     Path,
     typer.Argument(
+        metavar="JOB",
         help=f"The job file (YAML), or a job's name in the jobs directory "
         f"(${defaults.JOBS_DIR_ENV}, default {defaults.JOBS_DIR}/).",
     ),
