@@ -102,6 +102,10 @@ def test_a_failed_run_prints_its_summary_as_json(jobs: Path, endpoint: Endpoint)
     summary = document(ran)
     assert summary["status"] == "failed" and summary["rows_posted"] == 0
     assert summary["error"] and TOKEN not in ran.stdout + ran.stderr
+    (run,) = document(loader(jobs, "history", "--json", "orders"))["runs"]
+    assert (run["run_id"], run["status"], run["error"]) == (
+        summary["run_id"], "failed", summary["error"]
+    )  # fmt: skip
 
 
 def test_a_name_that_matches_nothing_lists_the_jobs(jobs: Path) -> None:
