@@ -69,6 +69,12 @@ class Schedule:
             if seconds < 1:
                 raise ValueError(f"an interval must be 1s or more, got {self.text!r}")
             object.__setattr__(self, "interval", seconds)
+        elif not self.text.strip().startswith("@") and len(self.text.split()) != 5:
+            raise ValueError(
+                f"a cron expression has five fields (minute hour day month weekday), "
+                f"got {len(self.text.split())} in {self.text!r}; for seconds write an "
+                f"interval such as 'every 5s'"
+            )
         elif not _croniter().is_valid(self.text):
             raise ValueError(
                 f"expected a cron expression such as '*/15 * * * *', an alias such as "

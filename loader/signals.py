@@ -56,11 +56,6 @@ def clock_signals(stop: threading.Event, reload: threading.Event, grace: float) 
     signal.signal(signal.SIGHUP, lambda _signum, _frame: reload.set())
 
 
-def capped_grace(seconds: float) -> float:
-    """``seconds``, at most :data:`loader.defaults.MAX_CLOCK_GRACE`."""
-    return min(seconds, defaults.MAX_CLOCK_GRACE)
-
-
 def _exit_after(seconds: float) -> None:
     timer = threading.Timer(seconds, os._exit, args=(defaults.EXIT_INTERRUPTED,))
     timer.daemon = True

@@ -28,7 +28,7 @@ from loader.executors import choose_executor, open_enqueue
 from loader.jobfile import environment, find_job_files, load_job
 from loader.outcome import run_job
 from loader.redact import Redactor
-from loader.signals import capped_grace, clock_signals
+from loader.signals import clock_signals
 from loader.state import open_state
 from loader.units import format_duration
 
@@ -59,6 +59,18 @@ Migrate = Annotated[
     bool, typer.Option("--migrate", help="Create the queue's tables first if missing.")
 ]
 
+def _grace(text: str) -> float:
+    """``--grace`` in seconds; refused above the cap rather than silently shortened."""
+    seconds = duration("--grace", text)
+    if seconds > defaults.MAX_CLOCK_GRACE:
+        fail(
+            defaults.EXIT_CONFIG,
+            f"--grace {text}: at most {defaults.MAX_CLOCK_GRACE:.0f}s, because Heroku "
+            "kills a dyno 30 s after SIGTERM; the rest is left for the exit itself",
+        )
+    return seconds
+
+
 #: The defaults of ``--grace`` and ``--stalled-after``, as written on the command line.
 CLOCK_GRACE = format_duration(defaults.CLOCK_GRACE)
 WORKER_GRACE = format_duration(defaults.WORKER_GRACE)
@@ -79,12 +91,12 @@ def clock(
 
     log_progress_to_stdout()
     with exit_codes(Redactor()):
-        grace_seconds = duration("--grace", grace)
+        grace_seconds = _grace(grace)
         env = environment(env_file)
         roots = job_roots(paths)
+        _refuse_missing_job_files(roots)
         if strict:
             _refuse_bad_job_files(roots, env)
-        grace_seconds = capped_grace(grace_seconds)
         try:
             executor = choose_executor(executor, env)
         except ValueError as exc:
@@ -101,6 +113,16 @@ def clock(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(defaults.EXIT_OK)
+
+
+def _refuse_missing_job_files(roots: list[Path]) -> None:
+    """A clock with nothing to run is a typo in its command line: refuse to start."""
+    missing = [root for root in roots if not root.exists()]
+    if missing:
+        fail(defaults.EXIT_CONFIG, f"no such job file or directory: {', '.join(map(str, missing))}")
+    if not find_job_files(roots):
+        named = ", ".join(map(str, roots))
+        fail(defaults.EXIT_CONFIG, f"no job files (*.yml, *.yaml) in {named}: nothing to schedule")
 
 
 def _refuse_bad_job_files(roots: list[Path], env: dict[str, str]) -> None:
@@ -137,7 +159,7 @@ def worker(
     with exit_codes(Redactor()):
         env = environment(env_file)
         stalled = duration("--stalled-after", stalled_after)
-        grace_seconds = capped_grace(duration("--grace", grace))
+        grace_seconds = _grace(grace)
         stop, reload = threading.Event(), threading.Event()
         clock_signals(stop, reload, grace_seconds)
         store = open_state()

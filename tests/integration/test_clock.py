@@ -220,12 +220,40 @@ def test_a_bad_job_file_is_reported_and_the_rest_run(
     assert strict.returncode == 2 and "not starting" in strict.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nosuchdir/"], "no such job file or directory: nosuchdir"),
+        (["empty"], "no job files (*.yml, *.yaml) in empty: nothing to schedule"),
+        (["empty", "--strict"], "no job files (*.yml, *.yaml) in empty: nothing to schedule"),
+        (["empty", "--grace", "60s"], "--grace 60s: at most 25s, because Heroku kills"),
+    ],
+)
+def test_a_clock_that_would_idle_or_be_killed_refuses_to_start(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """A typo in the Procfile, or a grace Heroku would cut short, stops the clock at
+    start (exit 2) instead of idling forever or shortening the grace silently."""
+    (tmp_path / "empty").mkdir()
+    if "--grace" in args:
+        (tmp_path / "empty" / "noop.yml").write_text("name: noop\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "loader", "clock", *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_sighup_reloads_job_files(
     tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str
 ) -> None:
     """A job added while the clock runs is scheduled after SIGHUP, without a restart."""
     query = events_table(schema, 2)
-    (tmp_path / "jobs").mkdir()
+    # A job that sends nothing: a clock with no job files at all refuses to start.
+    idle = scheduled(schema, endpoint, f"{query} WHERE false", schedule="@yearly")
+    write_job(tmp_path / "jobs", "idle", idle)
     clock = start_clock(tmp_path)
     time.sleep(0.8)
     write_job(tmp_path / "jobs", "late", scheduled(schema, endpoint, query))

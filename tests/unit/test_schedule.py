@@ -103,6 +103,9 @@ def test_latest_slot_at_or_before() -> None:
         ("every day", "UTC", "expected a duration"),
         ("61 * * * *", "UTC", "expected a cron expression"),
         ("@fortnightly", "UTC", "expected a cron expression"),
+        ("*/5 * * * * *", "UTC", "five fields .* got 6 .* 'every 5s'"),
+        ("0 */5 * * * *", "UTC", "five fields .* got 6"),
+        ("* * * *", "UTC", "five fields .* got 4"),
         ("@daily", "Mars/Base", "unknown time zone 'Mars/Base'"),
     ],
 )
