@@ -59,6 +59,7 @@ Migrate = Annotated[
     bool, typer.Option("--migrate", help="Create the queue's tables first if missing.")
 ]
 
+
 def _grace(text: str) -> float:
     """``--grace`` in seconds; refused above the cap rather than silently shortened."""
     seconds = duration("--grace", text)
