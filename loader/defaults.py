@@ -113,3 +113,6 @@ EXIT_REJECTED_ROWS: Final = 6
 EXIT_STATE: Final = 7
 #: Stopped by SIGINT or SIGTERM; the checkpoint holds what was acknowledged.
 EXIT_INTERRUPTED: Final = 130
+#: The reader of the output went away (``loader ... | head``): ended quietly, as a
+#: Unix tool killed by SIGPIPE (128 + 13).
+EXIT_CLOSED_PIPE: Final = 141

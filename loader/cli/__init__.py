@@ -20,7 +20,7 @@ import typer
 from loader import defaults
 from loader._version import __version__
 from loader.cli import inspect, run, scaffold, serve, store
-from loader.cli.options import log_to, set_log_format
+from loader.cli.options import log_to, quiet_stdout, set_log_format
 from loader.logs import LOG_FORMATS
 
 app = typer.Typer(
@@ -42,11 +42,11 @@ EXIT_CODES_HELP = (
     f"{defaults.EXIT_SOURCE} database failed, {defaults.EXIT_DELIVERY} delivery failed, "
     f"{defaults.EXIT_LOCKED} locked, {defaults.EXIT_REJECTED_ROWS} done with rejected rows, "
     f"{defaults.EXIT_STATE} state store failed, {defaults.EXIT_INTERRUPTED} interrupted, "
-    f"{defaults.EXIT_INTERNAL} internal error."
+    f"{defaults.EXIT_CLOSED_PIPE} output closed (| head), {defaults.EXIT_INTERNAL} internal error."
 )
 CLOCK_EXIT_CODES_HELP = (
     f"Exit codes: {defaults.EXIT_OK} stopped by a signal, "
-    f"{defaults.EXIT_CONFIG} bad job files with --strict."
+    f"{defaults.EXIT_CONFIG} no job files, a bad option, or bad job files with --strict."
 )
 WORKER_EXIT_CODES_HELP = (
     f"Exit codes: {defaults.EXIT_OK} stopped by a signal, {defaults.EXIT_CONFIG} bad "
@@ -139,4 +139,8 @@ def main() -> None:
     argv = sys.argv[1:]
     if any(token.split("=", 1)[0] in GLOBAL_OPTIONS for token in argv):
         argv = hoist_global_options(argv, typer.main.get_command(app))
-    app(args=argv)
+    try:
+        app(args=argv)
+    except BrokenPipeError:
+        quiet_stdout()
+        sys.exit(defaults.EXIT_CLOSED_PIPE)

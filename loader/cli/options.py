@@ -4,6 +4,7 @@ errors into a message on stderr and the documented exit code (:mod:`loader.defau
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -114,9 +115,24 @@ def exit_codes(redactor: Redactor) -> Iterator[None]:
         fail(exit_code(exc), redactor.text(str(exc)))
     except KeyboardInterrupt:
         fail(defaults.EXIT_INTERRUPTED, "interrupted")
+    except BrokenPipeError:
+        quiet_stdout()
+        raise typer.Exit(defaults.EXIT_CLOSED_PIPE) from None
     except Exception:  # the last line of defence: never print a secret
         typer.echo(redactor.text(traceback.format_exc()), err=True)
         fail(defaults.EXIT_INTERNAL, "internal error (the traceback above); please report it")
+
+
+def quiet_stdout() -> None:
+    """Before ending quietly when the reader of stdout went away (``loader ... | head``): stdout now
+    writes to /dev/null, so the flush at interpreter exit raises nothing more."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (a test's capture)
+        pass
+    finally:
+        os.close(devnull)
 
 
 def exit_code(exc: LoaderError) -> int:

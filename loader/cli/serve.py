@@ -184,7 +184,14 @@ def receive(
     """Serve a local endpoint that accepts every request and prints what arrives."""
     from loader.receiver import Receiver
 
-    receiver = Receiver(host, port, on_request=lambda r: print_received(r, show_body=body))
+    try:
+        receiver = Receiver(host, port, on_request=lambda r: print_received(r, show_body=body))
+    except OSError as exc:
+        fail(
+            defaults.EXIT_CONFIG,
+            f"cannot listen on {host}:{port} ({exc.strerror}); "
+            "is another receiver running? choose another with --port",
+        )
     typer.echo(f"listening on {receiver.url} (Ctrl-C to stop)")
     try:
         receiver.serve_forever()

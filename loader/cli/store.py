@@ -158,10 +158,22 @@ def _parsed(text: str) -> Any:
 def _confirmed(yes: bool, question: str, refusal: str, change: Callable[[StateStore], T]) -> T:
     """Ask ``question`` (unless ``yes``), then make ``change`` to the state store; a "no"
     exits with the config code and ``refusal``."""
-    if not yes and not typer.confirm(question):
+    if not yes and not _answer(question):
         fail(defaults.EXIT_CONFIG, refusal)
     store = open_state()
     try:
         return change(store)
     finally:
         store.close()
+
+
+def _answer(question: str) -> bool:
+    """The user's answer to ``question``; without one (stdin at its end, as from a script
+    or /dev/null) an error asking for ``--yes``."""
+    try:
+        return typer.confirm(question)
+    except typer.Abort:
+        typer.echo("", err=True)
+        fail(
+            defaults.EXIT_CONFIG, "no answer to confirm with (stdin is not a terminal); pass --yes"
+        )
