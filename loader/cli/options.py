@@ -32,9 +32,22 @@ from loader.logs import configure_logging
 from loader.redact import Redactor
 from loader.units import parse_duration
 
+
+def _existing_env_file(path: Path) -> Path:
+    """``--env-file``: the default ``.env`` may be absent; a file named on the command
+    line must exist (a typo would otherwise drop every variable in it silently)."""
+    if path != Path(defaults.ENV_FILE) and not path.is_file():
+        raise typer.BadParameter(f"{path}: no such file")
+    return path
+
+
 EnvFile = Annotated[
     Path,
-    typer.Option("--env-file", help="Read variables from this file; the environment wins."),
+    typer.Option(
+        "--env-file",
+        help="Read variables from this file; the environment wins.",
+        callback=_existing_env_file,
+    ),
 ]
 JobFile = Annotated[
     Path,

@@ -94,3 +94,21 @@ def test_receive_on_a_busy_port_names_the_port_and_the_flag(tmp_path: Path) -> N
     assert done.returncode == defaults.EXIT_CONFIG, done.stderr
     assert f"127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_env_file_named_but_missing_is_an_error(tmp_path: Path) -> None:
+    """``--env-file nope.env`` exits 2 naming it; the default ``.env`` may be absent."""
+    (tmp_path / "job.yml").write_text(
+        "source: {url: 'sqlite://', query: 'SELECT 1 AS id'}\ntarget: {url: 'http://127.0.0.1:9/'}\n"
+    )
+
+    def validate(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "loader", "validate", "job.yml", *args],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    missing = validate("--env-file", "nope.env")
+    assert missing.returncode == defaults.EXIT_CONFIG
+    assert "nope.env: no such file" in missing.stderr
+    assert validate().returncode == defaults.EXIT_OK
