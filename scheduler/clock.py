@@ -125,7 +125,16 @@ class Clock:
         stop = self._signal = stop or self._stop
         reload = reload or self._reload
         if self.metrics_port is not None:
-            self._server = MetricsServer(self.metrics, self.health, self.metrics_port)
+            try:
+                self._server = MetricsServer(self.metrics, self.health, self.metrics_port)
+            except OSError as exc:
+                raise JobConfigError(
+                    [
+                        f"cannot serve /metrics and /healthz on port {self.metrics_port} "
+                        f"({exc.strerror}): another process holds it; choose a free one "
+                        "with --port (or $PORT)"
+                    ]
+                ) from exc
             log.info("serving /metrics and /healthz on port %d", self._server.port)
         self.load(catch_up=True)
         next_poll = self.now() + self.reload_poll

@@ -112,3 +112,23 @@ def test_an_env_file_named_but_missing_is_an_error(tmp_path: Path) -> None:
     assert missing.returncode == defaults.EXIT_CONFIG
     assert "nope.env: no such file" in missing.stderr
     assert validate().returncode == defaults.EXIT_OK
+
+
+def test_a_clock_on_a_busy_port_names_the_port_and_the_flag(
+    tmp_path: Path, schema: Schema, pg_state: str
+) -> None:
+    """The clock's /metrics and /healthz port already taken: exit 2 naming it, --port
+    and $PORT, before any job runs."""
+    write_job(tmp_path, schema, 1)
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "loader", "clock", "job.yml"],
+            cwd=tmp_path, env={**os.environ, "PORT": str(port)},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == defaults.EXIT_CONFIG, done.stdout + done.stderr
+    assert f"port {port}" in done.stderr and "--port (or $PORT)" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
