@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import sys
 from datetime import datetime
 from typing import TextIO
 
@@ -50,11 +51,22 @@ class LogFormatter(logging.Formatter):
         return mask_registered(text)
 
 
+class _StreamHandler(logging.StreamHandler[TextIO]):
+    """A stream handler for which a reader gone away (``loader clock | head``) is not
+    an error: the line is dropped, without logging's "--- Logging error ---" traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        """Drop ``record`` quietly if the stream's pipe is closed; else as logging does."""
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            return
+        super().handleError(record)
+
+
 def configure_logging(level: int, stream: TextIO, log_format: str = "auto") -> None:
     """Send every log record at ``level`` or above to ``stream``, replacing any handler
     set before. ``log_format`` is one of :data:`LOG_FORMATS`."""
     as_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
-    handler = logging.StreamHandler(stream)
+    handler = _StreamHandler(stream)
     handler.setFormatter(LogFormatter(as_json))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     quiet_libraries()
