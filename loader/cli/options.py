@@ -87,8 +87,9 @@ def log_progress_to_stdout() -> None:
 
 
 def job_roots(paths: list[Path] | None) -> list[Path]:
-    """The given job files and directories, else the jobs directory."""
-    return list(paths or [Path(defaults.JOBS_DIR)])
+    """The given job files and directories, else the jobs directory (``LOADER_JOBS_DIR``,
+    else ``jobs/``)."""
+    return list(paths or [Path(os.environ.get(defaults.JOBS_DIR_ENV) or defaults.JOBS_DIR)])
 
 
 def resolve(job_file: Path, env_file: Path) -> Path:

@@ -132,3 +132,19 @@ def test_a_dry_run_shows_its_requests_in_json_secrets_masked(
     assert TOKEN not in request["headers"]["Authorization"]
     assert json.loads(request["body"])[0] == {"id": 1, "name": "u1"}
     assert endpoint.requests == []
+
+
+def test_status_reads_the_jobs_directory_from_loader_jobs_dir(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint
+) -> None:
+    """Without paths, ``status`` (like the clock and workers) looks in LOADER_JOBS_DIR."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "nightly.yml").write_text(
+        f"name: orders\nsource:\n  url: {schema.url}\n  query: SELECT 1 AS id\n"
+        f"target:\n  url: {endpoint.url}\n"
+    )
+
+    done = loader(tmp_path, "status", "--json")
+
+    assert done.returncode == 0, done.stderr
+    assert "orders" in done.stdout
