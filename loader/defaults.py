@@ -22,6 +22,8 @@ RETRY_MAX_RETRY_AFTER: Final = 300.0
 STATEMENT_TIMEOUT: Final = 300.0
 #: Requests in flight at once (``concurrency:``).
 CONCURRENCY: Final = 4
+#: Diff syncs: the most vanished keys a run deletes (a count, or a % of the keys known).
+DIFF_MAX_DELETES: Final = "10%"
 #: Rows fetched from the database per round trip.
 FETCH_SIZE: Final = 5000
 #: Characters of a response body kept in errors.

@@ -27,6 +27,7 @@ from sqlparse import tokens as sqltokens
 from sqlparse.lexer import Lexer
 
 from loader import defaults
+from loader.diffconfig import Deletes, Diff
 from loader.fields import Duration, FrozenModel, Scalar, Size, url_placeholders
 from loader.jobsecrets import job_redactor, job_secrets
 from loader.redact import MASK, Redactor, mask_url
@@ -39,6 +40,8 @@ __all__ = [
     "BasicAuth",
     "Batch",
     "Cursor",
+    "Deletes",
+    "Diff",
     "Duration",
     "Envelope",
     "ItemErrors",
@@ -166,10 +169,22 @@ class Source(FrozenModel):
     partition: Partition | None = Field(
         default=None, description="Split the load into key ranges run side by side."
     )
+    diff: Diff | None = Field(
+        default=None, description="Send only new and changed rows (by key), and deletions."
+    )
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
             yield name, mask_url(value) if name == "url" else value
+
+    @model_validator(mode="after")
+    def _diff_or_cursor(self) -> Source:
+        if self.diff is not None and self.cursor is not None:
+            raise ValueError(
+                "source.diff and source.cursor are exclusive: a cursor sends rows after a "
+                "position, a diff compares every row with what was sent; keep one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _params_match_query(self) -> Source:
