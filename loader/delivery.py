@@ -66,6 +66,8 @@ class Counters:
     split_size: int | None = None
     checkpoint: Position | None = None
     preview: list[Request] = field(default_factory=list)
+    rows_unchanged: int = 0
+    rows_deleted: int = 0
 
 
 def framing_for(job: Job) -> Framing:

@@ -79,6 +79,10 @@ class RunResult:
     checkpoint: Position | None = None
     error: str | None = None
     preview: tuple[Request, ...] = ()
+    #: Diff syncs: rows read but not sent (acknowledged before, unchanged), and keys
+    #: whose delete was acknowledged (would be, on a dry run).
+    rows_unchanged: int = 0
+    rows_deleted: int = 0
 
     @property
     def ok(self) -> bool:
@@ -119,4 +123,6 @@ def combine(job: str, run_id: str, results: Sequence[RunResult], duration: float
         split_size=min((r.split_size for r in results if r.split_size), default=None),
         error=errors[0] if errors else None,
         preview=tuple(p for r in results for p in r.preview), checkpoint=checkpoint,
+        rows_unchanged=sum(r.rows_unchanged for r in results),
+        rows_deleted=sum(r.rows_deleted for r in results),
     )  # fmt: skip

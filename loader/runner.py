@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from loader.batching import Batch, Chunk, batches, singles
 from loader.delivery import Counters, Delivery, Rejected, framing_for, open_sink
+from loader.diff import Differ, check_keys
 from loader.errors import LoaderError, StateError
 from loader.job import Job
 from loader.journal import Journal
@@ -28,8 +29,9 @@ from loader.result import Position, RunResult, Status
 from loader.resume import deliver_resuming
 from loader.rows import encoded_chunks
 from loader.sink import Sink, idempotency_key
-from loader.source import open_stream
+from loader.source import RowStream, open_stream
 from loader.state import Cut, Lease, StateStore, encode_position
+from loader.vanished import send_deletes, would_delete
 
 log = logging.getLogger("loader")
 
@@ -68,6 +70,9 @@ class _Run:
         self.pending: list[Cut] = []  # batches a crashed run left in flight, to re-cut
         self.cuts: dict[int, int] = {}  # the recorded cut of each batch in flight, by seq
         self.columns: tuple[str, ...] = ()
+        self.differ: Differ | None = None  # a diff sync's, for the stream being read
+        self.generation: int | None = None  # a diff sync's mark of the keys it saw
+        self.known = 0  # a diff sync's keys tracked when the run started
 
     def result(self, status: Status, error: str | None = None) -> RunResult:
         """The result so far, with ``status``."""
@@ -79,6 +84,7 @@ class _Run:
             throttled=c.throttled, in_flight=c.in_flight, checkpoint=c.checkpoint,
             splits=c.splits, split_size=c.split_size,
             error=error, preview=tuple(c.preview),
+            rows_unchanged=c.rows_unchanged, rows_deleted=c.rows_deleted,
         )  # fmt: skip
 
     def failed(self, exc: LoaderError) -> RunResult:
@@ -92,7 +98,12 @@ class _Run:
             position = self.start_position()
             log.info("dry run %s of %s from %s", self.run_id, self.job.name, position)
             try:
-                return self.result(self.deliver(None, position))
+                self.start_diff(None)
+                status = self.deliver(None, position)
+                if self.differ is not None and not self.options.limit:
+                    self.counters.rows_deleted = would_delete(self.job, self.known,
+                                                              self.differ.matched)  # fmt: skip
+                return self.result(status)
             except LoaderError as exc:
                 self.failed(exc)
                 raise
@@ -118,10 +129,12 @@ class _Run:
             self.journal.began(position)
             self.pending = self.in_flight(lease, position)
             log.info("run %s of %s started after %s", self.run_id, self.job.name, position)
+            self.start_diff(lease)
             status = deliver_resuming(
                 self.job, self.counters, self.options, lambda after: self.deliver(lease, after),
                 position, resumable=self.job.source.cursor is not None,
             )  # fmt: skip
+            status = self.deletes(lease, status)
             keeper.check()
         except LoaderError as exc:
             self.journal.ended(self.failed(exc), exc, cursor=True)
@@ -129,6 +142,25 @@ class _Run:
         result = self.result(status)
         self.journal.ended(result, cursor=True)
         return result
+
+    def start_diff(self, lease: Lease | None) -> None:
+        """For a diff sync: refuse NULL or repeated keys before anything is sent, count
+        the keys tracked and (with ``lease``) take a generation to mark those seen."""
+        if self.job.source.diff is None:
+            return
+        check_keys(self.job.source, self.redactor)
+        self.known = self.store.fingerprint_count(self.job.name)
+        if lease is not None:
+            self.generation = self.store.next_generation(self.job.name)
+
+    def deletes(self, lease: Lease, status: Status) -> Status:
+        """A diff sync's deletes, once every row was read and acknowledged (not after
+        an interrupted or ``--limit`` run): see :mod:`loader.vanished`."""
+        if self.generation is None or status is Status.INTERRUPTED or self.options.limit:
+            return status
+        interrupted = send_deletes(self.job, self.store, lease, self.run_id, self.generation,
+                                   self.known, self.counters, self.options, self.lost)  # fmt: skip
+        return Status.INTERRUPTED if interrupted else status
 
     def start_position(self) -> Position | None:
         """Where the run starts: after the checkpoint, unless it no longer fits the job."""
@@ -170,11 +202,12 @@ class _Run:
         with (
             open_stream(job.source, self.redactor, position=position, decimals=target.decimals,
                         omit=target.omit, values=target.placeholders,
-                        fast=self.options.database_json and not target.shape) as stream,
+                        fast=self.options.database_json and not target.shape
+                        and job.source.diff is None) as stream,
             open_sink(job, self.redactor, frame, self.options.transport) as sink,
         ):  # fmt: skip
             self.columns = stream.columns  # for the dead letters (see kept_letters)
-            chunks = encoded_chunks(job, stream, self.counters, self.options.limit)
+            chunks = self.diffed(stream)
 
             def cutter(rows: Iterable[Chunk]) -> Iterator[Batch]:
                 """The job's batches of ``rows``."""
@@ -193,6 +226,17 @@ class _Run:
         if interrupted:
             return Status.INTERRUPTED
         return Status.PARTIAL if self.counters.rows_rejected else Status.SUCCEEDED
+
+    def diffed(self, stream: RowStream) -> Iterator[Chunk]:
+        """The encoded chunks of ``stream``; for a diff sync, only the changed rows."""
+        diff = self.job.source.diff
+        if diff is None:
+            return encoded_chunks(self.job, stream, self.counters, self.options.limit)
+        self.differ = Differ(diff, self.store, self.job.name, self.generation,
+                             everything=self.options.full_refresh)  # fmt: skip
+        chunks = encoded_chunks(self.job, self.differ.watch(stream), self.counters,
+                                self.options.limit)  # fmt: skip
+        return self.differ.changed(chunks, self.counters)
 
     def preview(self, produced: Iterator[tuple[Batch, str]], sink: Sink) -> None:
         """Encode every batch; keep the first ``preview`` requests."""
@@ -250,15 +294,18 @@ class _Run:
                 self.job.target.placeholders,
             )
             position = group[-1][0].position
+            diffed = None
+            if self.differ is not None and self.generation is not None:
+                diffed = (self.generation, self.differ.acknowledged(group), ())
             posted = counters.rows_posted + sum(len(b.rows) - len(r) for b, r in group)
             rejected = counters.rows_rejected + sum(len(r) for _, r in group)
-            if position is not None or dead_letters:
+            if position is not None or dead_letters or diffed:
                 # The run's counts go with the checkpoint: a run whose process dies is
                 # recorded with what was acknowledged.
                 counts = {"rows_posted": posted, "rows_rejected": rejected, "cursor_to": position}
                 self.store.record_batch(lease, self.run_id, fingerprint=self.fingerprint,
                                         position=position, dead_letters=dead_letters,
-                                        ttl=self.options.lock_ttl, counts=counts,
+                                        ttl=self.options.lock_ttl, counts=counts, diffed=diffed,
                                         cuts=[self.cuts.pop(b.seq) for b, _ in group
                                               if b.seq in self.cuts])  # fmt: skip
             # Counted only once durable: a crash before this line re-sends these rows.

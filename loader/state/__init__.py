@@ -13,9 +13,10 @@ when its process is known dead (same host, PID gone).
 
 The modules, one concern each: ``schema`` (tables, version), ``records`` (what the store
 returns, positions as text), ``liveness`` (is a lock's holder gone), ``base`` (the shared
-engine and transactions), ``locks``, ``cuts``, ``checkpoints``, ``runs``, ``deadletters``,
-``slots``, ``alerts`` (the SQL of each concern), ``protocols`` (a narrow Protocol per
-concern and :class:`StateStore`, their union) and ``store`` (the facade, and opening it).
+engine and transactions), ``locks``, ``cuts``, ``fingerprints`` (diff syncs),
+``checkpoints``, ``runs``, ``deadletters``, ``slots``, ``alerts`` (the SQL of each
+concern), ``protocols`` (a narrow Protocol per concern and :class:`StateStore`, their
+union) and ``store`` (the facade, and opening it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from loader.state.protocols import (
     CheckpointStore,
     CutStore,
     DeadLetterStore,
+    FingerprintStore,
     LockStore,
     RunLog,
     SlotStore,
@@ -55,6 +57,7 @@ __all__ = [
     "CutStore",
     "DeadLetter",
     "DeadLetterStore",
+    "FingerprintStore",
     "Lease",
     "LockStore",
     "NewDeadLetter",

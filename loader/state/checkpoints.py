@@ -21,6 +21,12 @@ from loader.errors import StateError
 from loader.result import Position
 from loader.state.cuts import CutSql, drop_cuts
 from loader.state.deadletters import insert_dead_letters
+from loader.state.fingerprints import (
+    FingerprintSql,
+    drop_fingerprints,
+    drop_job_fingerprints,
+    save_fingerprints,
+)
 from loader.state.records import (
     Checkpoint,
     Lease,
@@ -32,7 +38,7 @@ from loader.state.runs import save_counts
 from loader.state.schema import checkpoints, cuts, meta
 
 
-class CheckpointSql(CutSql):
+class CheckpointSql(CutSql, FingerprintSql):
     """Reading, moving and resetting checkpoints, epochs and partition boundaries."""
 
     def checkpoint(self, job: str) -> Checkpoint | None:
@@ -72,11 +78,14 @@ class CheckpointSql(CutSql):
         ttl: float = defaults.LOCK_TTL,
         cuts: Sequence[int] = (),
         counts: dict[str, Any] | None = None,
+        diffed: tuple[int, Sequence[tuple[str, bytes]], Sequence[str]] | None = None,
     ) -> None:
         """Record a batch as done, in one transaction: keep its rejected rows as dead
         letters and move the checkpoint to ``position`` (when the job has a cursor),
         drop the ``cuts`` recorded for the batches acknowledged, and keep the run's
-        ``counts`` so far in its record.
+        ``counts`` so far in its record. A diff sync passes ``diffed``: its generation,
+        the ``(key, fingerprint)`` of each row acknowledged, and the keys whose deletes
+        were acknowledged.
 
         Only while ``lease`` still holds the lock: a run that lost it writes nothing.
         """
@@ -87,6 +96,9 @@ class CheckpointSql(CutSql):
             if position is not None:
                 _save_checkpoint(conn, lease.job, fingerprint, position, run_id, now)
             drop_cuts(conn, lease.job, cuts)
+            if diffed is not None:
+                save_fingerprints(conn, lease.job, diffed[1], diffed[0])
+                drop_fingerprints(conn, lease.job, diffed[2])
             if counts:
                 save_counts(conn, run_id, counts)
 
@@ -171,6 +183,7 @@ def _forget_checkpoints(conn: sa.Connection, job: str) -> bool:
     """Delete ``job``'s checkpoint, its partitions' checkpoints and its kept key
     ranges; ``True`` if there was a checkpoint to delete."""
     deleted = conn.execute(sa.delete(checkpoints).where(checkpoints.c.job == job))
+    forgot_keys = drop_job_fingerprints(conn, job)
     ranges = conn.execute(
         sa.delete(checkpoints).where(checkpoints.c.job.startswith(f"{job}#", autoescape=True))
     )
@@ -182,7 +195,7 @@ def _forget_checkpoints(conn: sa.Connection, job: str) -> bool:
             (cuts.c.job == job) | cuts.c.job.startswith(f"{job}#", autoescape=True)
         )
     )
-    return bool(deleted.rowcount or ranges.rowcount)
+    return bool(deleted.rowcount or ranges.rowcount or forgot_keys)
 
 
 def _next_epoch(conn: sa.Connection, job: str) -> None:

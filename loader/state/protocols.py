@@ -9,7 +9,7 @@ contract is stated here, for every implementation; errors are those of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from loader.result import Position
@@ -84,11 +84,14 @@ class CheckpointStore(Protocol):
         ttl: float = ...,
         cuts: Sequence[int] = ...,
         counts: dict[str, Any] | None = ...,
+        diffed: tuple[int, Sequence[tuple[str, bytes]], Sequence[str]] | None = ...,
     ) -> None:
-        """Record an acknowledged batch, atomically: renew ``lease`` for ``ttl``, keep
-        its ``dead_letters`` (see :class:`~loader.state.records.NewDeadLetter`) and,
-        unless ``position`` is ``None``, move ``lease.job``'s checkpoint there with
-        ``fingerprint`` and ``run_id``; delete the ``cuts`` (ids from
+        """Record an acknowledged batch, atomically (with ``diffed``: a diff sync's
+        generation, its acknowledged ``(key, fingerprint)`` pairs and deleted keys):
+        renew ``lease`` for ``ttl``, keep its ``dead_letters`` (see
+        :class:`~loader.state.records.NewDeadLetter`) and, unless ``position`` is
+        ``None``, move ``lease.job``'s checkpoint there with ``fingerprint`` and
+        ``run_id``; delete the ``cuts`` (ids from
         :meth:`CutStore.record_cut`) of the batches acknowledged; write ``counts``
         (columns of the run record, ``cursor_to`` as a position) into ``run_id``'s record.
 
@@ -236,8 +239,38 @@ class AlertStore(Protocol):
         :class:`StateError` if the store cannot be written."""
 
 
+class FingerprintStore(Protocol):
+    """The keys of diff syncs and their fingerprints (see :mod:`loader.state.fingerprints`);
+    written by :meth:`CheckpointStore.record_batch`, forgotten by its ``reset``."""
+
+    def next_generation(self, job: str) -> int:
+        """A number for the run of ``job`` about to read, higher than any before."""
+
+    def seen_fingerprints(
+        self, job: str, keys: Sequence[str], generation: int | None
+    ) -> dict[str, bytes]:
+        """The stored fingerprints of ``keys``, marking them seen by ``generation``."""
+
+    def fingerprint_count(self, job: str, *, not_seen_by: int | None = ...) -> int:
+        """How many keys ``job`` tracks (that ``not_seen_by`` did not see)."""
+
+    def vanished_keys(self, job: str, generation: int, page: int = ...) -> Iterator[list[str]]:
+        """Pages of the keys ``generation`` did not see."""
+
+    def forget_fingerprints(self, job: str) -> int:
+        """Forget every key of ``job``; return how many."""
+
+
 class StateStore(
-    LockStore, CheckpointStore, CutStore, RunLog, DeadLetterStore, SlotStore, AlertStore, Protocol
+    FingerprintStore,
+    LockStore,
+    CheckpointStore,
+    CutStore,
+    RunLog,
+    DeadLetterStore,
+    SlotStore,
+    AlertStore,
+    Protocol,
 ):
     """What the runner and the CLI need from a state store: every concern, and closing.
 

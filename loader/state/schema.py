@@ -97,6 +97,16 @@ cuts = sa.Table(
     sa.Column("key", sa.String(255), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+# Diff syncs (see loader.state.fingerprints): each key's fingerprint as last acknowledged
+# and the generation (run) that last saw it; added after version 1 as a table of its own.
+fingerprints = sa.Table(
+    "loader_fingerprints",
+    metadata,
+    sa.Column("job", sa.String(200), primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("fp", sa.LargeBinary(16), nullable=False),
+    sa.Column("gen", sa.BigInteger, nullable=False),
+)
 alert_states = sa.Table(
     "loader_alert_states",
     metadata,

@@ -120,7 +120,8 @@ retry:
 """
     assert problems(text) == [
         "jobs/x.yml:4: source.parms: unknown key; did you mean 'params'? "
-        "(allowed: url, query, params, statement_timeout, fetch_size, cursor, partition)",
+        "(allowed: url, query, params, statement_timeout, fetch_size, cursor, partition, "
+        "diff)",
         "jobs/x.yml:6: target.url: expected an http:// or https:// URL with a host, "
         "such as https://api.example.com/v1/import",
         "jobs/x.yml:7: target.method: expected one of 'POST', 'PUT', 'PATCH' or 'DELETE', "

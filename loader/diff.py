@@ -1,0 +1,193 @@
+"""Diff syncs: send only the rows whose key is new or whose body changed.
+
+:class:`Differ` sits between the encoder and the batcher. For each fetched chunk it
+takes each row's key (the JSON array of its ``source.diff.key`` columns) and the
+fingerprint of its encoded body (BLAKE2b, 16 bytes), asks the state store for the
+stored fingerprints of the chunk's keys in one indexed look-up (which also marks them
+seen by this run's generation), and passes on only the rows that differ. Encoding a row
+is the cost of comparing it; sending it is not paid for unchanged rows.
+
+Once a batch is acknowledged, :meth:`Differ.acknowledged` gives the ``(key,
+fingerprint)`` of its delivered rows, which the committer writes in the transaction that
+records the batch: a crash re-sends at most the batches in flight, and a rejected row's
+fingerprint is never written, so it goes again when it changes (or is replayed).
+
+Nothing per key is held in memory beyond the rows in flight; keys vanished from the
+result are found in the store afterwards (see :mod:`loader.vanished`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+from loader.batching import Batch, Chunk
+from loader.cursor import inner_query
+from loader.database import read_once
+from loader.delivery import Counters, Rejected
+from loader.diffconfig import Diff
+from loader.encoding import dumps
+from loader.errors import QueryError
+from loader.job import Source
+from loader.redact import Redactor
+from loader.source import RowStream
+from loader.state import FingerprintStore
+
+__all__ = ["Differ", "check_keys", "fingerprint", "key_text"]
+
+
+def fingerprint(body: bytes) -> bytes:
+    """The fingerprint of one row's encoded body: its 16-byte BLAKE2b digest."""
+    return hashlib.blake2b(body, digest_size=16).digest()
+
+
+def key_text(values: Sequence[Any]) -> str:
+    """A key as it is stored: the compact JSON array of its columns' values."""
+    return dumps(list(values)).decode()
+
+
+def check_keys(source: Source, redactor: Redactor) -> None:
+    """Refuse, before anything is sent, a result where a key repeats or has a NULL
+    column: :class:`QueryError` naming the key and its value. One aggregate query over
+    the job's query, in a read-only transaction of its own."""
+    diff = source.diff
+    assert diff is not None
+    quote = "`" if source.url.startswith(("mysql", "mariadb")) else '"'
+    columns = ", ".join(f"{quote}{name}{quote}" for name in diff.key)
+    nulls = " OR ".join(f"{quote}{name}{quote} IS NULL" for name in diff.key)
+    sql = (
+        f"SELECT {columns}, COUNT(*) FROM (\n{inner_query(source)}\n) AS diff_source "
+        f"GROUP BY {columns} HAVING COUNT(*) > 1 OR {nulls} LIMIT 1"
+    )
+    row = read_once(
+        source, redactor, sql, lambda result: result.first(),
+        f"cannot check that source.diff.key ({', '.join(diff.key)}) is unique on ",
+    )  # fmt: skip
+    if row is None:
+        return
+    values, count = tuple(row[:-1]), row[-1]
+    described = ", ".join(f"{n}={v!r}" for n, v in zip(diff.key, values, strict=True))
+    if None in values:
+        raise QueryError(
+            f"source.diff.key: a row has a NULL key ({described}); a diff sync knows rows "
+            "by their key and nothing was sent. Leave such rows out (WHERE ... IS NOT "
+            "NULL) or give them a key in the query"
+        )
+    raise QueryError(
+        f"source.diff.key: the key ({described}) appears in {count} rows; a diff sync "
+        "needs a unique key and nothing was sent. Fix the query (GROUP BY, DISTINCT ON) "
+        "or add a column to the key"
+    )
+
+
+class Differ:
+    """Filters a run's encoded chunks to its new and changed rows, for ``job`` (a job
+    or key-range name) in ``store``. ``generation`` marks the keys seen (``None``: a dry
+    run, which writes nothing); ``everything`` (``--full-refresh``) passes every row on
+    while still marking keys seen and rewriting their fingerprints.
+
+    :meth:`watch` and :meth:`changed` run in the reader thread, :meth:`acknowledged` in
+    the committing one; what they share is locked.
+    """
+
+    def __init__(
+        self,
+        diff: Diff,
+        store: FingerprintStore,
+        job: str,
+        generation: int | None,
+        *,
+        everything: bool = False,
+    ) -> None:
+        self.diff = diff
+        self.store = store
+        self.job = job
+        self.generation = generation
+        self.everything = everything
+        self.matched = 0  # rows read whose key the store knew
+        self._keys: list[str] = []  # the keys of the chunk last fetched
+        self._lock = threading.Lock()
+        self._in_flight: dict[bytes, deque[str]] = {}  # fingerprint -> keys, read order
+
+    def watch(self, stream: RowStream) -> RowStream:
+        """``stream``, its chunks' keys taken as they are fetched; :class:`QueryError`
+        if the result lacks a key column."""
+        missing = [name for name in self.diff.key if name not in stream.columns]
+        if missing:
+            raise QueryError(
+                f"source.diff.key: the query returns no column {missing[0]!r} (its columns: "
+                f"{', '.join(stream.columns)}); select it, or fix the key"
+            )
+        indexes = [stream.columns.index(name) for name in self.diff.key]
+        return replace(stream, chunks=self._keyed(stream.chunks, indexes))
+
+    def _keyed(self, chunks: Iterator[Any], indexes: list[int]) -> Iterator[Any]:
+        for raw in chunks:
+            keys = [key_text([row[i] for i in indexes]) for row in raw]
+            if len(set(keys)) != len(keys):  # check_keys saw none: the data changed since
+                key = next(k for k in keys if keys.count(k) > 1)
+                raise QueryError(f"source.diff.key: the key {key} appears twice in the result")
+            self._keys = keys
+            yield raw
+
+    def changed(self, chunks: Iterator[Chunk], counters: Counters) -> Iterator[Chunk]:
+        """The rows of ``chunks`` (from the watched stream) whose key is new or whose
+        body's fingerprint differs from the stored one; chunks left empty are dropped.
+        ``counters.rows_unchanged`` counts the others."""
+        for chunk in chunks:
+            keys = self._keys[: len(chunk.rows)]
+            prints = [fingerprint(row) for row in chunk.rows]
+            stored = self.store.seen_fingerprints(self.job, keys, self.generation)
+            self.matched += len(stored)
+            keep = [
+                i
+                for i, (key, print_) in enumerate(zip(keys, prints, strict=True))
+                if self.everything or stored.get(key) != print_
+            ]
+            counters.rows_unchanged += len(keys) - len(keep)
+            if not keep:
+                continue
+            with self._lock:
+                for i in keep:
+                    self._in_flight.setdefault(prints[i], deque()).append(keys[i])
+            yield _subset(chunk, keep)
+
+    def acknowledged(self, group: Sequence[tuple[Batch, Rejected]]) -> list[tuple[str, bytes]]:
+        """The ``(key, fingerprint)`` of each delivered row of ``group`` (acknowledged,
+        in read order); rejected rows are left out, and every row leaves the in-flight
+        record."""
+        delivered: list[tuple[str, bytes]] = []
+        with self._lock:
+            for batch, rejected in group:
+                refused: dict[bytes, int] = {}
+                for row, _error in rejected:
+                    refused[row] = refused.get(row, 0) + 1
+                for row in batch.rows:
+                    print_ = fingerprint(row)
+                    keys = self._in_flight[print_]
+                    key = keys.popleft()
+                    if not keys:
+                        del self._in_flight[print_]
+                    if refused.get(row):
+                        refused[row] -= 1
+                    else:
+                        delivered.append((key, print_))
+        return delivered
+
+
+def _subset(chunk: Chunk, keep: list[int]) -> Chunk:
+    """The rows of ``chunk`` at the indexes ``keep``, with their markers, URLs and
+    omitted columns."""
+    if len(keep) == len(chunk.rows):
+        return chunk
+    omitted = chunk.omitted
+    return Chunk(
+        [chunk.rows[i] for i in keep],
+        lambda j: chunk.marker(keep[j]),
+        [chunk.urls[i] for i in keep] if chunk.urls is not None else None,
+        (lambda j: omitted(keep[j])) if omitted is not None else None,
+    )
