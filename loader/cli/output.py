@@ -45,6 +45,11 @@ def print_summary(result: RunResult, redactor: Redactor, *, to_stderr: bool = Fa
     ]
     if result.rows_rejected:
         lines.append(f"  rejected     {result.rows_rejected:>12,}")
+    if result.rows_unchanged:
+        lines.append(f"  unchanged    {result.rows_unchanged:>12,} (diff: not sent)")
+    if result.rows_deleted:
+        done = "to delete" if result.status == "dry-run" else "deleted  "
+        lines.append(f"  {done}    {result.rows_deleted:>12,}")
     if result.splits:
         lines.append(f"  split        {result.splits:>12,} batches, to {result.split_size} rows "
                      f"(the endpoint refused bigger requests: set batch.size to at most "
@@ -148,7 +153,8 @@ def run_document(result: RunResult, redactor: Redactor) -> dict[str, Any]:
         "rows_posted": result.rows_posted, "rows_rejected": result.rows_rejected,
         "requests": result.requests, "retries": result.retries,
         "throttled": result.throttled, "splits": result.splits,
-        "split_size": result.split_size,
+        "split_size": result.split_size, "rows_unchanged": result.rows_unchanged,
+        "rows_deleted": result.rows_deleted,
         "checkpoint": list(result.checkpoint) if result.checkpoint is not None else None,
         "error": redactor.text(result.error) if result.error else None,
         "requests_shown": [

@@ -30,6 +30,7 @@ def state_show(job_file: JobFile, as_json: Json = False, env_file: EnvFile = ENV
         store = open_state()
         checkpoint = store.checkpoint(job.name)
         letters = store.dead_letter_count(job.name)
+        keys = store.fingerprint_count(job.name) if job.source.diff else None
         store.close()
         if as_json:
             kept = None if checkpoint is None else {
@@ -38,7 +39,7 @@ def state_show(job_file: JobFile, as_json: Json = False, env_file: EnvFile = ENV
                 "fits_the_job": checkpoint.fingerprint == job.fingerprint(),
             }  # fmt: skip
             print_json({"job": job.name, "state_store": store.url, "checkpoint": kept,
-                        "dead_letters": letters})  # fmt: skip
+                        "dead_letters": letters, "diff_keys": keys})  # fmt: skip
             return
         typer.echo(f"job:          {job.name}")
         typer.echo(f"state store:  {store.url}")
@@ -53,10 +54,15 @@ def state_show(job_file: JobFile, as_json: Json = False, env_file: EnvFile = ENV
             typer.echo(f"saved:        {saved} by run {checkpoint.run_id}")
             typer.echo(f"fits the job: {fits}")
         typer.echo(f"dead letters: {letters}")
+        if keys is not None:
+            typer.echo(
+                f"diff keys:    {keys:,} tracked (reset forgets them: the next run sends all)"
+            )
 
 
 def state_reset(job_file: JobFile, yes: Yes = False, env_file: EnvFile = ENV_FILE) -> None:
-    """Forget the job's checkpoint: the next run starts from cursor.start."""
+    """Forget the job's checkpoint (a diff sync's keys): the next run starts from
+    cursor.start (sends every row)."""
     with exit_codes(Redactor()):
         job = load(job_file, env_file)
         removed = _confirmed(yes, f"Reset the checkpoint of {job.name}?", "not reset",

@@ -6,10 +6,15 @@ source is the real PostgreSQL, the endpoint a real HTTP server on loopback.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from loader import LoaderError, QueryError, build_job, defaults, open_state, run_job
 from loader.cli.options import exit_code
@@ -223,3 +228,64 @@ def test_null_and_duplicate_keys_refused_before_sending(
     with pytest.raises(QueryError, match=message):
         run_job(job)
     assert endpoint.requests == []
+
+
+def test_full_refresh_sends_every_row_and_rewrites_fingerprints(
+    schema: Schema, endpoint: Endpoint, state: SqlStateStore
+) -> None:
+    """--full-refresh sends every row; the next plain run sends nothing again."""
+    job = diff_job(schema, endpoint, stats(schema, 300))
+    run_job(job, state=state)
+    schema.execute("UPDATE customer_stats SET orders = 0 WHERE user_id = 9")
+    endpoint.requests.clear()
+    refreshed = run_job(job, state=state, full_refresh=True)
+    assert sorted(posted(endpoint)) == list(range(1, 301)) and refreshed.rows_unchanged == 0
+    endpoint.requests.clear()
+    run_job(job, state=state)
+    assert endpoint.requests == []
+
+
+def test_dry_run_shows_what_would_be_sent_and_deleted(
+    schema: Schema, endpoint: Endpoint, state: SqlStateStore
+) -> None:
+    """A dry run counts the changed rows and the deletes, previews them, writes nothing."""
+    job = diff_job(schema, endpoint, stats(schema, 400))
+    run_job(job, state=state)
+    schema.execute("UPDATE customer_stats SET plan = 'gold' WHERE user_id IN (4, 5)")
+    schema.execute("DELETE FROM customer_stats WHERE user_id IN (6, 7, 8)")
+    endpoint.requests.clear()
+    dry = run_job(job, state=state, dry_run=True, preview=5)
+    assert endpoint.requests == []
+    assert (dry.rows_unchanged, dry.rows_deleted) == (395, 3)
+    assert [row["user_id"] for p in dry.preview for row in json.loads(p.body)] == [4, 5]
+    real = run_job(job, state=state)
+    assert (real.rows_posted, real.rows_deleted) == (2, 3)
+
+
+def test_cli_state_show_and_reset_count_and_forget_keys(
+    schema: Schema, endpoint: Endpoint, state_url: str, tmp_path: Path
+) -> None:
+    """`loader state show` reports the keys tracked; `state reset` forgets them, and the
+    next run sends every row again."""
+    job = make_job(schema, endpoint.url + "/import", stats(schema, 120),
+                   source={"diff": {"key": "user_id"}})  # fmt: skip
+    path = tmp_path / "stats.yml"
+    path.write_text(yaml.safe_dump(job))
+    assert cli("run", str(path), cwd=tmp_path).returncode == 0
+    shown = cli("state", "show", str(path), "--json", cwd=tmp_path)
+    assert json.loads(shown.stdout)["diff_keys"] == 120
+    assert "diff keys:    120 tracked" in cli("state", "show", str(path), cwd=tmp_path).stdout
+    assert cli("state", "reset", str(path), "--yes", cwd=tmp_path).returncode == 0
+    endpoint.requests.clear()
+    rerun = cli("run", str(path), cwd=tmp_path)
+    assert rerun.returncode == 0 and len(posted(endpoint)) == 120
+    endpoint.requests.clear()
+    again = cli("run", str(path), cwd=tmp_path)
+    assert "unchanged             120" in again.stdout + again.stderr
+    assert endpoint.requests == []
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "loader", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
