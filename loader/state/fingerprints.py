@@ -67,11 +67,13 @@ class FingerprintSql(SqlBase):
         return found
 
     def fingerprint_count(self, job: str, *, not_seen_by: int | None = None) -> int:
-        """How many keys ``job`` tracks; with ``not_seen_by``, how many that generation
-        did not see (the vanished ones)."""
+        """How many keys ``job`` tracks (with its key ranges, ``NAME#pN``); with
+        ``not_seen_by``, how many of ``job``'s own that generation did not see (the
+        vanished ones)."""
         table = fingerprints
-        where = table.c.job == job
+        where = (table.c.job == job) | table.c.job.startswith(f"{job}#", autoescape=True)
         if not_seen_by is not None:
+            where = table.c.job == job
             where &= table.c.gen != not_seen_by
         with self._transaction("counting fingerprints") as conn:
             return int(conn.execute(sa.select(sa.func.count()).where(where)).scalar() or 0)
