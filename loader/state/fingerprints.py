@@ -71,7 +71,9 @@ class FingerprintSql(SqlBase):
         ``not_seen_by``, how many of ``job``'s own that generation did not see (the
         vanished ones)."""
         table = fingerprints
-        where = (table.c.job == job) | table.c.job.startswith(f"{job}#", autoescape=True)
+        where: sa.ColumnElement[bool] = (table.c.job == job) | table.c.job.startswith(
+            f"{job}#", autoescape=True
+        )
         if not_seen_by is not None:
             where = table.c.job == job
             where &= table.c.gen != not_seen_by

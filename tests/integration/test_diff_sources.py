@@ -6,19 +6,23 @@ The endpoint is a real HTTP server on loopback; sources are real databases.
 from __future__ import annotations
 
 import collections
+import os
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 from loader import build_job, open_state, run_job
 from tests.integration.conftest import Schema, make_job
-from tests.integration.test_mariadb import connect, mariadb_url, table  # noqa: F401 (fixtures)
+from tests.integration.test_mariadb import ENV_VAR, connect
 from tests.support.server import Delay, Endpoint
 
 
@@ -73,8 +77,21 @@ def test_kill_9_mid_run_loses_nothing(tmp_path: Path, schema: Schema, endpoint: 
     assert again.returncode == 0 and endpoint.requests == [], out + err
 
 
-def test_mariadb_source(mariadb_url: str, table: str, endpoint: Endpoint) -> None:
+@pytest.fixture
+def maria() -> Iterator[tuple[str, str]]:
+    """The MariaDB URL and a table name of this test's own, dropped afterwards."""
+    url = os.environ.get(ENV_VAR)
+    if not url:
+        pytest.fail(f"The MariaDB tests need a server: set {ENV_VAR}", pytrace=False)
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    yield url, name
+    with connect(url) as conn, conn.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def test_mariadb_source(maria: tuple[str, str], endpoint: Endpoint) -> None:
     """From MariaDB: all rows first, then only the changed one and a delete."""
+    mariadb_url, table = maria
     with connect(mariadb_url) as conn, conn.cursor() as cursor:
         cursor.execute(f"CREATE TABLE {table} (code VARCHAR(20) PRIMARY KEY, n INT)")
         cursor.executemany(f"INSERT INTO {table} VALUES (%s, %s)",
