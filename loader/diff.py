@@ -3,9 +3,9 @@
 :class:`Differ` sits between the encoder and the batcher. For each fetched chunk it
 takes each row's key (the JSON array of its ``source.diff.key`` columns) and the
 fingerprint of its encoded body (BLAKE2b, 16 bytes), asks the state store for the
-stored fingerprints of the chunk's keys in one indexed look-up (which also marks them
-seen by this run's generation), and passes on only the rows that differ. Encoding a row
-is the cost of comparing it; sending it is not paid for unchanged rows.
+stored fingerprints of the chunk's keys in one indexed look-up (a read), and passes on
+only the rows that differ. Encoding a row is the cost of comparing it (on PostgreSQL the
+database writes the JSON, as for any job); sending it is not paid for unchanged rows.
 
 Once a batch is acknowledged, :meth:`Differ.acknowledged` gives the ``(key,
 fingerprint)`` of its delivered rows, which the committer writes in the transaction that
@@ -34,10 +34,10 @@ from loader.encoding import dumps
 from loader.errors import QueryError
 from loader.job import Source
 from loader.redact import Redactor
-from loader.source import RowStream
+from loader.source import RowStream, open_stream
 from loader.state import FingerprintStore
 
-__all__ = ["Differ", "check_keys", "fingerprint", "key_text"]
+__all__ = ["Differ", "check_keys", "fingerprint", "key_chunks", "key_text"]
 
 
 def fingerprint(body: bytes) -> bytes:
@@ -86,9 +86,9 @@ def check_keys(source: Source, redactor: Redactor) -> None:
 
 class Differ:
     """Filters a run's encoded chunks to its new and changed rows, for ``job`` (a job
-    or key-range name) in ``store``. ``generation`` marks the keys seen (``None``: a dry
-    run, which writes nothing); ``everything`` (``--full-refresh``) passes every row on
-    while still marking keys seen and rewriting their fingerprints.
+    or key-range name) in ``store``. ``everything`` (``--full-refresh``) passes every
+    row on, so that their fingerprints are rewritten. The stream must carry the key
+    columns as its last ``values`` (see :func:`loader.source.open_stream`).
 
     :meth:`watch` and :meth:`changed` run in the reader thread, :meth:`acknowledged` in
     the committing one; what they share is locked.
@@ -99,14 +99,12 @@ class Differ:
         diff: Diff,
         store: FingerprintStore,
         job: str,
-        generation: int | None,
         *,
         everything: bool = False,
     ) -> None:
         self.diff = diff
         self.store = store
         self.job = job
-        self.generation = generation
         self.everything = everything
         self.matched = 0  # rows read whose key the store knew
         self._keys: list[str] = []  # the keys of the chunk last fetched
@@ -114,15 +112,9 @@ class Differ:
         self._in_flight: dict[bytes, deque[str]] = {}  # fingerprint -> keys, read order
 
     def watch(self, stream: RowStream) -> RowStream:
-        """``stream``, its chunks' keys taken as they are fetched; :class:`QueryError`
-        if the result lacks a key column."""
-        missing = [name for name in self.diff.key if name not in stream.columns]
-        if missing:
-            raise QueryError(
-                f"source.diff.key: the query returns no column {missing[0]!r} (its columns: "
-                f"{', '.join(stream.columns)}); select it, or fix the key"
-            )
-        indexes = [stream.columns.index(name) for name in self.diff.key]
+        """``stream``, its chunks' keys taken as they are fetched (from its last
+        ``value_indexes``)."""
+        indexes = list(stream.value_indexes[-len(self.diff.key) :])
         return replace(stream, chunks=self._keyed(stream.chunks, indexes))
 
     def _keyed(self, chunks: Iterator[Any], indexes: list[int]) -> Iterator[Any]:
@@ -141,7 +133,7 @@ class Differ:
         for chunk in chunks:
             keys = self._keys[: len(chunk.rows)]
             prints = [fingerprint(row) for row in chunk.rows]
-            stored = self.store.seen_fingerprints(self.job, keys, self.generation)
+            stored = self.store.seen_fingerprints(self.job, keys)
             self.matched += len(stored)
             keep = [
                 i
@@ -177,6 +169,20 @@ class Differ:
                     else:
                         delivered.append((key, print_))
         return delivered
+
+
+def key_chunks(source: Source, redactor: Redactor) -> Iterator[list[str]]:
+    """The keys of the query's result (as stored), a fetch at a time, read again in a
+    read-only transaction of their own: for finding the vanished keys."""
+    diff = source.diff
+    assert diff is not None
+    quote = "`" if source.url.startswith(("mysql", "mariadb")) else '"'
+    columns = ", ".join(f"{quote}{name}{quote}" for name in diff.key)
+    query = f"SELECT {columns} FROM (\n{inner_query(source)}\n) AS diff_keys"
+    config = source.model_copy(update={"query": query})
+    with open_stream(config, redactor, fast=False) as stream:
+        for raw in stream.chunks:
+            yield [key_text(row) for row in raw]
 
 
 def _subset(chunk: Chunk, keep: list[int]) -> Chunk:

@@ -46,7 +46,9 @@ def encoded_chunks(
         named_columns(stream.columns, [name for name in names if name], key)
     encode = _encoder(job, stream)
     filler = UrlFiller(target.url, target.placeholders) if target.per_row else None
-    values, indexes = stream.value_indexes, stream.cursor_indexes
+    # A diff sync's key columns follow the URL's placeholders among the values.
+    values = stream.value_indexes[: len(target.placeholders)]
+    indexes = stream.cursor_indexes
     omitted = _omitted_encoder(job, stream) if target.omit else None
     check = CursorCheck(job.source.cursor) if indexes else None
     add_ids = RowIds(job, stream) if target.row_id is not None else None

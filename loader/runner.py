@@ -73,6 +73,7 @@ class _Run:
         self.differ: Differ | None = None  # a diff sync's, for the stream being read
         self.generation: int | None = None  # a diff sync's mark of the keys it saw
         self.known = 0  # a diff sync's keys tracked when the run started
+        self.keys = job.source.diff.key if job.source.diff else ()
 
     def result(self, status: Status, error: str | None = None) -> RunResult:
         """The result so far, with ``status``."""
@@ -158,8 +159,10 @@ class _Run:
         an interrupted or ``--limit`` run): see :mod:`loader.vanished`."""
         if self.generation is None or status is Status.INTERRUPTED or self.options.limit:
             return status
-        interrupted = send_deletes(self.job, self.store, lease, self.run_id, self.generation,
-                                   self.known, self.counters, self.options, self.lost)  # fmt: skip
+        matched = self.differ.matched if self.differ is not None else 0
+        seen = (self.generation, self.known, matched)
+        interrupted = send_deletes(self.job, self.store, lease, self.run_id, seen,
+                                   self.counters, self.options, self.lost)  # fmt: skip
         return Status.INTERRUPTED if interrupted else status
 
     def start_position(self) -> Position | None:
@@ -201,9 +204,8 @@ class _Run:
         frame = framing_for(job)
         with (
             open_stream(job.source, self.redactor, position=position, decimals=target.decimals,
-                        omit=target.omit, values=target.placeholders,
-                        fast=self.options.database_json and not target.shape
-                        and job.source.diff is None) as stream,
+                        omit=target.omit, values=(*target.placeholders, *self.keys),
+                        fast=self.options.database_json and not target.shape) as stream,
             open_sink(job, self.redactor, frame, self.options.transport) as sink,
         ):  # fmt: skip
             self.columns = stream.columns  # for the dead letters (see kept_letters)
@@ -232,8 +234,7 @@ class _Run:
         diff = self.job.source.diff
         if diff is None:
             return encoded_chunks(self.job, stream, self.counters, self.options.limit)
-        self.differ = Differ(diff, self.store, self.job.name, self.generation,
-                             everything=self.options.full_refresh)  # fmt: skip
+        self.differ = Differ(diff, self.store, self.job.name, everything=self.options.full_refresh)
         chunks = encoded_chunks(self.job, self.differ.watch(stream), self.counters,
                                 self.options.limit)  # fmt: skip
         return self.differ.changed(chunks, self.counters)

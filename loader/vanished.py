@@ -1,9 +1,11 @@
 """A diff sync's deletes: one request per key gone from the query's result.
 
 Run by the runner after every row of the run was read without error and every batch was
-acknowledged. The keys the run did not see are read from the state store (see
-:mod:`loader.state.fingerprints`); if there are more than ``source.diff.max_deletes``
-allows, :class:`TooManyDeletesError` stops the run before a single delete is sent, since a
+acknowledged. When fewer tracked keys were read than were known, the result's keys are
+read again and marked seen in the state store, and the keys left unmarked are the
+vanished ones (see :mod:`loader.state.fingerprints`). If there are more than
+``source.diff.max_deletes`` allows, :class:`TooManyDeletesError` stops the run before a
+single delete is sent (checked on the count first, then on the keys found), since a
 broken query or an emptied table must not wipe the destination. Otherwise each key goes
 out through the same :class:`~loader.delivery.Delivery` and
 :class:`~loader.pipeline.Pipeline` as rows (retries, Retry-After, time-outs, masked
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 
 from loader.batching import Batch, Chunk, singles
 from loader.delivery import Counters, Delivery, Rejected, framing_for, open_sink
+from loader.diff import key_chunks
 from loader.diffconfig import Diff
 from loader.encoding import UrlFiller, dumps, loads
 from loader.errors import SinkError
@@ -84,27 +87,30 @@ def send_deletes(
     store: StateStore,
     lease: Lease,
     run_id: str,
-    generation: int,
-    known: int,
+    seen: tuple[int, int, int],
     counters: Counters,
     options: RunOptions,
     lost: threading.Event,
 ) -> bool:
-    """Send a delete for each key of ``job`` that ``generation`` did not see, once the
-    breaker allowed them (``known``: the keys tracked when the run started); drop each
-    acknowledged key's fingerprint. Returns True if ``options.stop`` ended it early.
-    Raises :class:`TooManyDeletesError` before any delete, and delivery errors."""
+    """Send a delete for each key of ``job`` gone from the result, once the breaker
+    allowed them; drop each acknowledged key's fingerprint. ``seen`` is the run's
+    generation, the keys tracked when it started and how many of them it read. Returns
+    True if ``options.stop`` ended it early. Raises :class:`TooManyDeletesError` before
+    any delete, and delivery errors."""
     diff = job.source.diff
     assert diff is not None
-    if diff.deletes is None:
+    generation, known, matched = seen
+    if diff.deletes is None or known <= matched:
         return False
+    _check_breaker(diff, job.name, known - matched, known)
+    redactor = job.redactor()
+    # Which keys vanished: those the result's keys, read again, do not mark seen.
+    for keys in key_chunks(job.source, redactor):
+        store.mark_seen(job.name, keys, generation)
     vanished = store.fingerprint_count(job.name, not_seen_by=generation)
-    if not vanished:
-        return False
     _check_breaker(diff, job.name, vanished, known)
     log.info("run %s of %s deletes %d vanished key(s)", run_id, job.name, vanished)
     target_job = delete_job(job)
-    redactor = job.redactor()
     frame = framing_for(target_job)
 
     def commit(group: list[tuple[Batch, Rejected]]) -> None:

@@ -246,10 +246,11 @@ class FingerprintStore(Protocol):
     def next_generation(self, job: str) -> int:
         """A number for the run of ``job`` about to read, higher than any before."""
 
-    def seen_fingerprints(
-        self, job: str, keys: Sequence[str], generation: int | None
-    ) -> dict[str, bytes]:
-        """The stored fingerprints of ``keys``, marking them seen by ``generation``."""
+    def seen_fingerprints(self, job: str, keys: Sequence[str]) -> dict[str, bytes]:
+        """The stored fingerprints of those of ``keys`` that ``job`` tracks."""
+
+    def mark_seen(self, job: str, keys: Sequence[str], generation: int) -> None:
+        """Mark those of ``keys`` that ``job`` tracks as seen by ``generation``."""
 
     def fingerprint_count(self, job: str, *, not_seen_by: int | None = ...) -> int:
         """How many keys ``job`` tracks (that ``not_seen_by`` did not see)."""
