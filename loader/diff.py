@@ -19,9 +19,11 @@ result are found in the store afterwards (see :mod:`loader.vanished`).
 from __future__ import annotations
 
 import hashlib
+import itertools
+import operator
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -37,7 +39,7 @@ from loader.redact import Redactor
 from loader.source import RowStream, open_stream
 from loader.state import FingerprintStore
 
-__all__ = ["Differ", "check_keys", "fingerprint", "key_chunks", "key_text"]
+__all__ = ["Differ", "check_keys", "fingerprint", "key_chunks", "key_text", "ordered_source"]
 
 
 def fingerprint(body: bytes) -> bytes:
@@ -90,6 +92,12 @@ class Differ:
     row on, so that their fingerprints are rewritten. The stream must carry the key
     columns as its last ``values`` (see :func:`loader.source.open_stream`).
 
+    Two ways to compare, chosen at the first chunk. With ``ordered`` (the query wrapped
+    by :func:`ordered_source`) and a single integer key, a merge: the stored
+    fingerprints are read in key order alongside the rows, and the stored keys passed
+    over are the vanished ones, marked with ``mark`` (``None``: a dry run, which only
+    counts them). Otherwise, a look-up of each chunk's keys, which depends on no order.
+
     :meth:`watch` and :meth:`changed` run in the reader thread, :meth:`acknowledged` in
     the committing one; what they share is locked.
     """
@@ -101,52 +109,127 @@ class Differ:
         job: str,
         *,
         everything: bool = False,
+        ordered: bool = False,
+        mark: int | None = None,
     ) -> None:
         self.diff = diff
         self.store = store
         self.job = job
         self.everything = everything
+        self.ordered = ordered and len(diff.key) == 1
+        self.mark = mark
         self.matched = 0  # rows read whose key the store knew
-        self._keys: list[str] = []  # the keys of the chunk last fetched
+        self.vanished = 0  # stored keys the merge passed over
+        self.merged: bool | None = None  # decided at the first chunk
+        self._raw: Sequence[Sequence[Any]] = ()  # the chunk last fetched
+        self._indexes: list[int] = []
+        self._stored: Iterator[tuple[int, bytes]] = iter(())
+        self._next: tuple[int, bytes] | None = None
+        self._last: int | None = None  # the merge's last key read
         self._lock = threading.Lock()
         self._in_flight: dict[bytes, deque[str]] = {}  # fingerprint -> keys, read order
 
     def watch(self, stream: RowStream) -> RowStream:
-        """``stream``, its chunks' keys taken as they are fetched (from its last
+        """``stream``, each chunk kept as it is fetched for its keys (the last
         ``value_indexes``)."""
-        indexes = list(stream.value_indexes[-len(self.diff.key) :])
-        return replace(stream, chunks=self._keyed(stream.chunks, indexes))
+        self._indexes = list(stream.value_indexes[-len(self.diff.key) :])
+        return replace(stream, chunks=self._kept(stream.chunks))
 
-    def _keyed(self, chunks: Iterator[Any], indexes: list[int]) -> Iterator[Any]:
+    def _kept(self, chunks: Iterator[Any]) -> Iterator[Any]:
         for raw in chunks:
-            keys = [key_text([row[i] for i in indexes]) for row in raw]
-            if len(set(keys)) != len(keys):  # check_keys saw none: the data changed since
-                key = next(k for k in keys if keys.count(k) > 1)
-                raise QueryError(f"source.diff.key: the key {key} appears twice in the result")
-            self._keys = keys
+            self._raw = raw
             yield raw
 
     def changed(self, chunks: Iterator[Chunk], counters: Counters) -> Iterator[Chunk]:
         """The rows of ``chunks`` (from the watched stream) whose key is new or whose
         body's fingerprint differs from the stored one; chunks left empty are dropped.
-        ``counters.rows_unchanged`` counts the others."""
+        ``counters.rows_unchanged`` counts the others. When the chunks run out, the
+        stored keys the merge did not reach are vanished too."""
         for chunk in chunks:
-            keys = self._keys[: len(chunk.rows)]
+            raw = self._raw[: len(chunk.rows)]
             prints = [fingerprint(row) for row in chunk.rows]
-            stored = self.store.seen_fingerprints(self.job, keys)
-            self.matched += len(stored)
-            keep = [
-                i
-                for i, (key, print_) in enumerate(zip(keys, prints, strict=True))
-                if self.everything or stored.get(key) != print_
-            ]
-            counters.rows_unchanged += len(keys) - len(keep)
+            if self.merged is None:
+                at = self._indexes[0]
+                self.merged = self.ordered and bool(raw) and _integers(raw[0][at], raw[-1][at])
+                if self.merged:
+                    self._stored = self.store.ordered_fingerprints(self.job)
+                    self._next = next(self._stored, None)
+            if self.merged:
+                keep, keys = self._merge(raw, prints)
+            else:
+                keep, keys = self._look_up(raw, prints)
+            counters.rows_unchanged += len(raw) - len(keep)
             if not keep:
                 continue
             with self._lock:
                 for i in keep:
-                    self._in_flight.setdefault(prints[i], deque()).append(keys[i])
+                    self._in_flight.setdefault(prints[i], deque()).append(keys(i))
             yield _subset(chunk, keep)
+        if self.merged:  # the stored keys after the last row
+            while self._next is not None:
+                page = [self._next[0]]
+                page += [key for key, _ in itertools.islice(self._stored, 4999)]
+                self._next = next(self._stored, None)
+                self._passed(page)
+
+    def _look_up(
+        self, raw: Sequence[Sequence[Any]], prints: list[bytes]
+    ) -> tuple[list[int], Callable[[int], str]]:
+        """Compare ``raw`` with the fingerprints stored for its keys."""
+        keys = [key_text([row[i] for i in self._indexes]) for row in raw]
+        if len(set(keys)) != len(keys):  # check_keys saw none: the data changed since
+            key = next(k for k in keys if keys.count(k) > 1)
+            raise QueryError(f"source.diff.key: the key {key} appears twice in the result")
+        stored = self.store.seen_fingerprints(self.job, keys)
+        self.matched += len(stored)
+        everything = self.everything
+        keep = [i for i, key in enumerate(keys) if everything or stored.get(key) != prints[i]]
+        return keep, keys.__getitem__
+
+    def _merge(
+        self, raw: Sequence[Sequence[Any]], prints: list[bytes]
+    ) -> tuple[list[int], Callable[[int], str]]:
+        """Compare ``raw`` (ascending integer keys) with the stored fingerprints read
+        in key order; mark the stored keys passed over as vanished."""
+        at = self._indexes[0]
+        values = [row[at] for row in raw]
+        last = self._last
+        try:
+            ascending = not values or (
+                _integers(values[0], values[-1])
+                and not any(map(operator.ge, values, values[1:]))
+                and (last is None or values[0] > last)
+            )
+        except TypeError:  # a NULL or another type among the integers
+            ascending = False
+        if not ascending:
+            raise QueryError(
+                "source.diff.key: the rows did not come in ascending order of the integer "
+                f"key {self.diff.key[0]!r} (a repeated key, or a key of another type)"
+            )
+        keep, passed, stored, everything = [], [], self._next, self.everything
+        for i, value in enumerate(values):
+            while stored is not None and stored[0] < value:
+                passed.append(stored[0])
+                stored = next(self._stored, None)
+            if stored is not None and stored[0] == value:
+                self.matched += 1
+                if everything or stored[1] != prints[i]:
+                    keep.append(i)
+                stored = next(self._stored, None)
+            else:
+                keep.append(i)
+        self._next = stored
+        if values:
+            self._last = values[-1]
+        self._passed(passed)
+        return keep, lambda i: f"[{values[i]}]"
+
+    def _passed(self, keys: list[int]) -> None:
+        """Count ``keys`` vanished, and mark them so (not on a dry run)."""
+        self.vanished += len(keys)
+        if keys and self.mark is not None:
+            self.store.mark_vanished(self.job, [f"[{key}]" for key in keys], self.mark)
 
     def acknowledged(self, group: Sequence[tuple[Batch, Rejected]]) -> list[tuple[str, bytes]]:
         """The ``(key, fingerprint)`` of each delivered row of ``group`` (acknowledged,
@@ -183,6 +266,26 @@ def key_chunks(source: Source, redactor: Redactor) -> Iterator[list[str]]:
     with open_stream(config, redactor, fast=False) as stream:
         for raw in stream.chunks:
             yield [key_text(row) for row in raw]
+
+
+def _integers(first: Any, last: Any) -> bool:
+    """Whether ascending keys from ``first`` to ``last`` are integers a BIGINT holds
+    (a column's keys share a type; comparing an int with another type raises)."""
+    return type(first) is int and type(last) is int and -(2**63) <= first <= last < 2**63
+
+
+def ordered_source(source: Source) -> Source:
+    """``source`` with its query's rows in ascending order of its single key column
+    (a diff sync compares them with the stored fingerprints by merging)."""
+    diff = source.diff
+    if diff is None or len(diff.key) != 1:
+        return source
+    quote = "`" if source.url.startswith(("mysql", "mariadb")) else '"'
+    query = (
+        f"SELECT * FROM (\n{inner_query(source)}\n) AS diff_ordered "
+        f"ORDER BY {quote}{diff.key[0]}{quote}"
+    )
+    return source.model_copy(update={"query": query})
 
 
 def _subset(chunk: Chunk, keep: list[int]) -> Chunk:

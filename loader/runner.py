@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from loader.batching import Batch, Chunk, batches, singles
 from loader.delivery import Counters, Delivery, Rejected, framing_for, open_sink
-from loader.diff import Differ, check_keys
+from loader.diff import Differ, check_keys, ordered_source
 from loader.errors import LoaderError, StateError
 from loader.job import Job
 from loader.journal import Journal
@@ -159,8 +159,10 @@ class _Run:
         an interrupted or ``--limit`` run): see :mod:`loader.vanished`."""
         if self.generation is None or status is Status.INTERRUPTED or self.options.limit:
             return status
-        matched = self.differ.matched if self.differ is not None else 0
-        seen = (self.generation, self.known, matched)
+        differ = self.differ
+        assert differ is not None
+        merged = differ.vanished if differ.merged else None
+        seen = (self.generation, self.known, differ.matched, merged)
         interrupted = send_deletes(self.job, self.store, lease, self.run_id, seen,
                                    self.counters, self.options, self.lost)  # fmt: skip
         return Status.INTERRUPTED if interrupted else status
@@ -203,8 +205,9 @@ class _Run:
         job, target = self.job, self.job.target
         frame = framing_for(job)
         with (
-            open_stream(job.source, self.redactor, position=position, decimals=target.decimals,
-                        omit=target.omit, values=(*target.placeholders, *self.keys),
+            open_stream(ordered_source(job.source), self.redactor, position=position,
+                        decimals=target.decimals, omit=target.omit,
+                        values=(*target.placeholders, *self.keys),
                         fast=self.options.database_json and not target.shape) as stream,
             open_sink(job, self.redactor, frame, self.options.transport) as sink,
         ):  # fmt: skip
@@ -234,7 +237,9 @@ class _Run:
         diff = self.job.source.diff
         if diff is None:
             return encoded_chunks(self.job, stream, self.counters, self.options.limit)
-        self.differ = Differ(diff, self.store, self.job.name, everything=self.options.full_refresh)
+        mark = -self.generation if self.generation is not None else None
+        self.differ = Differ(diff, self.store, self.job.name, everything=self.options.full_refresh,
+                             ordered=True, mark=mark)  # fmt: skip
         chunks = encoded_chunks(self.job, self.differ.watch(stream), self.counters,
                                 self.options.limit)  # fmt: skip
         return self.differ.changed(chunks, self.counters)

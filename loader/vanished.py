@@ -87,28 +87,34 @@ def send_deletes(
     store: StateStore,
     lease: Lease,
     run_id: str,
-    seen: tuple[int, int, int],
+    seen: tuple[int, int, int, int | None],
     counters: Counters,
     options: RunOptions,
     lost: threading.Event,
 ) -> bool:
     """Send a delete for each key of ``job`` gone from the result, once the breaker
     allowed them; drop each acknowledged key's fingerprint. ``seen`` is the run's
-    generation, the keys tracked when it started and how many of them it read. Returns
-    True if ``options.stop`` ended it early. Raises :class:`TooManyDeletesError` before
-    any delete, and delivery errors."""
+    generation, the keys tracked when it started, how many of them it read and, when it
+    merged (see :class:`~loader.diff.Differ`), how many it marked vanished. Returns True
+    if ``options.stop`` ended it early. Raises :class:`TooManyDeletesError` before any
+    delete, and delivery errors."""
     diff = job.source.diff
     assert diff is not None
-    generation, known, matched = seen
+    generation, known, matched, merged = seen
     if diff.deletes is None or known <= matched:
         return False
     _check_breaker(diff, job.name, known - matched, known)
     redactor = job.redactor()
-    # Which keys vanished: those the result's keys, read again, do not mark seen.
-    for keys in key_chunks(job.source, redactor):
-        store.mark_seen(job.name, keys, generation)
-    vanished = store.fingerprint_count(job.name, not_seen_by=generation)
-    _check_breaker(diff, job.name, vanished, known)
+    if merged is not None:
+        vanished = merged
+        pages = store.vanished_keys(job.name, -generation, marked=True)
+    else:
+        # Which keys vanished: those the result's keys, read again, do not mark seen.
+        for keys in key_chunks(job.source, redactor):
+            store.mark_seen(job.name, keys, generation)
+        vanished = store.fingerprint_count(job.name, not_seen_by=generation)
+        _check_breaker(diff, job.name, vanished, known)
+        pages = store.vanished_keys(job.name, generation)
     log.info("run %s of %s deletes %d vanished key(s)", run_id, job.name, vanished)
     target_job = delete_job(job)
     frame = framing_for(target_job)
@@ -122,19 +128,18 @@ def send_deletes(
 
     with open_sink(target_job, redactor, frame, options.transport) as sink:
         delivery = Delivery(target_job, sink, frame, counters, redactor, options.sleep)
-        batches = singles(_requests(diff, store, job.name, generation), frame,
-                          max_bytes=job.batch.max_bytes)  # fmt: skip
+        batches = singles(_requests(diff, pages), frame, max_bytes=job.batch.max_bytes)
         pipeline = Pipeline(job.concurrency, delivery.send, commit, options.stop, lost)
         return pipeline.run((batch, f"delete:{run_id}:{batch.seq}") for batch in batches)
 
 
-def _requests(diff: Diff, store: StateStore, name: str, generation: int) -> Iterator[Chunk]:
+def _requests(diff: Diff, pages: Iterator[list[str]]) -> Iterator[Chunk]:
     """The vanished keys as chunks of per-row requests: each row the key as a JSON object
     (the body of a POST, PUT or PATCH), its URL filled from the key, its marker the key."""
     assert diff.deletes is not None
     filler = UrlFiller(diff.deletes.url, url_placeholders(diff.deletes.url))
     number = 0
-    for page in store.vanished_keys(name, generation):
+    for page in pages:
         rows, urls = [], []
         for key in page:
             number += 1

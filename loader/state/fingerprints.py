@@ -81,7 +81,9 @@ class FingerprintSql(SqlBase):
                     .values(gen=generation)
                 )
 
-    def fingerprint_count(self, job: str, *, not_seen_by: int | None = None) -> int:
+    def fingerprint_count(
+        self, job: str, *, not_seen_by: int | None = None, marked: int | None = None
+    ) -> int:
         """How many keys ``job`` tracks (with its key ranges, ``NAME#pN``); with
         ``not_seen_by``, how many of ``job``'s own that generation did not see (the
         vanished ones)."""
@@ -89,19 +91,25 @@ class FingerprintSql(SqlBase):
         where: sa.ColumnElement[bool] = (table.c.job == job) | table.c.job.startswith(
             f"{job}#", autoescape=True
         )
-        if not_seen_by is not None:
+        if marked is not None:
+            where = (table.c.job == job) & (table.c.gen == marked)
+        elif not_seen_by is not None:
             where = table.c.job == job
             where &= table.c.gen != not_seen_by
         with self._transaction("counting fingerprints") as conn:
             return int(conn.execute(sa.select(sa.func.count()).where(where)).scalar() or 0)
 
-    def vanished_keys(self, job: str, generation: int, page: int = 1000) -> Iterator[list[str]]:
-        """The keys of ``job`` that ``generation`` did not see, in pages of ``page``,
-        read page by page (keyset pagination) so they are never all in memory."""
+    def vanished_keys(
+        self, job: str, generation: int, page: int = 1000, *, marked: bool = False
+    ) -> Iterator[list[str]]:
+        """The keys of ``job`` that ``generation`` did not see (``marked``: that carry
+        ``generation`` as a mark, see :meth:`mark_vanished`), in pages of ``page``, read
+        page by page (keyset pagination) so they are never all in memory."""
         table = fingerprints
         last: str | None = None
+        seen = table.c.gen == generation
         while True:
-            where = (table.c.job == job) & (table.c.gen != generation)
+            where = (table.c.job == job) & (seen if marked else ~seen)
             if last is not None:
                 where &= table.c.key > last
             query = sa.select(table.c.key).where(where).order_by(table.c.key).limit(page)
@@ -111,6 +119,34 @@ class FingerprintSql(SqlBase):
                 return
             yield keys
             last = keys[-1]
+
+    def ordered_fingerprints(self, job: str, page: int = 20_000) -> Iterator[tuple[int, bytes]]:
+        """``(integer key, fingerprint)`` of every key of ``job`` with a single integer
+        key, in key order, read a page at a time."""
+        # Through the driver's cursor: SQLAlchemy's rows cost more than the merge itself.
+        with self._transaction("reading fingerprints") as conn:
+            marker = "?" if conn.dialect.name == "sqlite" else "%s"
+        sql = (
+            f"SELECT ikey, fp FROM loader_fingerprints WHERE job = {marker} "
+            f"AND ikey {{}} {marker} ORDER BY ikey LIMIT {int(page)}"
+        )
+        last, after = -(2**63), ">="  # from the smallest BIGINT on, then after the last
+        while True:
+            with self._transaction("reading fingerprints") as conn:
+                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    cursor.execute(sql.format(after), (job, last))
+                    rows = cursor.fetchall()
+                finally:
+                    cursor.close()
+            yield from rows
+            if len(rows) < page:
+                return
+            last, after = rows[-1][0], ">"
+
+    def mark_vanished(self, job: str, keys: Sequence[str], mark: int) -> None:
+        """Mark ``keys`` of ``job`` as vanished with ``mark`` (a run's own number)."""
+        self.mark_seen(job, keys, mark)
 
     def forget_fingerprints(self, job: str) -> int:
         """Forget every key of ``job`` and of its key ranges: the next run sends every
@@ -130,11 +166,28 @@ def save_fingerprints(
     statement = dialect.insert(fingerprints)
     upsert = statement.on_conflict_do_update(
         index_elements=[fingerprints.c.job, fingerprints.c.key],
-        set_={"fp": statement.excluded.fp, "gen": statement.excluded.gen},
+        set_={
+            "fp": statement.excluded.fp,
+            "gen": statement.excluded.gen,
+            "ikey": statement.excluded.ikey,
+        },  # fmt: skip
     )
     conn.execute(
-        upsert, [{"job": job, "key": k, "fp": fp, "gen": generation} for k, fp in latest.items()]
+        upsert,
+        [
+            {"job": job, "key": k, "fp": fp, "gen": generation, "ikey": _integer(k)}
+            for k, fp in latest.items()
+        ],
     )
+
+
+def _integer(key: str) -> int | None:
+    """The value of a key of one integer column (``[42]``), else ``None``."""
+    inner = key[1:-1]
+    if not inner.lstrip("-").isdigit():
+        return None
+    value = int(inner)
+    return value if -(2**63) <= value < 2**63 else None
 
 
 def drop_fingerprints(conn: sa.Connection, job: str, keys: Sequence[str]) -> None:

@@ -252,11 +252,22 @@ class FingerprintStore(Protocol):
     def mark_seen(self, job: str, keys: Sequence[str], generation: int) -> None:
         """Mark those of ``keys`` that ``job`` tracks as seen by ``generation``."""
 
-    def fingerprint_count(self, job: str, *, not_seen_by: int | None = ...) -> int:
-        """How many keys ``job`` tracks (that ``not_seen_by`` did not see)."""
+    def fingerprint_count(
+        self, job: str, *, not_seen_by: int | None = ..., marked: int | None = ...
+    ) -> int:
+        """How many keys ``job`` tracks (that ``not_seen_by`` did not see, that carry
+        the mark ``marked``)."""
 
-    def vanished_keys(self, job: str, generation: int, page: int = ...) -> Iterator[list[str]]:
-        """Pages of the keys ``generation`` did not see."""
+    def vanished_keys(
+        self, job: str, generation: int, page: int = ..., *, marked: bool = ...
+    ) -> Iterator[list[str]]:
+        """Pages of the keys ``generation`` did not see (``marked``: marked with it)."""
+
+    def ordered_fingerprints(self, job: str, page: int = ...) -> Iterator[tuple[int, bytes]]:
+        """``(integer key, fingerprint)`` of ``job``'s keys, in key order."""
+
+    def mark_vanished(self, job: str, keys: Sequence[str], mark: int) -> None:
+        """Mark ``keys`` of ``job`` as vanished with ``mark``."""
 
     def forget_fingerprints(self, job: str) -> int:
         """Forget every key of ``job``; return how many."""

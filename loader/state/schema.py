@@ -106,6 +106,9 @@ fingerprints = sa.Table(
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("fp", sa.LargeBinary(16), nullable=False),
     sa.Column("gen", sa.BigInteger, nullable=False),
+    # A single integer key's value, for reading the fingerprints in key order.
+    sa.Column("ikey", sa.BigInteger),
+    sa.Index("loader_fingerprints_ikey", "job", "ikey"),
 )
 alert_states = sa.Table(
     "loader_alert_states",
