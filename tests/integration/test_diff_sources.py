@@ -157,3 +157,32 @@ def test_partitions_diff_each_range(schema: Schema, endpoint: Endpoint) -> None:
     assert (result.rows_unchanged, result.rows_deleted) == (3995, 2)
     assert state.fingerprint_count("test_job") == 3998
     state.close()
+
+
+def test_recipe_runs_as_shipped(tmp_path: Path, schema: Schema, endpoint: Endpoint) -> None:
+    """jobs/customer_stats_diff.yml: all customers, then the changed one and a DELETE."""
+    schema.execute(
+        "CREATE TABLE customers AS SELECT g AS id, 'free' AS plan FROM generate_series(1, 30) g;"
+        "CREATE TABLE orders AS SELECT g AS id, 1 + g % 30 AS customer_id, 10.5 AS total "
+        "FROM generate_series(1, 90) g"
+    )
+    recipe = Path(__file__).resolve().parents[2] / "jobs" / "customer_stats_diff.yml"
+    env = {**os.environ, "DATABASE_URL": schema.scoped_url, "CRM_URL": endpoint.url}
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "loader", "run", str(recipe)], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    first = run()
+    assert first.returncode == 0, first.stderr
+    users = [u for r in endpoint.requests for u in r.json()["users"]]
+    assert sorted(u["user_id"] for u in users) == list(range(1, 31))
+    schema.execute(
+        "UPDATE customers SET plan = 'pro' WHERE id = 4; DELETE FROM customers WHERE id = 9"
+    )
+    endpoint.requests.clear()
+    second = run()
+    assert second.returncode == 0, second.stderr
+    assert [(r.method, r.path) for r in endpoint.requests] == [
+        ("POST", "/v1/users/batch"), ("DELETE", "/v1/users/9")]  # fmt: skip
+    assert endpoint.requests[0].json()["users"][0]["plan"] == "pro"
