@@ -145,32 +145,37 @@ class Differ:
         body's fingerprint differs from the stored one; chunks left empty are dropped.
         ``counters.rows_unchanged`` counts the others. When the chunks run out, the
         stored keys the merge did not reach are vanished too."""
-        for chunk in chunks:
-            raw = self._raw[: len(chunk.rows)]
-            prints = [fingerprint(row) for row in chunk.rows]
-            if self.merged is None:
-                at = self._indexes[0]
-                self.merged = self.ordered and bool(raw) and _integers(raw[0][at], raw[-1][at])
+        try:
+            for chunk in chunks:
+                raw = self._raw[: len(chunk.rows)]
+                prints = [fingerprint(row) for row in chunk.rows]
+                if self.merged is None:
+                    at = self._indexes[0]
+                    self.merged = self.ordered and bool(raw) and _integers(raw[0][at], raw[-1][at])
+                    if self.merged:
+                        self._stored = self.store.ordered_fingerprints(self.job)
+                        self._next = next(self._stored, None)
                 if self.merged:
-                    self._stored = self.store.ordered_fingerprints(self.job)
+                    keep, keys = self._merge(raw, prints)
+                else:
+                    keep, keys = self._look_up(raw, prints)
+                counters.rows_unchanged += len(raw) - len(keep)
+                if not keep:
+                    continue
+                with self._lock:
+                    for i in keep:
+                        self._in_flight.setdefault(prints[i], deque()).append(keys(i))
+                yield _subset(chunk, keep)
+            if self.merged:  # the stored keys after the last row
+                while self._next is not None:
+                    page = [self._next[0]]
+                    page += [key for key, _ in itertools.islice(self._stored, 4999)]
                     self._next = next(self._stored, None)
-            if self.merged:
-                keep, keys = self._merge(raw, prints)
-            else:
-                keep, keys = self._look_up(raw, prints)
-            counters.rows_unchanged += len(raw) - len(keep)
-            if not keep:
-                continue
-            with self._lock:
-                for i in keep:
-                    self._in_flight.setdefault(prints[i], deque()).append(keys(i))
-            yield _subset(chunk, keep)
-        if self.merged:  # the stored keys after the last row
-            while self._next is not None:
-                page = [self._next[0]]
-                page += [key for key, _ in itertools.islice(self._stored, 4999)]
-                self._next = next(self._stored, None)
-                self._passed(page)
+                    self._passed(page)
+        finally:  # the stored fingerprints' cursor, if the read stopped early
+            close = getattr(self._stored, "close", None)
+            if close is not None:
+                close()
 
     def _look_up(
         self, raw: Sequence[Sequence[Any]], prints: list[bytes]

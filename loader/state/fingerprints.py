@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -125,13 +126,17 @@ class FingerprintSql(SqlBase):
         key, in key order, read a page at a time."""
         # Through the driver's cursor: SQLAlchemy's rows cost more than the merge itself.
         with self._transaction("reading fingerprints") as conn:
-            marker = "?" if conn.dialect.name == "sqlite" else "%s"
+            postgres = conn.dialect.name == "postgresql"
+        if postgres:
+            yield from self._streamed(job, page)
+            return
         sql = (
-            f"SELECT ikey, fp FROM loader_fingerprints WHERE job = {marker} "
-            f"AND ikey {{}} {marker} ORDER BY ikey LIMIT {int(page)}"
+            "SELECT ikey, fp FROM loader_fingerprints WHERE job = ? AND ikey {} ? "
+            f"ORDER BY ikey LIMIT {int(page)}"
         )
         last, after = -(2**63), ">="  # from the smallest BIGINT on, then after the last
         while True:
+            # SQLite: a page per transaction, so the committing thread is never kept waiting.
             with self._transaction("reading fingerprints") as conn:
                 cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
                 try:
@@ -143,6 +148,24 @@ class FingerprintSql(SqlBase):
             if len(rows) < page:
                 return
             last, after = rows[-1][0], ">"
+
+    def _streamed(self, job: str, page: int) -> Iterator[tuple[int, bytes]]:
+        """PostgreSQL: one server-side cursor over the whole read (a fast-start index
+        scan; pages of ``LIMIT`` would each be planned without statistics on a new table
+        and sort what they skip)."""
+        sql = (
+            "SELECT ikey, fp FROM loader_fingerprints WHERE job = %s AND ikey IS NOT NULL "
+            "ORDER BY ikey"
+        )
+        with self._transaction("reading fingerprints") as conn:
+            raw = conn.connection.dbapi_connection
+            cursor: Any = raw.cursor(name="loader_fingerprints")  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql, (job,))
+                while rows := cursor.fetchmany(page):
+                    yield from rows
+            finally:
+                cursor.close()
 
     def mark_vanished(self, job: str, keys: Sequence[str], mark: int) -> None:
         """Mark ``keys`` of ``job`` as vanished with ``mark`` (a run's own number)."""
