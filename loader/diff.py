@@ -18,6 +18,7 @@ result are found in the store afterwards (see :mod:`loader.vanished`).
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import itertools
 import operator
@@ -39,7 +40,15 @@ from loader.redact import Redactor
 from loader.source import RowStream, open_stream
 from loader.state import FingerprintStore
 
-__all__ = ["Differ", "check_keys", "fingerprint", "key_chunks", "key_text", "ordered_source"]
+__all__ = [
+    "Differ",
+    "KeyCheck",
+    "check_keys",
+    "fingerprint",
+    "key_chunks",
+    "key_text",
+    "ordered_source",
+]
 
 
 def fingerprint(body: bytes) -> bytes:
@@ -86,6 +95,32 @@ def check_keys(source: Source, redactor: Redactor) -> None:
     )
 
 
+class KeyCheck:
+    """:func:`check_keys` running in a thread of its own, alongside the read: the first
+    changed row waits for it (so nothing is sent before it passed), and so does the end
+    of the read (so no delete is sent either)."""
+
+    def __init__(self, source: Source, redactor: Redactor) -> None:
+        self._error: BaseException | None = None
+        context = contextvars.copy_context()  # log lines keep the run id
+        self._thread = threading.Thread(
+            target=context.run, args=(self._run, source, redactor), name="loader-keycheck"
+        )
+        self._thread.start()
+
+    def _run(self, source: Source, redactor: Redactor) -> None:
+        try:
+            check_keys(source, redactor)
+        except BaseException as exc:
+            self._error = exc
+
+    def passed(self) -> None:
+        """Wait for the check; raise its error (a :class:`QueryError` naming the key)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class Differ:
     """Filters a run's encoded chunks to its new and changed rows, for ``job`` (a job
     or key-range name) in ``store``. ``everything`` (``--full-refresh``) passes every
@@ -111,6 +146,7 @@ class Differ:
         everything: bool = False,
         ordered: bool = False,
         mark: int | None = None,
+        check: KeyCheck | None = None,
     ) -> None:
         self.diff = diff
         self.store = store
@@ -118,6 +154,7 @@ class Differ:
         self.everything = everything
         self.ordered = ordered and len(diff.key) == 1
         self.mark = mark
+        self.check = check
         self.matched = 0  # rows read whose key the store knew
         self.vanished = 0  # stored keys the merge passed over
         self.merged: bool | None = None  # decided at the first chunk
@@ -165,7 +202,9 @@ class Differ:
                 with self._lock:
                     for i in keep:
                         self._in_flight.setdefault(prints[i], deque()).append(keys(i))
+                self._checked()
                 yield _subset(chunk, keep)
+            self._checked()
             if self.merged:  # the stored keys after the last row
                 while self._next is not None:
                     page = [self._next[0]]
@@ -176,6 +215,11 @@ class Differ:
             close = getattr(self._stored, "close", None)
             if close is not None:
                 close()
+
+    def _checked(self) -> None:
+        if self.check is not None:
+            check, self.check = self.check, None
+            check.passed()
 
     def _look_up(
         self, raw: Sequence[Sequence[Any]], prints: list[bytes]
@@ -208,6 +252,7 @@ class Differ:
         except TypeError:  # a NULL or another type among the integers
             ascending = False
         if not ascending:
+            self._checked()  # its error names the repeated or NULL key
             raise QueryError(
                 "source.diff.key: the rows did not come in ascending order of the integer "
                 f"key {self.diff.key[0]!r} (a repeated key, or a key of another type)"

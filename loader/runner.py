@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from loader.batching import Batch, Chunk, batches, singles
 from loader.delivery import Counters, Delivery, Rejected, framing_for, open_sink
-from loader.diff import Differ, check_keys, ordered_source
+from loader.diff import Differ, KeyCheck, ordered_source
 from loader.errors import LoaderError, StateError
 from loader.job import Job
 from loader.journal import Journal
@@ -74,6 +74,7 @@ class _Run:
         self.generation: int | None = None  # a diff sync's mark of the keys it saw
         self.known = 0  # a diff sync's keys tracked when the run started
         self.keys = job.source.diff.key if job.source.diff else ()
+        self.check: KeyCheck | None = None  # a diff sync's check of its keys
 
     def result(self, status: Status, error: str | None = None) -> RunResult:
         """The result so far, with ``status``."""
@@ -145,11 +146,12 @@ class _Run:
         return result
 
     def start_diff(self, lease: Lease | None) -> None:
-        """For a diff sync: refuse NULL or repeated keys before anything is sent, count
-        the keys tracked and (with ``lease``) take a generation to mark those seen."""
+        """For a diff sync: start checking for NULL or repeated keys (nothing is sent
+        before it passed, see :class:`KeyCheck`), count the keys tracked and (with
+        ``lease``) take a generation to mark those seen."""
         if self.job.source.diff is None:
             return
-        check_keys(self.job.source, self.redactor)
+        self.check = KeyCheck(self.job.source, self.redactor)
         self.known = self.store.fingerprint_count(self.job.name)
         if lease is not None:
             self.generation = self.store.next_generation(self.job.name)
@@ -239,7 +241,7 @@ class _Run:
             return encoded_chunks(self.job, stream, self.counters, self.options.limit)
         mark = -self.generation if self.generation is not None else None
         self.differ = Differ(diff, self.store, self.job.name, everything=self.options.full_refresh,
-                             ordered=True, mark=mark)  # fmt: skip
+                             ordered=True, mark=mark, check=self.check)  # fmt: skip
         chunks = encoded_chunks(self.job, self.differ.watch(stream), self.counters,
                                 self.options.limit)  # fmt: skip
         return self.differ.changed(chunks, self.counters)

@@ -215,15 +215,16 @@ def test_failed_read_sends_no_delete(
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
-        ("UPDATE customer_stats SET user_id = NULL WHERE user_id = 30", "NULL key"),
-        ("UPDATE customer_stats SET user_id = 31 WHERE user_id = 30", "user_id=31"),
+        ("UPDATE customer_stats SET user_id = NULL WHERE user_id = 11990", "NULL key"),
+        ("UPDATE customer_stats SET user_id = 11991 WHERE user_id = 11990", "user_id=11991"),
     ],
 )
 def test_null_and_duplicate_keys_refused_before_sending(
     schema: Schema, endpoint: Endpoint, setup: str, message: str
 ) -> None:
-    """A NULL or repeated key stops the run before any request, naming the key."""
-    job = diff_job(schema, endpoint, stats(schema, 100))
+    """A NULL or repeated key near the end of the result (three fetches in) stops the
+    run before any request, naming the key."""
+    job = diff_job(schema, endpoint, stats(schema, 12_000))
     schema.execute(setup)
     with pytest.raises(QueryError, match=message):
         run_job(job)
