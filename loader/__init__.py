@@ -42,6 +42,7 @@ from loader.jobfile import (
     resolve_job_file,
 )
 from loader.logs import RUN_ID
+from loader.logs import event as log_event
 from loader.monitor import cursor_lag
 from loader.monitor import flush as flush_notifications
 from loader.options import RunOptions
@@ -110,6 +111,7 @@ __all__ = [
     "find_job_files",
     "flush_notifications",
     "load_job",
+    "log_event",
     "open_state",
     "parse_job",
     "queue_url",

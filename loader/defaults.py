@@ -75,6 +75,10 @@ MAX_REJECTED: Final = 100
 JOBS_DIR: Final = "jobs"
 #: The variable that moves the jobs directory (where job names are looked up).
 JOBS_DIR_ENV: Final = "LOADER_JOBS_DIR"
+#: The variable read as ``--log-level`` when the option is not given.
+LOG_LEVEL_ENV: Final = "LOADER_LOG_LEVEL"
+#: The variable read as ``--log-format`` when the option is not given.
+LOG_FORMAT_ENV: Final = "LOADER_LOG_FORMAT"
 #: The file of variables commands read (``--env-file``); the environment wins.
 ENV_FILE: Final = ".env"
 #: Seconds ``loader worker`` gives running jobs to checkpoint and end after SIGTERM.
