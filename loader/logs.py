@@ -62,12 +62,16 @@ def event(
     **fields: Any,
 ) -> None:
     """Log the event ``name`` with ``fields`` at ``level`` on ``logger``. Fields that
-    are ``None`` are left out; the others become scalars (:func:`scalar`). With
-    ``exc_info``, the exception being handled goes in a ``traceback`` field.
+    are ``None`` are left out; the others become scalars (:func:`scalar`). The run id
+    of the run in progress (:data:`RUN_ID`) is added unless given. With ``exc_info``, the
+    exception being handled goes in a ``traceback`` field.
 
     The record's message is ``name key=value ...``, so a plain formatter shows it too."""
     if not logger.isEnabledFor(level):
         return
+    run_id = RUN_ID.get()
+    if run_id and fields.get("run_id") is None:
+        fields = {"run_id": run_id, **fields}
     values = {key: scalar(value) for key, value in fields.items() if value is not None}
     logger.log(
         level,
