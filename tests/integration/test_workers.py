@@ -117,7 +117,7 @@ def test_one_clock_two_workers_each_slot_runs_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """The clock only queues (LOADER_EXECUTOR read from .env); each slot runs once, on
-    one of the two workers."""
+    one of the two workers, which logs its one run.ended."""
     monkeypatch.delenv("LOADER_EXECUTOR")
     (tmp_path / ".env").write_text("LOADER_EXECUTOR=procrastinate\n")
     query = events(schema, 20)
@@ -146,6 +146,8 @@ def test_one_clock_two_workers_each_slot_runs_once(
     slots = {s.run_id: s.status for s in slot_records}
     assert {run.run_id for run in runs} <= set(slots)
     assert all(slots[run.run_id] == "succeeded" for run in runs)
+    ended = [e["run_id"] for _, out in outs for e in log_events(out, "run.ended")]
+    assert sorted(ended) == sorted(run.run_id for run in runs)  # one run.ended per run
 
 
 def slow_incremental(schema: Schema, endpoint: Endpoint, count: int) -> dict[str, Any]:
