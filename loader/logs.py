@@ -105,7 +105,7 @@ def scalar(value: Any) -> Scalar:
 
 def record_fields(record: logging.LogRecord) -> tuple[str, dict[str, Scalar]]:
     """The event name and fields of ``record``; a record not logged by :func:`event`
-    (a library's) is the event ``log`` with its text as ``message``."""
+    (a library's) is the event ``log`` with its ``logger`` and its text as ``message``."""
     name = getattr(record, _EVENT, None)
     fields: Mapping[str, Scalar] = getattr(record, _FIELDS, None) or {}
     values: dict[str, Scalar] = {}
@@ -113,7 +113,7 @@ def record_fields(record: logging.LogRecord) -> tuple[str, dict[str, Scalar]]:
     if run_id and "run_id" not in fields:
         values["run_id"] = run_id
     if name is None:
-        name, values["message"] = "log", record.getMessage()
+        name, values["logger"], values["message"] = "log", record.name, record.getMessage()
     values.update(fields)
     return name, {key: _masked(value) for key, value in values.items()}
 
