@@ -76,8 +76,8 @@ def _main(
         typer.Option(
             "--log-level",
             envvar=defaults.LOG_LEVEL_ENV,
-            help=f"debug, info, warning or error (${defaults.LOG_LEVEL_ENV}); "
-            "wins over -v and -q. Default: warning (info for clock and worker).",
+            help="debug, info, warning or error; wins over -v and -q. Default: warning "
+            "(info for clock and worker).",
         ),
     ] = None,
     log_format: Annotated[
@@ -85,8 +85,7 @@ def _main(
         typer.Option(
             "--log-format",
             envvar=defaults.LOG_FORMAT_ENV,
-            help=f"text, json or logfmt (${defaults.LOG_FORMAT_ENV}); auto: text on a "
-            "terminal, JSON lines off one.",
+            help="text, json or logfmt; auto: text on a terminal, JSON lines off one.",
         ),
     ] = "auto",
 ) -> None:
