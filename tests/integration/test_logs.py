@@ -92,14 +92,14 @@ def test_quiet_logs_errors_only_and_log_level_follows_the_command(
     tmp_path: Path, schema: Schema, endpoint: Endpoint
 ) -> None:
     """A rejected row logs row.rejected (warning) by default, no event with ``-q``;
-    ``--log-level info`` after the command, and ``LOADER_LOG_LEVEL``, log run.started."""
+    ``--log-level debug`` after the command, and ``LOADER_LOG_LEVEL``, log run.started."""
     write_job(tmp_path, schema, endpoint, batch={"size": 1})
     endpoint.reject_when(lambda body: b'"id": 3' in body or b'"id":3' in body, 422)
 
     default = loader(tmp_path, "--log-format", "json", "run", "orders", "--full-refresh")
     quiet = loader(tmp_path, "--log-format", "json", "run", "orders", "--full-refresh", "-q")
-    info = loader(tmp_path, "run", "orders", "--full-refresh", "--log-level", "info",
-                  "--log-format", "json")  # fmt: skip
+    debug = loader(tmp_path, "run", "orders", "--full-refresh", "--log-level", "debug",
+                   "--log-format", "json")  # fmt: skip
     by_env = loader(tmp_path, "run", "orders", "--full-refresh", LOADER_LOG_LEVEL="info",
                     LOADER_LOG_FORMAT="logfmt")  # fmt: skip
 
@@ -108,8 +108,8 @@ def test_quiet_logs_errors_only_and_log_level_follows_the_command(
     assert log_events(default.stderr, "run.ended", level="warning", status="partial")
     assert not log_events(default.stderr, "run.started")  # info: not at the default level
     assert not log_events(quiet.stderr) and "1 rows were rejected" in quiet.stderr
-    assert log_events(info.stderr, "run.started", job="orders")
-    assert log_events(info.stderr, "run.ended", status="partial", rows=ROWS - 1)
+    assert log_events(debug.stderr, "run.started", job="orders")
+    assert log_events(debug.stderr, "run.ended", status="partial", rows=ROWS - 1)
     logfmt = [parse_logfmt(line) for line in by_env.stderr.splitlines() if line.startswith("at=")]
     assert [line["job"] for line in logfmt if line["event"] == "run.started"] == ["orders"]
 
