@@ -49,6 +49,8 @@ from loader.outcome import Outcome, run_and_record, run_job
 from loader.result import RunResult, Status
 from loader.schedule import Schedule
 from loader.state import StateStore, open_state
+from loader.status import StatusReport, status_report
+from loader.statuspage import render_status_page
 
 if TYPE_CHECKING:
     from loader.scheduler import Clock
@@ -100,6 +102,7 @@ __all__ = [
     "StateError",
     "StateStore",
     "Status",
+    "StatusReport",
     "Target",
     "TooManyRejectionsError",
     "__version__",
@@ -113,7 +116,9 @@ __all__ = [
     "open_state",
     "parse_job",
     "queue_url",
+    "render_status_page",
     "resolve_job_file",
     "run_and_record",
     "run_job",
+    "status_report",
 ]
