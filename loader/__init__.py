@@ -51,6 +51,7 @@ from loader.schedule import Schedule
 from loader.state import StateStore, open_state
 from loader.status import StatusReport, status_report
 from loader.statuspage import render_status_page
+from loader.units import parse_duration
 
 if TYPE_CHECKING:
     from loader.scheduler import Clock
@@ -114,6 +115,7 @@ __all__ = [
     "flush_notifications",
     "load_job",
     "open_state",
+    "parse_duration",
     "parse_job",
     "queue_url",
     "render_status_page",

@@ -32,6 +32,7 @@ th, td { text-align: left; padding: 0.3rem 0.5rem; border-bottom: 1px solid var(
 th { font-weight: 600; white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .error { overflow-wrap: anywhere; font-family: ui-monospace, monospace; font-size: 0.85rem; }
+time { white-space: nowrap; }
 .badge { border-radius: 0.25rem; padding: 0 0.3rem; white-space: nowrap; }
 .ok { background: #d1fae5; color: #065f46; }
 .bad { background: #fee2e2; color: #991b1b; }
@@ -78,6 +79,11 @@ def render_status_page(
 def _text(redactor: Redactor, value: Any) -> str:
     """``value`` as escaped, redacted text; empty for ``None``."""
     return "" if value is None else html.escape(redactor.text(str(value)))
+
+
+def _time(redactor: Redactor, value: str | None) -> str:
+    """An ISO time kept on one line (its table scrolls sideways on a narrow screen)."""
+    return "" if not value else f"<time>{_text(redactor, value)}</time>"
 
 
 def _badge(redactor: Redactor, status: str | None) -> str:
@@ -140,8 +146,8 @@ def _job_row(redactor: Redactor, row: Mapping[str, Any]) -> str:
     cells = [
         f'<a href="#job-{job}">{job}</a>' if "runs" in row else job,
         _text(redactor, schedule or "none"),
-        _text(redactor, row.get("next_run") or ""),
-        _text(redactor, row.get("last_run") or ""),
+        _time(redactor, row.get("next_run")),
+        _time(redactor, row.get("last_run")),
         _badge(redactor, row.get("status")),
         _text(redactor, row.get("rows_posted")),
         _text(redactor, format_duration(round(lag)) if lag is not None else ""),
@@ -163,9 +169,9 @@ def _runs_section(redactor: Redactor, row: Mapping[str, Any]) -> str:
         )
         lines.append(
             f'<tr data-run="{_text(redactor, run["run_id"])}">'
-            f"<td>{_text(redactor, run['started'])}</td>"
+            f"<td>{_time(redactor, run['started'])}</td>"
             f"<td>{_badge(redactor, run['status'])}</td>"
-            f'<td class="num">{_text(redactor, rows)}</td>'
+            f'<td class="num rows">{_text(redactor, rows)}</td>'
             f'<td class="num">{"" if seconds is None else f"{seconds:.1f}"}</td>'
             f'<td class="error">{_text(redactor, run.get("error"))}</td></tr>'
         )

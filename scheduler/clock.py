@@ -36,7 +36,7 @@ import loader
 from loader import Job, JobConfigError, LoaderError, Schedule, StateStore, Status
 
 from .metrics import Metrics, MetricsServer
-from .web import status_page, ui_password
+from .web import status_page, ui_password, ui_refresh
 
 log = logging.getLogger("loader.clock")
 
@@ -176,7 +176,7 @@ class Clock:
     def _serve(self, port: int) -> MetricsServer:
         """Serve /metrics, /healthz and the status page (at /) on ``port``."""
         env = self.env if self.env is not None else loader.environment()
-        page = status_page(self.paths, env, self.state, self.facts)
+        page = status_page(self.paths, env, self.state, self.facts, refresh=ui_refresh(env))
         return MetricsServer(self.metrics, self.health, port, page=page,
                              password=ui_password(env, port))  # fmt: skip
 

@@ -116,6 +116,22 @@ def ui_password(env: Mapping[str, str], port: int) -> str | None:
     return password
 
 
+def ui_refresh(env: Mapping[str, str]) -> float:
+    """Seconds between the status page's refreshes: ``$LOADER_UI_REFRESH`` from ``env``
+    (a duration, ``10s``), else the default. A bad value raises :class:`JobConfigError`."""
+    name = loader.defaults.UI_REFRESH_ENV
+    text = env.get(name)
+    if not text:
+        return float(loader.defaults.UI_REFRESH)
+    try:
+        seconds = loader.parse_duration(text)
+    except ValueError as exc:
+        raise loader.JobConfigError([f"{name}={text!r}: {exc}"]) from exc
+    if seconds < 1:
+        raise loader.JobConfigError([f"{name}={text!r}: expected at least 1s"])
+    return seconds
+
+
 def status_page(
     paths: Sequence[Path],
     env: Mapping[str, str],

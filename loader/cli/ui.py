@@ -27,7 +27,13 @@ UiPort = Annotated[
     typer.Option(envvar="PORT", help=f"Port to listen on ($PORT, else {defaults.UI_PORT})."),
 ]
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
-Refresh = Annotated[str, typer.Option(help="How often the page reloads itself.")]
+Refresh = Annotated[
+    str,
+    typer.Option(
+        envvar=defaults.UI_REFRESH_ENV,
+        help=f"How often the page reloads itself (${defaults.UI_REFRESH_ENV}); at least 1s.",
+    ),
+]
 #: The default of ``--refresh``, as written on the command line.
 UI_REFRESH = format_duration(defaults.UI_REFRESH)
 
@@ -54,6 +60,8 @@ def ui(
                 f"no such job file or directory: {', '.join(map(str, missing))}",
             )
         period = duration("--refresh", refresh)
+        if period < 1:
+            fail(defaults.EXIT_CONFIG, f"--refresh {refresh}: expected at least 1s")
         port = defaults.UI_PORT if port is None else port
         try:
             server = serve_status_page(roots, env, port, host, refresh=period)
