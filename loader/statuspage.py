@@ -31,7 +31,9 @@ th, td { text-align: left; padding: 0.3rem 0.5rem; border-bottom: 1px solid var(
          vertical-align: top; }
 th { font-weight: 600; white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.error { overflow-wrap: anywhere; font-family: ui-monospace, monospace; font-size: 0.85rem; }
+.error { overflow-wrap: break-word; font-family: ui-monospace, monospace; font-size: 0.85rem; }
+#jobs tbody tr:first-child td { border-bottom: none; }
+#jobs tbody tr:last-child td { border-bottom: 1px solid var(--line); }
 time { white-space: nowrap; }
 .badge { border-radius: 0.25rem; padding: 0 0.3rem; white-space: nowrap; }
 .ok { background: #d1fae5; color: #065f46; }
@@ -39,6 +41,8 @@ time { white-space: nowrap; }
 .other { background: #e5e7eb; color: #374151; }
 """
 
+#: Columns of the jobs table.
+_COLUMNS = 8
 #: How each status is coloured; anything else is grey.
 _GOOD = frozenset({"succeeded", "ok"})
 _BAD = frozenset({"failed", "partial", "abandoned", "stalled", "missed", "bad"})
@@ -119,25 +123,29 @@ def _clock_line(redactor: Redactor, clock: Mapping[str, Any] | None, now: float)
 
 def _jobs_table(redactor: Redactor, rows: Iterable[Mapping[str, Any]]) -> str:
     head = ("job", "schedule", "next run", "last run", "status", "rows", "cursor lag",
-            "dead letters", "error")  # fmt: skip
+            "dead letters")  # fmt: skip
     body = [_job_row(redactor, row) for row in rows]
     if not body:
-        body = [f'<tr><td colspan="{len(head)}" class="muted">no job files</td></tr>']
+        body = [f'<tbody><tr><td colspan="{_COLUMNS}" class="muted">no job files</td></tr></tbody>']
     return (
         '<div class="scroll"><table id="jobs"><thead><tr>'
         + "".join(f"<th>{name}</th>" for name in head)
-        + "</tr></thead><tbody>\n"
+        + "</tr></thead>\n"
         + "\n".join(body)
-        + "</tbody></table></div>"
+        + "</table></div>"
     )
 
 
 def _job_row(redactor: Redactor, row: Mapping[str, Any]) -> str:
+    """One job's rows of the table, in a ``tbody`` of its own: its facts, then its last
+    error (or a bad file's problem) across the whole width."""
     job = _text(redactor, row["job"])
     if "problem" in row:
         return (
-            f'<tr data-job="{job}"><td>{job}</td><td colspan="7">{_badge(redactor, "bad")}'
-            f' bad job file</td><td class="error">{_text(redactor, row["problem"])}</td></tr>'
+            f'<tbody data-job="{job}"><tr><td>{job}</td><td colspan="{_COLUMNS - 1}">'
+            f"{_badge(redactor, 'bad')} bad job file</td></tr>"
+            + _error_row(redactor, row["problem"])
+            + "</tbody>"
         )
     schedule = row.get("schedule")
     if schedule and row.get("timezone"):
@@ -154,9 +162,14 @@ def _job_row(redactor: Redactor, row: Mapping[str, Any]) -> str:
         _text(redactor, row.get("dead_letters")),
     ]
     tds = "".join(f"<td>{cell}</td>" for cell in cells)
-    return (
-        f'<tr data-job="{job}">{tds}<td class="error">{_text(redactor, row.get("error"))}</td></tr>'
-    )
+    return f'<tbody data-job="{job}"><tr>{tds}</tr>{_error_row(redactor, row.get("error"))}</tbody>'
+
+
+def _error_row(redactor: Redactor, error: str | None) -> str:
+    if not error:
+        return ""
+    text = _text(redactor, error)
+    return f'<tr><td></td><td colspan="{_COLUMNS - 1}" class="error">{text}</td></tr>'
 
 
 def _runs_section(redactor: Redactor, row: Mapping[str, Any]) -> str:

@@ -83,9 +83,9 @@ def test_the_clock_page_shows_jobs_errors_and_picks_up_new_runs(
     navigations: list[str] = []
     page.on("framenavigated", lambda frame: navigations.append(frame.url))
     page.goto(url)
-    expect(page.locator("tr[data-job=signups]")).to_have_count(1)
-    expect(page.locator("tr[data-job=invoices]")).to_contain_text("failed")
-    expect(page.locator("tr[data-job=invoices] td.error")).to_contain_text("invalid input syntax")
+    expect(page.locator("[data-job=signups]")).to_have_count(1)
+    expect(page.locator("[data-job=invoices]")).to_contain_text("failed")
+    expect(page.locator("[data-job=invoices] td.error")).to_contain_text("invalid input syntax")
     expect(rows_cell(page, "signups", "3")).not_to_have_count(0)
     expect(page.locator("#clock")).to_contain_text("Clock ok")
     expect(rows_cell(page, "signups", "2")).to_have_count(0)
@@ -128,7 +128,7 @@ def test_with_a_password_the_page_asks_for_it_and_healthz_stays_open(
     page = context.new_page()
     answer = page.goto(f"{url}/")
     assert answer is not None and answer.status == 200
-    expect(page.locator("tr[data-job=signups]")).to_have_count(1)
+    expect(page.locator("[data-job=signups]")).to_have_count(1)
     if os.environ.get(SCREENSHOT_ENV):  # the README's screenshot
         page.screenshot(path=os.environ[SCREENSHOT_ENV], full_page=True)
     context.close()
@@ -153,8 +153,8 @@ def test_loader_ui_serves_the_page_from_the_state_store_readable_on_a_phone(
     page.goto(f"http://127.0.0.1:{port}/")
     assert "No clock" in page.locator("#clock").inner_text()
     expect(rows_cell(page, "signups", "3")).to_have_count(1)
-    assert "invalid input syntax" in page.locator("tr[data-job=invoices] td.error").inner_text()
-    next_run = page.locator("tr[data-job=signups] td").nth(2).inner_text()
+    assert "invalid input syntax" in page.locator("[data-job=invoices] td.error").inner_text()
+    next_run = page.locator("[data-job=signups] td").nth(2).inner_text()
     assert re.match(r"\d{4}-\d\d-\d\dT", next_run), next_run
     assert PASSWORD not in page.content()
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
