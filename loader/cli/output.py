@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import textwrap
 import time
@@ -254,6 +255,62 @@ def print_received(received: Received, *, show_body: bool) -> None:
             typer.echo(json.dumps(json.loads(received.body), indent=2)[:BODY_CHARS])
         except ValueError:
             typer.echo(received.body.decode("utf-8", "replace")[:BODY_CHARS])
+
+
+#: Rows of a request body ``loader demo`` shows; the rest are counted.
+DEMO_BODY_ROWS = 2
+
+
+def trimmed_body(body: bytes, rows: int = DEMO_BODY_ROWS) -> str:
+    """A request body as pretty JSON with its first ``rows`` rows and ``... N more rows``
+    (the rows being the array, or the one array in an envelope); other bodies as their
+    first ``rows`` lines."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        lines = body.decode("utf-8", "replace").splitlines()
+        more = [f"... {len(lines) - rows} more lines"] if len(lines) > rows else []
+        return "\n".join(lines[:rows] + more)
+    arrays = [k for k, v in data.items() if isinstance(v, list)] if isinstance(data, dict) else []
+    items = data if isinstance(data, list) else data[arrays[0]] if len(arrays) == 1 else []
+    if len(items) <= rows:
+        return json.dumps(data, indent=2)
+    marker = "\u0000more\u0000"  # a string no row holds, replaced after rendering
+    shown = [*items[:rows], marker]
+    trimmed = shown if isinstance(data, list) else {**data, arrays[0]: shown}
+    return json.dumps(trimmed, indent=2).replace(
+        json.dumps(marker), f"... {len(items) - rows} more rows"
+    )
+
+
+def filter_effect(query: str, params: dict[str, Any], kept: int, total: int) -> str:
+    """What the job's query made of the ``total`` rows of the table: its WHERE condition,
+    parameters filled in (``plan = 'pro'``), and the ``kept`` rows it returned."""
+    where = re.search(
+        r"\bWHERE\b(.+?)(?:\bORDER\s+BY\b|\bGROUP\s+BY\b|\bLIMIT\b|$)", query, re.I | re.S
+    )
+    if where is None:
+        return f"the job's query keeps every row: {kept:,} of {total:,} to send"
+    condition = re.sub(
+        r"(?<!:):(\w+)",
+        lambda m: repr(params[m[1]]) if m[1] in params else m[0],
+        " ".join(where[1].split()),
+    )
+    return f"the job's query keeps {condition}: {kept:,} of {total:,} rows to send"
+
+
+def received_summary(received: list[Received]) -> str:
+    """What a receiver got, in one line: requests, rows and the rows of each request."""
+    sizes = [r.rows for r in received if r.rows is not None]
+    each = (
+        ", ".join(map(str, sizes))
+        if len(sizes) <= 10
+        else f"{', '.join(map(str, sizes[:10]))}, ..."
+    )
+    return (
+        f"the receiver got {len(received):,} requests, {sum(sizes):,} rows in all "
+        f"({each} rows per request)"
+    )
 
 
 def print_json(document: dict[str, Any]) -> None:
