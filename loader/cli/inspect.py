@@ -103,12 +103,10 @@ def history(
         elif not records:
             typer.echo(f"{job.name}: no runs recorded")
         else:
-            _history_table(str(job_file), records, job.redactor(), errors)
+            _history_table(records, job.redactor(), errors)
 
 
-def _history_table(
-    job_file: str, records: list[RunRecord], redactor: Redactor, errors: bool
-) -> None:
+def _history_table(records: list[RunRecord], redactor: Redactor, errors: bool) -> None:
     runs, cut = fitted_table(HISTORY_COLUMNS, [history_row(r, redactor) for r in records], width())
     console().print(runs)
     failed = [r for r in records if r.error]

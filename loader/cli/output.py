@@ -302,15 +302,9 @@ def filter_effect(query: str, params: dict[str, Any], kept: int, total: int) -> 
 def received_summary(received: list[Received]) -> str:
     """What a receiver got, in one line: requests, rows and the rows of each request."""
     sizes = [r.rows for r in received if r.rows is not None]
-    each = (
-        ", ".join(map(str, sizes))
-        if len(sizes) <= 10
-        else f"{', '.join(map(str, sizes[:10]))}, ..."
-    )
-    return (
-        f"the receiver got {len(received):,} requests, {sum(sizes):,} rows in all "
-        f"({each} rows per request)"
-    )
+    each = ", ".join(map(str, sizes[:10])) + (", ..." if len(sizes) > 10 else "")
+    requests = f"{len(received):,} request{'' if len(received) == 1 else 's'}"
+    return f"the receiver got {requests}, {sum(sizes):,} rows in all ({each} rows per request)"
 
 
 def print_json(document: dict[str, Any]) -> None:

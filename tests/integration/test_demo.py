@@ -91,7 +91,7 @@ def test_demo_keeps_its_state_apart_from_the_jobs(
         assert json.loads(history)["runs"] == []
     assert not (tmp_path / ".loader" / "state.db").exists()
     assert (tmp_path / ".loader" / "demo-state.db").exists()
-    assert "the receiver got 1 requests, 5 rows in all" in out
+    assert "the receiver got 1 request, 5 rows in all" in out
 
 
 def test_receive_prints_what_arrives(tmp_path: Path) -> None:
