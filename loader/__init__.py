@@ -50,6 +50,9 @@ from loader.outcome import Outcome, run_and_record, run_job
 from loader.result import RunResult, Status
 from loader.schedule import Schedule
 from loader.state import StateStore, open_state
+from loader.status import StatusReport, status_report
+from loader.statuspage import render_status_page
+from loader.units import parse_duration
 
 if TYPE_CHECKING:
     from loader.scheduler import Clock
@@ -101,6 +104,7 @@ __all__ = [
     "StateError",
     "StateStore",
     "Status",
+    "StatusReport",
     "Target",
     "TooManyRejectionsError",
     "__version__",
@@ -113,9 +117,12 @@ __all__ = [
     "load_job",
     "log_event",
     "open_state",
+    "parse_duration",
     "parse_job",
     "queue_url",
+    "render_status_page",
     "resolve_job_file",
     "run_and_record",
     "run_job",
+    "status_report",
 ]

@@ -96,6 +96,15 @@ RECEIVER_HOST: Final = "127.0.0.1"
 RECEIVER_PORT: Final = 8000
 #: Sign-ups in ``loader demo``'s example database.
 DEMO_ROWS: Final = 1000
+#: The status page (the clock's ``/`` and ``loader ui``): the variable holding the password
+#: it asks for (any user name), the variable and the default of the seconds between its
+#: refreshes, the runs it shows per job
+#: and where ``loader ui`` listens without ``--port`` or ``$PORT``.
+UI_PASSWORD_ENV: Final = "LOADER_UI_PASSWORD"
+UI_REFRESH_ENV: Final = "LOADER_UI_REFRESH"
+UI_REFRESH: Final = 10
+UI_RECENT_RUNS: Final = 5
+UI_PORT: Final = 8080
 
 # Exit codes of the ``loader`` command.
 #: Every row was delivered (or, with ``--dry-run``, read and encoded).

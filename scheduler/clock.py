@@ -36,6 +36,7 @@ import loader
 from loader import Job, JobConfigError, LoaderError, Schedule, StateStore, Status, log_event
 
 from .metrics import Metrics, MetricsServer
+from .web import status_page, ui_password, ui_refresh
 
 log = logging.getLogger("loader.clock")
 
@@ -115,6 +116,8 @@ class Clock:
         self.metrics_port = metrics_port
         self._server: MetricsServer | None = None
         self._last_tick = 0.0
+        self._ticked_at: float | None = None
+        self._started_at = self.now()
 
     # Running
 
@@ -126,11 +129,11 @@ class Clock:
         reload = reload or self._reload
         if self.metrics_port is not None:
             try:
-                self._server = MetricsServer(self.metrics, self.health, self.metrics_port)
+                self._server = self._serve(self.metrics_port)
             except OSError as exc:
                 raise JobConfigError(
                     [
-                        f"cannot serve /metrics and /healthz on port {self.metrics_port} "
+                        f"cannot serve /metrics, /healthz and / on port {self.metrics_port} "
                         f"({exc.strerror}): another process holds it; choose a free one "
                         "with --port (or $PORT)"
                     ]
@@ -149,7 +152,7 @@ class Clock:
                 if now >= next_poll:
                     next_poll = now + self.reload_poll
                 self.tick(now)
-                self._last_tick = time.monotonic()
+                self._last_tick, self._ticked_at = time.monotonic(), now
                 if now >= next_lag:
                     next_lag = now + LAG_REFRESH
                     self._refresh_lag(now)
@@ -168,6 +171,23 @@ class Clock:
             lag = loader.cursor_lag(position, now)
             if lag is not None:
                 self.metrics.cursor_lag.labels(name).set(lag)
+
+    def _serve(self, port: int) -> MetricsServer:
+        """Serve /metrics, /healthz and the status page (at /) on ``port``."""
+        env = self.env if self.env is not None else loader.environment()
+        page = status_page(self.paths, env, self.state, self.facts, refresh=ui_refresh(env))
+        return MetricsServer(self.metrics, self.health, port, page=page,
+                             password=ui_password(env, port))  # fmt: skip
+
+    def facts(self) -> dict[str, Any]:
+        """The clock's health as the status page shows it."""
+        healthy, details = self.health()
+        executor = "procrastinate" if self.enqueue else f"inline, {self.max_parallel} at once"
+        problems = [problem for found in self.problems.values() for problem in found]
+        return {
+            "healthy": healthy, "up_since": self._started_at, "last_tick": self._ticked_at,
+            "executor": executor, "running": details["running"], "bad_files": problems,
+        }  # fmt: skip
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy while the loop ticks (it does at least every half second)."""

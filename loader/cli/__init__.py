@@ -19,7 +19,7 @@ import typer
 
 from loader import defaults
 from loader._version import __version__
-from loader.cli import inspect, run, scaffold, serve, store
+from loader.cli import inspect, run, scaffold, serve, store, ui
 from loader.cli.options import log_to, quiet_stdout, set_log_format, set_log_level
 from loader.logs import LOG_FORMATS, LOG_LEVELS
 
@@ -122,6 +122,7 @@ app.command()(inspect.check)
 app.command()(inspect.schema)
 app.command()(scaffold.init)
 app.command()(inspect.status)
+app.command()(ui.ui)
 app.command()(serve.receive)
 app.command()(serve.demo)
 
