@@ -42,6 +42,7 @@ from loader.jobfile import (
     resolve_job_file,
 )
 from loader.logs import RUN_ID
+from loader.logs import event as log_event
 from loader.monitor import cursor_lag
 from loader.monitor import flush as flush_notifications
 from loader.options import RunOptions
@@ -49,6 +50,9 @@ from loader.outcome import Outcome, run_and_record, run_job
 from loader.result import RunResult, Status
 from loader.schedule import Schedule
 from loader.state import StateStore, open_state
+from loader.status import StatusReport, status_report
+from loader.statuspage import render_status_page
+from loader.units import parse_duration
 
 if TYPE_CHECKING:
     from loader.scheduler import Clock
@@ -100,6 +104,7 @@ __all__ = [
     "StateError",
     "StateStore",
     "Status",
+    "StatusReport",
     "Target",
     "TooManyRejectionsError",
     "__version__",
@@ -110,10 +115,14 @@ __all__ = [
     "find_job_files",
     "flush_notifications",
     "load_job",
+    "log_event",
     "open_state",
+    "parse_duration",
     "parse_job",
     "queue_url",
+    "render_status_page",
     "resolve_job_file",
     "run_and_record",
     "run_job",
+    "status_report",
 ]

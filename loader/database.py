@@ -26,6 +26,7 @@ from loader import job as jobmodel
 from loader.cursor import POSTGRES_TYPES
 from loader.encoding import PgFloat, Unsendable, json_fragment
 from loader.errors import ConnectionLostError, JobConfigError, SourceError
+from loader.logs import event
 from loader.pgtypes import CATALOG_SQL, PgType, refuse
 from loader.redact import Redactor, mask_url
 
@@ -114,7 +115,7 @@ def closing(connection: Connection) -> Iterator[Connection]:
         try:
             connection.close()
         except SQLAlchemyError as exc:
-            log.debug("closing the source connection failed: %s", exc)
+            event(log, "source.close_failed", logging.DEBUG, error=exc)
             with contextlib.suppress(SQLAlchemyError):
                 connection.invalidate()
 

@@ -20,6 +20,8 @@ from typing import Any
 import httpcore
 import httpx
 
+from loader.logs import event
+
 log = logging.getLogger("loader")
 
 _local = threading.local()  # .deadline: the monotonic time the current exchange ends
@@ -120,5 +122,10 @@ def bounded(transport: httpx.HTTPTransport) -> httpx.HTTPTransport:
     if isinstance(backend, httpcore.NetworkBackend):
         pool._network_backend = _Backend(backend)  # type: ignore[union-attr]
     else:
-        log.debug("httpx's connection pool has no network backend to bound")
+        event(
+            log,
+            "http.deadline_unbounded",
+            logging.DEBUG,
+            reason="httpx's connection pool has no network backend",
+        )
     return transport

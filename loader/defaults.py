@@ -77,6 +77,10 @@ MAX_REJECTED: Final = 100
 JOBS_DIR: Final = "jobs"
 #: The variable that moves the jobs directory (where job names are looked up).
 JOBS_DIR_ENV: Final = "LOADER_JOBS_DIR"
+#: The variable read as ``--log-level`` when the option is not given.
+LOG_LEVEL_ENV: Final = "LOADER_LOG_LEVEL"
+#: The variable read as ``--log-format`` when the option is not given.
+LOG_FORMAT_ENV: Final = "LOADER_LOG_FORMAT"
 #: The file of variables commands read (``--env-file``); the environment wins.
 ENV_FILE: Final = ".env"
 #: Seconds ``loader worker`` gives running jobs to checkpoint and end after SIGTERM.
@@ -94,6 +98,15 @@ RECEIVER_HOST: Final = "127.0.0.1"
 RECEIVER_PORT: Final = 8000
 #: Sign-ups in ``loader demo``'s example database.
 DEMO_ROWS: Final = 1000
+#: The status page (the clock's ``/`` and ``loader ui``): the variable holding the password
+#: it asks for (any user name), the variable and the default of the seconds between its
+#: refreshes, the runs it shows per job
+#: and where ``loader ui`` listens without ``--port`` or ``$PORT``.
+UI_PASSWORD_ENV: Final = "LOADER_UI_PASSWORD"
+UI_REFRESH_ENV: Final = "LOADER_UI_REFRESH"
+UI_REFRESH: Final = 10
+UI_RECENT_RUNS: Final = 5
+UI_PORT: Final = 8080
 
 # Exit codes of the ``loader`` command.
 #: Every row was delivered (or, with ``--dry-run``, read and encoded).

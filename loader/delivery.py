@@ -24,6 +24,7 @@ from loader.answers import ItemError
 from loader.encoding import Framing, framing
 from loader.errors import RejectedError, RetryableSinkError, TooManyRejectionsError
 from loader.job import Job
+from loader.logs import event
 from loader.redact import Redactor
 from loader.result import Position
 from loader.retry import RetryPolicy, StopSignal
@@ -296,7 +297,14 @@ class Delivery:
         with self.lock:
             self.rejected_seen += 1
             total = self.rejected_seen
-        log.warning("row rejected (%d so far this run): %s", total, error)
+        event(
+            log,
+            "row.rejected",
+            logging.WARNING,
+            rejected=total,
+            http_status=error.status,
+            error=error,
+        )
         if total > self.job.max_rejected:
             raise TooManyRejectionsError(
                 f"{total} rows rejected in this run, more than max_rejected "
@@ -339,7 +347,12 @@ class Delivery:
             self.counters.retries += 1
             if getattr(error, "status", None) == 429:
                 self.counters.throttled += 1
-        log.warning(
-            "attempt %d/%d failed: %s; retrying in %.2fs",
-            attempt, self.policy.attempts, self.redactor.text(str(error)), wait,
-        )  # fmt: skip
+        event(
+            log,
+            "request.retry",
+            logging.WARNING,
+            attempt=attempt,
+            attempts=self.policy.attempts,
+            error=self.redactor.text(str(error)),
+            wait_s=wait,
+        )

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from loader.errors import LoaderError, StateError
 from loader.job import Job
+from loader.logs import event
 from loader.monitor import Monitor
 from loader.result import Position, RunResult
 from loader.state import StateStore
@@ -79,11 +80,12 @@ class Journal:
                 break
             except StateError as exc:
                 if wait is None:
-                    log.warning("could not record the end of run %s: %s", result.run_id, exc)
+                    event(
+                        log, "run.record_failed", logging.WARNING, run_id=result.run_id, error=exc
+                    )
                     recorded = True  # unknown: still send the heartbeat and alerts
                 else:
-                    log.info("recording the end of run %s failed, again in %gs: %s",
-                             result.run_id, wait, exc)  # fmt: skip
+                    event(log, "run.record_retry", run_id=result.run_id, wait_s=wait, error=exc)
                     self.sleep(wait)
         if only_running and not recorded:
             return False

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from loader.errors import LockLostError, StateError
+from loader.logs import event
 from loader.state import Lease, StateStore
 
 log = logging.getLogger("loader")
@@ -52,7 +53,7 @@ class LockKeeper:
                     self._error = exc
                     self._lost.set()
                     return
-                log.warning("could not renew the lock (retrying): %s", exc)
+                event(log, "lock.renew_failed", logging.WARNING, error=exc, retrying=True)
                 pause = self._ttl / 12
                 continue
             renewed, pause = time.monotonic(), self._ttl / 3
@@ -92,4 +93,4 @@ def release(store: StateStore, lease: Lease) -> None:
     try:
         store.release(lease)
     except StateError as exc:
-        log.warning("could not release the lock: %s", exc)
+        event(log, "lock.release_failed", logging.WARNING, error=exc)

@@ -18,6 +18,7 @@ from loader.delivery import Rejected
 from loader.encoding import UrlFiller, dumps, loads
 from loader.errors import EncodingError
 from loader.job import Job
+from loader.logs import event
 from loader.redact import Redactor, is_secret_name
 from loader.state import DeadLetter, NewDeadLetter
 
@@ -45,7 +46,13 @@ def kept_letters(
                     full = _whole(row, batch.omitted(_index(batch.rows, row)), columns)
                 except EncodingError as exc:
                     # Kept as the body only (as older letters are), never lost for it.
-                    log.warning("a rejected row is kept without its omitted columns: %s", exc)
+                    event(
+                        log,
+                        "row.kept_partial",
+                        logging.WARNING,
+                        reason="kept without its omitted columns",
+                        error=exc,
+                    )
                     full = None
             letters.append(NewDeadLetter(row, error.status, error.body_excerpt, full,
                                          redactor.url(batch.url or url)))  # fmt: skip

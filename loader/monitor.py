@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 from loader import defaults
 from loader.errors import LoaderError, TooManyRejectionsError
 from loader.job import Job
+from loader.logs import event
 from loader.redact import mask_path, register_secrets
 from loader.result import RunResult, Status
 from loader.sink import notify
@@ -101,8 +102,8 @@ class _Notifier:
                     break
                 except Exception as exc:  # any failure: log it, never lose the queue
                     if attempt == defaults.NOTIFY_ATTEMPTS:
-                        log.error("%s not delivered after %d attempts: %s", what, attempt,
-                                  f"{type(exc).__name__}: {exc}")  # fmt: skip
+                        event(log, "notify.failed", logging.ERROR, what=what, attempts=attempt,
+                              error=f"{type(exc).__name__}: {exc}")  # fmt: skip
                     else:
                         time.sleep(attempt)
             self._queue.task_done()
@@ -189,7 +190,7 @@ class Monitor:
         try:
             self._heartbeat("/start")
         except Exception:
-            log.exception("job=%s heartbeat failed", self.job.name)
+            event(log, "heartbeat.failed", logging.ERROR, exc_info=True, job=self.job.name)
 
     def finished(self, result: RunResult, error: LoaderError | None = None) -> None:
         """A run ended with ``result`` (a RunResult), failed with ``error`` if given.
@@ -197,7 +198,7 @@ class Monitor:
         try:
             self._finished(result, error)
         except Exception:
-            log.exception("job=%s alerting failed", self.job.name)
+            event(log, "alert.failed", logging.ERROR, exc_info=True, job=self.job.name)
 
     def _finished(self, result: RunResult, error: LoaderError | None) -> None:
         if error is None and result.status == Status.INTERRUPTED:
@@ -209,7 +210,7 @@ class Monitor:
             alerts, state = self._decide(state, result, error)
             self.store.save_alert_state(state)
         except LoaderError as exc:
-            log.error("job=%s alert state unavailable: %s", self.job.name, exc)
+            event(log, "alert.state_failed", logging.ERROR, job=self.job.name, error=exc)
             return
         for alert in alerts:
             self._send(alert)
@@ -273,11 +274,14 @@ class Monitor:
         email = channels.email or tuple(
             a.strip() for a in self.env.get(defaults.ALERT_EMAIL_ENV, "").split(",") if a.strip()
         )
-        log.warning("alert: %s", alert.summary())
+        if not (webhook or slack or email):
+            self._logged(alert, "alert.not_sent", reason="no alert channel configured")
         if webhook:
             payload = alert.__dict__
+            self._logged(alert, "alert.sent", channel="webhook", to=mask_path(webhook))
             _NOTIFIER.submit(f"alert to {mask_path(webhook)}", lambda: notify(webhook, payload))
         if slack:
+            self._logged(alert, "alert.sent", channel="slack", to=mask_path(slack))
             text = alert.summary()
             slack_body = {"text": text, "blocks": [
                 {"type": "section", "text": {"type": "mrkdwn", "text": text}},
@@ -286,15 +290,23 @@ class Monitor:
         if email:
             smtp_url = self.env.get(defaults.SMTP_URL_ENV)
             if not smtp_url:
-                log.error("alert by email needs %s (smtp://user:password@host:port)",
-                          defaults.SMTP_URL_ENV)  # fmt: skip
+                reason = f"email needs {defaults.SMTP_URL_ENV} (smtp://user:password@host:port)"
+                self._logged(alert, "alert.not_sent", logging.ERROR, channel="email",
+                             reason=reason)  # fmt: skip
                 return
+            self._logged(alert, "alert.sent", channel="email", to=", ".join(email))
             sender = self.env.get(defaults.ALERT_FROM_ENV, "loader@localhost")
             body = "\n".join(f"{k}: {v}" for k, v in alert.__dict__.items())
             _NOTIFIER.submit(
                 f"email alert to {', '.join(email)}",
                 lambda: send_email(smtp_url, sender, email, f"[loader] {alert.summary()}", body),
             )
+
+    def _logged(self, alert: Alert, name: str, level: int = logging.WARNING, **fields: Any) -> None:
+        """Log ``alert`` as the event ``name``: where it went, or why it did not."""
+        event(log, name, level, job=alert.job, run_id=alert.run_id, alert=alert.event,
+              status=alert.status, error=alert.error, summary=alert.summary(),
+              **fields)  # fmt: skip
 
     def _heartbeat(self, suffix: str) -> None:
         url = self.job.heartbeat

@@ -5,8 +5,10 @@ library's ``loader.run_job``, and what the others below call). :func:`run_and_re
 clock's and the workers' path, runs a job once, never raises, and says how it ended as an
 :class:`Outcome`: the run's own record (history, checkpoint, heartbeats, alerts) is kept
 by the run itself (:mod:`loader.journal`); this adds what a scheduled run needs on top:
-one log line at its start and one at its end, a ``skipped`` record when another run held
-the job, and the end of the clock's slot.
+a ``skipped`` record when another run held the job, and the end of the clock's slot.
+
+:func:`run_job` logs the one ``run.ended`` event of every run, whichever door it came
+through, however it ended.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from typing import Any
 
 from loader.errors import JobLockedError, LoaderError
 from loader.job import Job
+from loader.logs import event
 from loader.options import RunOptions
 from loader.partitions import run_partitions
 from loader.result import RunResult, Status
 from loader.runner import run_once
 from loader.state import StateStore, open_state
-from loader.units import when
 
 log = logging.getLogger("loader")
 
@@ -61,13 +63,55 @@ def run_job(
     options = replace(options, **given) if options is not None else RunOptions(**given)
     run_id = run_id or uuid.uuid4().hex[:12]
     store = state if state is not None else open_state()
+    started = options.monotonic()
+    result: RunResult | None = None
+    error: BaseException | None = None
     try:
         if job.source.partition is not None:
-            return run_partitions(job, store, run_id, options)
-        return run_once(job, store, run_id, options)
+            result = run_partitions(job, store, run_id, options)
+        else:
+            result = run_once(job, store, run_id, options)
+        return result
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         if state is None:
             store.close()
+        _ended(job, run_id, result, error, options.monotonic() - started)
+
+
+def _ended(
+    job: Job, run_id: str, result: RunResult | None, error: BaseException | None, took: float
+) -> None:
+    """Log the run's ``run.ended`` event: its counts from ``result`` (or the result
+    attached to ``error``), its error's redacted message."""
+    if result is None and isinstance(error, LoaderError):
+        result = error.result
+    if isinstance(error, JobLockedError):
+        status: Status = Status.SKIPPED
+    elif result is not None:
+        status = Status(result.status)
+    else:
+        status = Status.FAILED if isinstance(error, Exception) else Status.INTERRUPTED
+    detail = None
+    if error is not None:
+        detail = job.redactor().text(str(error) or type(error).__name__)
+    level = logging.INFO if status in _FINE else logging.WARNING
+    counts: dict[str, Any] = {}
+    if result is not None:
+        counts = dict(rows_read=result.rows_read, rejected=result.rows_rejected,
+                      requests=result.requests, retries=result.retries,
+                      unchanged=result.rows_unchanged or None,
+                      deleted=result.rows_deleted or None)  # fmt: skip
+    event(log, "run.ended", level, job=job.name, run_id=run_id, status=status,
+          rows=result.rows_posted if result is not None else 0,
+          duration_s=result.duration if result is not None else took,
+          error=detail, **counts)  # fmt: skip
+
+
+#: The statuses of a run that ended as it should (run.ended at INFO, else WARNING).
+_FINE = (Status.SUCCEEDED, Status.DRY_RUN, Status.INTERRUPTED)
 
 
 @dataclass(frozen=True)
@@ -108,13 +152,8 @@ def run_and_record(
     for: its end is recorded with the outcome's status and detail.
     """
     started = monotonic()
-    at = f" slot={when(slot, utc=True)}" if slot is not None else ""
-    log.info("run started job=%s run=%s%s", job.name, run_id, at)
     outcome = _attempt(job, state, run_id, run, record_skipped, options)
     outcome = replace(outcome, duration=monotonic() - started)
-    log.info("run ended job=%s run=%s status=%s rows=%d duration=%.2fs%s", job.name, run_id,
-             outcome.status, outcome.rows, outcome.duration,
-             f" error={outcome.detail}" if outcome.detail else "")  # fmt: skip
     if slot is not None:
         record_slot(state, job.name, slot, outcome.status, outcome.detail)
     return outcome
@@ -144,7 +183,8 @@ def _attempt(
         detail = job.redactor().text(str(exc))
         return ended(Status.FAILED, result=exc.result, detail=detail, error=exc)
     except Exception as exc:  # a bug in a run must not stop the clock or a worker
-        log.exception("run crashed job=%s run=%s", job.name, run_id)
+        event(log, "run.crashed", logging.ERROR, exc_info=True, job=job.name, run_id=run_id,
+              error=job.redactor().text(f"{type(exc).__name__}: {exc}"))  # fmt: skip
         detail = job.redactor().text(f"{type(exc).__name__}: {exc}")
         return ended(Status.FAILED, detail=detail, error=exc)
     return ended(Status(result.status), result=result)
@@ -156,7 +196,7 @@ def _skipped(state: StateStore, job: str, run_id: str, detail: str) -> None:
         state.start_run(run_id, job, None)
         state.finish_run(run_id, Status.SKIPPED, error=detail)
     except LoaderError as exc:
-        log.error("job=%s run=%s could not record the skipped run: %s", job, run_id, exc)
+        event(log, "run.record_failed", logging.ERROR, job=job, run_id=run_id, error=exc)
 
 
 def record_slot(
@@ -167,4 +207,4 @@ def record_slot(
     try:
         state.finish_slot(job, slot, status, detail)
     except LoaderError as exc:
-        log.error("job=%s could not record its slot: %s", job, exc)
+        event(log, "clock.slot_record_failed", logging.ERROR, job=job, error=exc)

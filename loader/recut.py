@@ -32,6 +32,7 @@ from decimal import Decimal
 from typing import Any
 
 from loader.batching import Batch, Chunk
+from loader.logs import event
 from loader.state import Cut, decode_position
 
 log = logging.getLogger("loader")
@@ -57,7 +58,11 @@ def recut(
         taken, whole, passed = stream.take_to(last)
         made = list(cutter(taken))
         if not whole:  # positions of another type than recorded: cut the rest as usual
-            log.info("the batches in flight no longer compare with their rows; cut anew")
+            event(
+                log,
+                "batch.recut_anew",
+                reason="the batches in flight no longer compare with their rows",
+            )
             yield from ((numbered(batch), None) for batch in made)
             break
         if len(made) == 1:

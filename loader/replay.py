@@ -17,6 +17,7 @@ from loader.errors import EncodingError, RejectedError
 from loader.job import Job
 from loader.lease import held
 from loader.letters import Unreplayable, resend
+from loader.logs import event
 from loader.retry import Interrupted, StopSignal
 from loader.state import StateStore, open_state
 
@@ -116,7 +117,13 @@ def _replay(
                 row, url = resend(job, letter, filler)
             except (Unreplayable, EncodingError) as exc:
                 unsendable += 1
-                log.warning("dead letter %d not sent: %s", letter.id, redactor.text(str(exc)))
+                event(
+                    log,
+                    "deadletter.not_sent",
+                    logging.WARNING,
+                    id=letter.id,
+                    error=redactor.text(str(exc)),
+                )
                 continue
             # A new key per attempt: an endpoint that caches answers per key would
             # otherwise repeat its old rejection.
@@ -128,7 +135,7 @@ def _replay(
             except RejectedError as exc:
                 rejected += 1
                 store.update_dead_letter(letter.id, exc.status, exc.body_excerpt)
-                log.warning("dead letter %d rejected again: %s", letter.id, exc)
+                event(log, "deadletter.rejected", logging.WARNING, id=letter.id, error=exc)
                 continue
             store.delete_dead_letters([letter.id])
             delivered += 1

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from loader.delivery import Counters
 from loader.errors import ConnectionLostError, SourceError
 from loader.job import Job
+from loader.logs import event
 from loader.options import RunOptions
 from loader.result import Position, Status
-from loader.units import format_duration
 
 log = logging.getLogger("loader")
 
@@ -61,12 +61,18 @@ def deliver_resuming(
                 raise SourceError(_gave_up(job, counters, exc, opened)) from exc
             wait = backoff(job, opened)
             position = counters.checkpoint
-            log.warning(
-                "the database connection was lost after %d rows read (%s); reconnecting in "
-                "%s to resume after %s, the last row acknowledged (reconnect %d of %d)",
-                counters.rows_read, exc, format_duration(wait), position, opened,
-                job.retry.attempts - 1,
-            )  # fmt: skip
+            event(
+                log,
+                "source.reconnect",
+                logging.WARNING,
+                job=job.name,
+                rows_read=counters.rows_read,
+                error=exc,
+                wait_s=wait,
+                after=position,
+                attempt=opened,
+                attempts=job.retry.attempts - 1,
+            )
             counters.rows_read = counters.rows_posted + counters.rows_rejected
             if _sleep(options, wait):
                 return Status.INTERRUPTED

@@ -21,7 +21,7 @@ from loader.job import Job
 from loader.journal import Journal
 from loader.lease import LockKeeper, held
 from loader.letters import kept_letters
-from loader.logs import RUN_ID
+from loader.logs import RUN_ID, event
 from loader.options import RunOptions
 from loader.pipeline import Pipeline
 from loader.recut import recut
@@ -98,7 +98,8 @@ class _Run:
         """Run once; see :func:`run_job`."""
         if self.options.dry_run:
             position = self.start_position()
-            log.info("dry run %s of %s from %s", self.run_id, self.job.name, position)
+            event(log, "run.started", job=self.job.name, run_id=self.run_id, after=position,
+                  dry_run=True)  # fmt: skip
             try:
                 self.start_diff(None)
                 status = self.deliver(None, position)
@@ -114,14 +115,7 @@ class _Run:
             keeper,
         ):
             self.journal.started()
-            result = self.locked(lease, keeper)
-        log.info(
-            "run %s of %s %s: %d rows read, %d posted, %d rejected, %d requests, "
-            "%d retries, %.2fs",
-            self.run_id, self.job.name, result.status, result.rows_read, result.rows_posted,
-            result.rows_rejected, result.requests, result.retries, result.duration,
-        )  # fmt: skip
-        return result
+            return self.locked(lease, keeper)
 
     def locked(self, lease: Lease, keeper: LockKeeper) -> RunResult:
         """The run under its lock: from the checkpoint to the end, recorded."""
@@ -130,7 +124,7 @@ class _Run:
             self.counters.checkpoint = position
             self.journal.began(position)
             self.pending = self.in_flight(lease, position)
-            log.info("run %s of %s started after %s", self.run_id, self.job.name, position)
+            event(log, "run.started", job=self.job.name, run_id=self.run_id, after=position)
             self.start_diff(lease)
             status = deliver_resuming(
                 self.job, self.counters, self.options, lambda after: self.deliver(lease, after),
@@ -197,8 +191,8 @@ class _Run:
         pending = self.store.pending_cuts(lease, start, ttl=self.options.lock_ttl)
         pending = pending if all(cut.scope.startswith(scope) for cut in pending) else []
         if pending:
-            log.info("run %s re-cuts the %d batch(es) in flight when run %s ended",
-                     self.run_id, len(pending), pending[0].run_id)  # fmt: skip
+            event(log, "batch.recut", job=self.job.name, run_id=self.run_id,
+                  batches=len(pending), previous_run_id=pending[0].run_id)  # fmt: skip
         return pending
 
     def deliver(self, lease: Lease | None, position: Position | None) -> Status:

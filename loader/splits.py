@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from loader.errors import RejectedError
+from loader.logs import event
 
 log = logging.getLogger("loader")
 
@@ -53,7 +54,15 @@ class Splits:
             self._counters.splits += 1
             self._counters.split_size = self.size
         if first:
-            log.warning(notice(refusal, refused, worked))
+            event(
+                log,
+                "batch.split",
+                logging.WARNING,
+                refused=refused,
+                size=worked,
+                http_status=refusal.status,
+                hint=notice(refusal, refused, worked),
+            )
 
     def split_ahead(self) -> None:
         """Count a batch split before it was sent, at the size learned."""

@@ -32,20 +32,30 @@ class StatusReport:
     A job's row has ``job``, ``file``, ``schedule``, ``timezone``, ``last_run`` (local
     ISO time), ``status``, ``rows_posted``, ``error`` (redacted), ``cursor_lag_seconds``,
     ``next_run``, ``dead_letters`` and, when ``queue`` is true, ``queued`` and
-    ``running``; each is ``None`` when unknown. A bad job file's row has ``job`` (the
-    file's stem), ``file`` and ``problem`` (the first of its problems)."""
+    ``running``; each is ``None`` when unknown. Asked for ``recent`` runs, a row also has
+    ``runs``: the newest first, each with ``run_id``, ``started``, ``status``,
+    ``rows_posted``, ``rows_rejected``, ``seconds`` and ``error`` (redacted). A bad job
+    file's row has ``job`` (the file's stem), ``file`` and ``problem`` (the first of its
+    problems)."""
 
     jobs: list[dict[str, Any]]
     queue: bool
 
 
 def status_report(
-    paths: Sequence[Path], env: Mapping[str, str], *, now: float | None = None
+    paths: Sequence[Path],
+    env: Mapping[str, str],
+    *,
+    now: float | None = None,
+    recent: int = 0,
+    store: StateStore | None = None,
 ) -> StatusReport:
     """Gather the report for the job files in ``paths`` (files or directories) from the
-    state store and, when ``env`` uses workers, the queue. Raises the store's and the
-    queue's errors (:class:`loader.errors.StateError`, :class:`JobConfigError`)."""
-    store = open_state()
+    state store (``store``, else one opened and closed here) and, when ``env`` uses
+    workers, the queue; with ``recent``, each job's last runs too. Raises the store's and
+    the queue's errors (:class:`loader.errors.StateError`, :class:`JobConfigError`)."""
+    opened = store is None
+    store = open_state() if store is None else store
     now = time.time() if now is None else now
     queued = queued_runs(env)
     rows: list[dict[str, Any]] = []
@@ -56,7 +66,10 @@ def status_report(
             rows.append({"job": path.stem, "file": str(path), "problem": exc.problems[0]})
             continue
         rows.append(_job_row(job, path, store, now, queued))
-    store.close()
+        if recent:
+            rows[-1]["runs"] = _recent_runs(job, store, recent)
+    if opened:
+        store.close()
     return StatusReport(jobs=rows, queue=queued is not None)
 
 
@@ -83,3 +96,19 @@ def _job_row(
             "running": sum(r.job == job.name and r.status == "doing" for r in queued),
         }),
     }  # fmt: skip
+
+
+def _recent_runs(job: Job, store: StateStore, limit: int) -> list[dict[str, Any]]:
+    redactor = job.redactor()
+    return [
+        {
+            "run_id": run.run_id,
+            "started": when(run.started_at),
+            "status": run.status,
+            "rows_posted": run.rows_posted,
+            "rows_rejected": run.rows_rejected,
+            "seconds": round(run.ended_at - run.started_at, 1) if run.ended_at else None,
+            "error": redactor.text(run.error) if run.error else None,
+        }
+        for run in store.history(job.name, limit=limit)
+    ]

@@ -28,6 +28,7 @@ from loader.encoding import UrlFiller, dumps, loads
 from loader.errors import SinkError
 from loader.fields import url_placeholders
 from loader.job import Job
+from loader.logs import event
 from loader.options import RunOptions
 from loader.pipeline import Pipeline
 from loader.state import Lease, StateStore
@@ -115,7 +116,7 @@ def send_deletes(
         vanished = store.fingerprint_count(job.name, not_seen_by=generation)
         _check_breaker(diff, job.name, vanished, known)
         pages = store.vanished_keys(job.name, generation)
-    log.info("run %s of %s deletes %d vanished key(s)", run_id, job.name, vanished)
+    event(log, "diff.deletes", job=job.name, run_id=run_id, keys=vanished)
     target_job = delete_job(job)
     frame = framing_for(target_job)
 

@@ -34,7 +34,7 @@ from loader.errors import JobConfigError, JobLockedError, LoaderError, StateErro
 from loader.job import Job
 from loader.jobfile import find_job_files, load_job
 from loader.journal import Journal
-from loader.logs import RUN_ID
+from loader.logs import RUN_ID, event
 from loader.outcome import record_slot, run_and_record, run_job
 from loader.partitions import lane, partition_run_id, plan_partitions
 from loader.redact import mask_url
@@ -225,23 +225,24 @@ class JobQueue:
                 queue=self.queue, task_name=TASK, seconds_since_heartbeat=stalled_after
             )
         except procrastinate.exceptions.ProcrastinateException as exc:
-            log.error("could not look for stalled runs: %s", exc)
+            event(log, "worker.stalled_check_failed", logging.ERROR, error=exc)
             return
         for item in stalled:
             run_id, job = item.task_kwargs.get("run_id"), item.task_kwargs.get("job")
             try:
                 await app.job_manager.retry_job(item)
-                log.warning("run %s of job %s was on a worker that went silent; queueing "
-                            "it again", run_id, job)  # fmt: skip
+                event(log, "worker.stalled_run", logging.WARNING, job=job, run_id=run_id,
+                      action="queued again")  # fmt: skip
             except procrastinate.exceptions.ProcrastinateException:
                 try:
                     await app.job_manager.finish_job(
                         item, procrastinate.jobs.Status.FAILED, delete_job=True
                     )
-                    log.warning("run %s of job %s was on a worker that went silent; the "
-                                "run already waiting takes over", run_id, job)  # fmt: skip
+                    event(log, "worker.stalled_run", logging.WARNING, job=job, run_id=run_id,
+                          action="the run already waiting takes over")  # fmt: skip
                 except procrastinate.exceptions.ProcrastinateException as exc:
-                    log.error("could not recover run %s of job %s: %s", run_id, job, exc)
+                    event(log, "worker.stalled_run", logging.ERROR, job=job, run_id=run_id,
+                          action="not recovered", error=exc)  # fmt: skip
 
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
@@ -356,9 +357,9 @@ class _Runtime:
             lane=lane,
         )  # fmt: skip
         if again:
-            log.info("job=%s run=%s queued again to continue", job.name, run_id)
+            event(log, "run.requeued", job=job.name, run_id=run_id)
             return Status.INTERRUPTED
-        log.info("job=%s run=%s left to the run already waiting", job.name, run_id)
+        event(log, "run.left_to_waiting", job=job.name, run_id=run_id)
         if partition is None:
             return Status.INTERRUPTED
         # That run does this range's work.
@@ -383,7 +384,7 @@ class _Runtime:
             if slot is not None:
                 record_slot(self.state, job.name, slot, Status.FAILED, detail)
             raise
-        log.info("run split job=%s run=%s ranges=%d", job.name, run_id, len(parts))
+        event(log, "run.split", job=job.name, run_id=run_id, ranges=len(parts))
         self._finish_whole(job, run_id, slot, len(parts))
 
     def _queue_range(
@@ -442,8 +443,9 @@ class _Runtime:
             return
         if slot is not None:
             record_slot(self.state, job.name, slot, whole.status, whole.error)
-        log.info("run ended job=%s run=%s status=%s rows=%d ranges=%d", job.name, run_id,
-                 whole.status, whole.rows_posted, count)  # fmt: skip
+        event(log, "run.ended", job=job.name, run_id=run_id, status=whole.status,
+              rows=whole.rows_posted, duration_s=whole.duration or None, error=whole.error,
+              ranges=count)  # fmt: skip
 
 
 def _run_task(

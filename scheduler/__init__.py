@@ -16,5 +16,6 @@ repository installs as ``loader.scheduler``: the distribution owns no top-level 
 """
 
 from .clock import Clock, slot_run_id
+from .web import WebServer, serve_status_page
 
-__all__ = ["Clock", "slot_run_id"]
+__all__ = ["Clock", "WebServer", "serve_status_page", "slot_run_id"]

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import loader
-from loader import Job, JobConfigError, LoaderError, Schedule, StateStore, Status
+from loader import Job, JobConfigError, LoaderError, Schedule, StateStore, Status, log_event
 
 from .metrics import Metrics, MetricsServer
+from .web import status_page, ui_password, ui_refresh
 
 log = logging.getLogger("loader.clock")
 
@@ -115,6 +116,8 @@ class Clock:
         self.metrics_port = metrics_port
         self._server: MetricsServer | None = None
         self._last_tick = 0.0
+        self._ticked_at: float | None = None
+        self._started_at = self.now()
 
     # Running
 
@@ -126,16 +129,16 @@ class Clock:
         reload = reload or self._reload
         if self.metrics_port is not None:
             try:
-                self._server = MetricsServer(self.metrics, self.health, self.metrics_port)
+                self._server = self._serve(self.metrics_port)
             except OSError as exc:
                 raise JobConfigError(
                     [
-                        f"cannot serve /metrics and /healthz on port {self.metrics_port} "
+                        f"cannot serve /metrics, /healthz and / on port {self.metrics_port} "
                         f"({exc.strerror}): another process holds it; choose a free one "
                         "with --port (or $PORT)"
                     ]
                 ) from exc
-            log.info("serving /metrics and /healthz on port %d", self._server.port)
+            log_event(log, "clock.serving", port=self._server.port)
         self.load(catch_up=True)
         next_poll = self.now() + self.reload_poll
         next_lag = self.now()
@@ -144,12 +147,12 @@ class Clock:
                 now = self.now()
                 if reload.is_set() or (now >= next_poll and self._files_changed()):
                     reload.clear()
-                    log.info("reloading job files")
+                    log_event(log, "clock.reloading")
                     self.load(catch_up=False)
                 if now >= next_poll:
                     next_poll = now + self.reload_poll
                 self.tick(now)
-                self._last_tick = time.monotonic()
+                self._last_tick, self._ticked_at = time.monotonic(), now
                 if now >= next_lag:
                     next_lag = now + LAG_REFRESH
                     self._refresh_lag(now)
@@ -168,6 +171,23 @@ class Clock:
             lag = loader.cursor_lag(position, now)
             if lag is not None:
                 self.metrics.cursor_lag.labels(name).set(lag)
+
+    def _serve(self, port: int) -> MetricsServer:
+        """Serve /metrics, /healthz and the status page (at /) on ``port``."""
+        env = self.env if self.env is not None else loader.environment()
+        page = status_page(self.paths, env, self.state, self.facts, refresh=ui_refresh(env))
+        return MetricsServer(self.metrics, self.health, port, page=page,
+                             password=ui_password(env, port))  # fmt: skip
+
+    def facts(self) -> dict[str, Any]:
+        """The clock's health as the status page shows it."""
+        healthy, details = self.health()
+        executor = "procrastinate" if self.enqueue else f"inline, {self.max_parallel} at once"
+        problems = [problem for found in self.problems.values() for problem in found]
+        return {
+            "healthy": healthy, "up_since": self._started_at, "last_tick": self._ticked_at,
+            "executor": executor, "running": details["running"], "bad_files": problems,
+        }  # fmt: skip
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy while the loop ticks (it does at least every half second)."""
@@ -225,18 +245,24 @@ class Clock:
             except JobConfigError as exc:
                 self.problems[path] = exc.problems
                 for problem in exc.problems:
-                    log.error("bad job file, not scheduled: %s", problem)
+                    log_event(log, "clock.bad_job_file", logging.ERROR, error=problem)
                 continue
             except Exception as exc:  # one odd file must not stop the clock
                 self.problems[path] = [f"{path}: {type(exc).__name__}: {exc}"]
-                log.error("bad job file, not scheduled: %s", self.problems[path][0])
+                log_event(log, "clock.bad_job_file", logging.ERROR, error=self.problems[path][0])
                 continue
             if schedule is None:
-                log.info("job=%s file=%s has no schedule: ignored by the clock", job.name, path)
+                log_event(log, "clock.job_unscheduled", job=job.name, file=path)
                 continue
             if job.name in loaded:
-                log.error("job=%s is defined twice (%s and %s); keeping the first",
-                          job.name, loaded[job.name].path, path)  # fmt: skip
+                log_event(
+                    log,
+                    "clock.job_duplicate",
+                    logging.ERROR,
+                    job=job.name,
+                    kept=loaded[job.name].path,
+                    file=path,
+                )
                 continue
             previous = self.jobs.get(job.name)
             if previous is not None and previous.schedule == schedule:
@@ -246,11 +272,16 @@ class Clock:
         for scheduled in loaded.values():
             if catch_up:
                 self._catch_up(scheduled)
-            log.info("job=%s schedule=%r timezone=%s next=%s", scheduled.job.name,
-                     scheduled.schedule.text, scheduled.schedule.timezone,
-                     _when(scheduled.next_at))  # fmt: skip
+            log_event(
+                log,
+                "clock.job_scheduled",
+                job=scheduled.job.name,
+                schedule=scheduled.schedule.text,
+                timezone=scheduled.schedule.timezone,
+                next=_when(scheduled.next_at),
+            )
         if not loaded:
-            log.warning("no scheduled jobs in %s", ", ".join(map(str, self.paths)))
+            log_event(log, "clock.no_jobs", logging.WARNING, paths=self.paths)
 
     def _files_changed(self) -> bool:
         files = loader.find_job_files(self.paths)
@@ -277,10 +308,17 @@ class Clock:
         if older:
             detail = f"{missed_count - (1 if recent else 0)} slot(s) missed while no clock ran"
             self.state.record_missed(job.name, older[-MAX_MISSED_RECORDS:], self.name, detail)
-            log.warning("job=%s missed %d slot(s) from %s to %s while no clock ran",
-                        job.name, len(older), _when(older[0]), _when(older[-1]))  # fmt: skip
+            log_event(
+                log,
+                "clock.slots_missed",
+                logging.WARNING,
+                job=job.name,
+                slots=len(older),
+                first=_when(older[0]),
+                last=_when(older[-1]),
+            )
         if recent:
-            log.info("job=%s catching up on slot %s", job.name, _when(latest))
+            log_event(log, "clock.catching_up", job=job.name, slot=_when(latest))
             self._fire(scheduled, latest)
 
     # Firing
@@ -305,7 +343,7 @@ class Clock:
         run_id = slot_run_id(job.name, slot)
         try:
             if not self.state.claim_slot(job.name, slot, run_id, self.name):
-                log.info("job=%s run=%s slot claimed by another clock", job.name, run_id)
+                log_event(log, "clock.slot_claimed_elsewhere", job=job.name, run_id=run_id)
                 return
             with self._lock:
                 busy = job.name in self.running
@@ -313,11 +351,19 @@ class Clock:
                 self.state.finish_slot(
                     job.name, slot, Status.SKIPPED, "the previous run is still going"
                 )
-                log.warning("job=%s run=%s skipped: the previous run is still going",
-                            job.name, run_id)  # fmt: skip
+                log_event(
+                    log,
+                    "clock.slot_skipped",
+                    logging.WARNING,
+                    job=job.name,
+                    run_id=run_id,
+                    reason="the previous run is still going",
+                )
                 return
         except LoaderError as exc:
-            log.error("job=%s run=%s not started: %s", job.name, run_id, exc)
+            log_event(
+                log, "clock.slot_failed", logging.ERROR, job=job.name, run_id=run_id, error=exc
+            )
             return
         if self.enqueue is not None:
             self._queue(scheduled, run_id, slot)
@@ -336,14 +382,23 @@ class Clock:
         try:
             queued = self.enqueue(job.name, scheduled.path, run_id=run_id, slot=slot)
         except LoaderError as exc:
-            log.error("job=%s run=%s could not be queued: %s", job.name, run_id, exc)
+            log_event(
+                log, "clock.queue_failed", logging.ERROR, job=job.name, run_id=run_id, error=exc
+            )
             self._record_slot(job, slot, Status.FAILED, f"could not be queued: {exc}")
             return
         if queued:
-            log.info("run queued job=%s run=%s slot=%s", job.name, run_id, _when(slot))
+            log_event(log, "run.queued", job=job.name, run_id=run_id, slot=_when(slot))
         else:
             detail = "a run of the job is still waiting in the queue"
-            log.warning("job=%s run=%s skipped: %s", job.name, run_id, detail)
+            log_event(
+                log,
+                "clock.slot_skipped",
+                logging.WARNING,
+                job=job.name,
+                run_id=run_id,
+                reason=detail,
+            )
             self._record_slot(job, slot, Status.SKIPPED, detail)
 
     def _finished(self, name: str) -> Callable[[Future[None]], None]:
@@ -369,7 +424,7 @@ class Clock:
         try:
             self.state.finish_slot(job.name, slot, status, detail)
         except LoaderError as exc:
-            log.error("job=%s could not record its slot: %s", job.name, exc)
+            log_event(log, "clock.slot_record_failed", logging.ERROR, job=job.name, error=exc)
 
     def _run(self, job: Job, run_id: str, slot: float, stop: threading.Event) -> None:
         outcome = loader.run_and_record(
@@ -382,23 +437,23 @@ class Clock:
                 dead_letters=self.state.dead_letter_count(job.name),
             )  # fmt: skip
         except LoaderError as exc:
-            log.error("job=%s run=%s could not record its metrics: %s", job.name, run_id, exc)
+            log_event(
+                log, "clock.metrics_failed", logging.ERROR, job=job.name, run_id=run_id, error=exc
+            )
 
     def _shutdown(self) -> None:
         with self._lock:
             running = list(self.running.values())
         if running:
-            log.info(
-                "stopping: waiting up to %.0fs for %d running job(s)", self.grace, len(running)
-            )
+            log_event(log, "clock.stopping", grace_s=self.grace, running=len(running))
             _done, pending = wait(running, timeout=self.grace)
             if pending:
-                log.warning("%d job(s) still running after the grace period", len(pending))
+                log_event(log, "clock.grace_expired", logging.WARNING, running=len(pending))
         self._executor.shutdown(wait=False, cancel_futures=True)
         loader.flush_notifications(timeout=3)
         if self._server is not None:
             self._server.close()
-        log.info("clock stopped")
+        log_event(log, "clock.stopped")
 
 
 def _mtime(path: Path) -> float:

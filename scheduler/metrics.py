@@ -1,4 +1,5 @@
-"""The clock's /metrics (Prometheus text format) and /healthz, on one HTTP port.
+"""The clock's /metrics (Prometheus text format) and /healthz, on one HTTP port with
+the status page (:mod:`.web`).
 
 Per job: rows read, posted and rejected; requests, retries and 429 answers; runs by
 status; the last run's duration; the last success time; the cursor lag (seconds between
@@ -7,16 +8,15 @@ now and the checkpoint's cursor value); the dead-letter depth.
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import loader
+
+from .web import Response, WebServer, health_route
 
 
 class Metrics:
@@ -72,8 +72,9 @@ class Metrics:
         return bytes(generate_latest(self.registry))
 
 
-class MetricsServer:
-    """Serves ``/metrics`` and ``/healthz`` on ``host:port`` in a daemon thread.
+class MetricsServer(WebServer):
+    """Serves ``/metrics`` and ``/healthz`` on ``host:port`` in a daemon thread, and
+    ``page`` (the status page) at ``/``, behind ``password`` when given.
     ``health`` returns (healthy, details)."""
 
     def __init__(
@@ -82,41 +83,13 @@ class MetricsServer:
         health: Callable[[], tuple[bool, dict[str, Any]]],
         port: int,
         host: str = "0.0.0.0",
+        *,
+        page: Callable[[], Response] | None = None,
+        password: str | None = None,
     ) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            """Answers ``/metrics`` and ``/healthz``; anything else is 404."""
-
-            def do_GET(self) -> None:
-                """``/metrics``: the registry as text; ``/healthz``: 200 or 503 with
-                ``health()``'s details as JSON (the query string is ignored)."""
-                if self.path.split("?")[0] == "/metrics":
-                    self._answer(200, CONTENT_TYPE_LATEST, metrics.text())
-                elif self.path.split("?")[0] == "/healthz":
-                    healthy, details = health()
-                    body = json.dumps({"status": "ok" if healthy else "stalled", **details})
-                    self._answer(200 if healthy else 503, "application/json", body.encode())
-                else:
-                    self._answer(404, "text/plain", b"not found\n")
-
-            def _answer(self, status: int, content_type: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Scrapes are not worth a log line each."""
-
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
-        self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="loader-metrics", daemon=True
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop serving and close the socket; waits for the serving loop to end."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        routes = {
+            "/metrics": lambda: (200, CONTENT_TYPE_LATEST, metrics.text()),
+            "/healthz": health_route(health),
+            **({} if page is None else {"/": page}),
+        }
+        super().__init__(routes, port, host, password=password)

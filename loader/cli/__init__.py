@@ -19,9 +19,9 @@ import typer
 
 from loader import defaults
 from loader._version import __version__
-from loader.cli import inspect, run, scaffold, serve, store
-from loader.cli.options import log_to, quiet_stdout, set_log_format
-from loader.logs import LOG_FORMATS
+from loader.cli import inspect, run, scaffold, serve, store, ui
+from loader.cli.options import log_to, quiet_stdout, set_log_format, set_log_level
+from loader.logs import LOG_FORMATS, LOG_LEVELS
 
 app = typer.Typer(
     name="loader",
@@ -65,19 +65,44 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log run progress.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log run progress (--log-level info).")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Log errors only (--log-level error).")
+    ] = False,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            "--log-level",
+            envvar=defaults.LOG_LEVEL_ENV,
+            help="debug, info, warning or error; wins over -v and -q. Default: warning "
+            "(info for clock and worker).",
+        ),
+    ] = None,
     log_format: Annotated[
         str,
         typer.Option(
             "--log-format",
-            help="auto: JSON lines when the output is not a terminal, text when it is.",
+            envvar=defaults.LOG_FORMAT_ENV,
+            help="text, json or logfmt; auto: text on a terminal, JSON lines off one.",
         ),
     ] = "auto",
 ) -> None:
     if log_format not in LOG_FORMATS:
-        raise typer.BadParameter("expected auto, text or json", param_hint="--log-format")
+        raise typer.BadParameter(
+            f"expected one of {', '.join(LOG_FORMATS)}, got {log_format!r}",
+            param_hint="--log-format",
+        )
+    if log_level is not None and log_level.lower() not in LOG_LEVELS:
+        raise typer.BadParameter(
+            f"expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}",
+            param_hint="--log-level",
+        )
     set_log_format(log_format)
-    log_to(logging.INFO if verbose else logging.WARNING, sys.stderr)
+    chosen = LOG_LEVELS[log_level.lower()] if log_level else logging.ERROR if quiet else None
+    set_log_level(chosen)
+    log_to(chosen or (logging.INFO if verbose else logging.WARNING), sys.stderr)
 
 
 # Registered in this order, which is the order of `loader --help`.
@@ -97,13 +122,21 @@ app.command()(inspect.check)
 app.command()(inspect.schema)
 app.command()(scaffold.init)
 app.command()(inspect.status)
+app.command()(ui.ui)
 app.command()(serve.receive)
 app.command()(serve.demo)
 
 
 #: The options of ``loader`` itself that may also follow the command, and whether each
 #: takes a value.
-GLOBAL_OPTIONS = {"-v": False, "--verbose": False, "--log-format": True}
+GLOBAL_OPTIONS = {
+    "-v": False,
+    "--verbose": False,
+    "-q": False,
+    "--quiet": False,
+    "--log-level": True,
+    "--log-format": True,
+}
 
 
 def hoist_global_options(argv: list[str], command: Any) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,13 +21,28 @@ from loader.cli.options import (
     job_roots,
     load,
 )
-from loader.cli.output import console, history_document, position, print_json, table
+from loader.cli.output import (
+    HISTORY_COLUMNS,
+    STATUS_COLUMNS,
+    Column,
+    console,
+    fitted_table,
+    history_document,
+    history_row,
+    print_json,
+    run_details,
+    short_iso,
+    width,
+    wrapped,
+)
 from loader.errors import JobConfigError
 from loader.jobfile import dump_job, environment, find_job_files, job_schema, load_job
 from loader.redact import Redactor, mask_registered
 from loader.state import open_state
 from loader.status import StatusReport, status_report
-from loader.units import when
+
+if TYPE_CHECKING:
+    from loader.state import RunRecord
 
 
 def validate(
@@ -55,35 +70,52 @@ def validate(
             fail(defaults.EXIT_CONFIG, f"{failed} of {len(files)} job files have problems")
 
 
+RunId = Annotated[str | None, typer.Option("--run", help="Show this one run, its error in full.")]
+Errors = Annotated[
+    bool, typer.Option("--errors", help="Print each run's error in full below the table.")
+]
+
+
 def history(
     job_file: JobFile,
     limit: Annotated[int, typer.Option(min=1, help="How many runs to show.")] = (
         defaults.HISTORY_LIMIT
     ),
+    run_id: RunId = None,
+    errors: Errors = False,
     as_json: Json = False,
     env_file: EnvFile = ENV_FILE,
 ) -> None:
-    """Show a job's recent runs, newest first."""
+    """Show a job's recent runs, newest first (errors cut to fit: see --errors, --run)."""
     with exit_codes(Redactor()):
         job = load(job_file, env_file)
         store = open_state()
-        records = store.history(job.name, limit)
+        found = store.run_record(run_id) if run_id else None
+        records = [found] if found else [] if run_id else store.history(job.name, limit)
         store.close()
+        if run_id and (found is None or found.job != job.name):
+            fail(defaults.EXIT_CONFIG, f"{job.name}: no run {run_id!r} in its history "
+                 f"(`loader history {job_file}` lists them)")  # fmt: skip
         if as_json:
             print_json(history_document(job.name, records, job.redactor()))
-            return
-        runs = table("run", "started", "status", "read", "posted", "rejected", "requests",
-                     "retries", "splits",
-                     "seconds", "cursor from", "cursor to", "error")  # fmt: skip
-        for r in records:
-            seconds = f"{r.ended_at - r.started_at:.1f}" if r.ended_at else ""
-            runs.add_row(
-                r.run_id, when(r.started_at), r.status, str(r.rows_read),
-                str(r.rows_posted), str(r.rows_rejected), str(r.requests), str(r.retries),
-                str(r.splits), seconds, position(r.cursor_from), position(r.cursor_to),
-                job.redactor().text(r.error or "")[:80],
-            )  # fmt: skip
-        console().print(runs if records else f"{job.name}: no runs recorded")
+        elif run_id:
+            typer.echo(run_details(records[0], job.redactor(), width()))
+        elif not records:
+            typer.echo(f"{job.name}: no runs recorded")
+        else:
+            _history_table(records, job.redactor(), errors)
+
+
+def _history_table(records: list[RunRecord], redactor: Redactor, errors: bool) -> None:
+    runs, cut = fitted_table(HISTORY_COLUMNS, [history_row(r, redactor) for r in records], width())
+    console().print(runs)
+    failed = [r for r in records if r.error]
+    if errors:
+        for r in failed:
+            typer.echo(f"\nrun {r.run_id} ({r.status}):")
+            typer.echo(wrapped(redactor.text(r.error or ""), width()))
+    elif cut and failed:
+        typer.echo("errors cut to fit: --errors or --run RUN shows them whole")
 
 
 def show(job_file: JobFile, env_file: EnvFile = ENV_FILE) -> None:
@@ -137,19 +169,18 @@ def status(
 
 
 def _status_table(report: StatusReport) -> Any:
-    columns = ["job", "schedule", "last run", "status", "rows", "cursor lag", "next run",
-               "dead letters"] + (["queue"] if report.queue else [])  # fmt: skip
-    jobs = table(*columns)
+    columns = STATUS_COLUMNS + ([Column("queue", drop=2)] if report.queue else [])
+    rows = []
     for row in report.jobs:
         if "problem" in row:
-            jobs.add_row(row["job"], "", "", "bad job file", *[""] * (len(columns) - 4))
+            rows.append([row["job"], "", "", "bad job file"] + [""] * (len(columns) - 4))
             continue
         lag = row["cursor_lag_seconds"]
         extra = [f"{row['running']} running, {row['queued']} waiting"] if report.queue else []
-        jobs.add_row(
-            row["job"], row["schedule"] or "(none)", row["last_run"] or "never",
+        rows.append([
+            row["job"], row["schedule"] or "(none)", short_iso(row["last_run"]) or "never",
             row["status"] or "", str(row["rows_posted"] or ""),
-            "" if lag is None else f"{lag:.0f}s", row["next_run"] or "",
+            "" if lag is None else f"{lag:.0f}s", short_iso(row["next_run"]),
             str(row["dead_letters"]), *extra,
-        )  # fmt: skip
-    return jobs
+        ])  # fmt: skip
+    return fitted_table(columns, rows, width())[0]

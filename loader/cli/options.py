@@ -68,6 +68,7 @@ Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmat
 ENV_FILE = Path(defaults.ENV_FILE)
 
 _log_format = "auto"
+_log_level: int | None = None
 
 
 def set_log_format(value: str) -> None:
@@ -76,14 +77,21 @@ def set_log_format(value: str) -> None:
     _log_format = value
 
 
+def set_log_level(value: int | None) -> None:
+    """Remember the level ``--log-level`` or ``-q`` chose (``None``: neither given)."""
+    global _log_level
+    _log_level = value
+
+
 def log_to(level: int, stream: TextIO) -> None:
     """Send log records at ``level`` or above to ``stream``, in the chosen format."""
     configure_logging(level, stream, _log_format)
 
 
 def log_progress_to_stdout() -> None:
-    """The long-running commands (clock, worker) log their progress to stdout."""
-    log_to(logging.INFO, sys.stdout)
+    """The long-running commands (clock, worker) log their progress to stdout, at
+    info unless ``--log-level`` or ``-q`` chose another level."""
+    log_to(logging.INFO if _log_level is None else _log_level, sys.stdout)
 
 
 def job_roots(paths: list[Path] | None) -> list[Path]:

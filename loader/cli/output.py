@@ -5,13 +5,17 @@ terminal does not pay for it."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 
@@ -91,21 +95,147 @@ def position(value: Position | None) -> str:
     return ", ".join(v.isoformat() if isinstance(v, datetime) else str(v) for v in value)
 
 
-def table(*columns: str) -> Any:
-    """An empty rich table with these column headers."""
+@dataclass(frozen=True)
+class Column:
+    """A column of a table that fits the terminal. Cells of a ``fixed`` column are never
+    cut (statuses, timestamps, ids); a column that is not fixed is cut with ``…`` to the
+    room left. Columns with a higher ``drop`` go first when the table is too wide, a
+    column of blanks and zeros before any other; ``drop=0`` is never dropped."""
+
+    header: str
+    drop: int = 0
+    fixed: bool = True
+    justify: Literal["left", "right"] = "left"
+
+
+#: The room a cut column is given before whole columns are dropped for it.
+CUT_ROOM = 40
+#: Characters a rich table adds per column (padding, separator), and once (the last border).
+PER_COLUMN, PER_TABLE = 3, 1
+
+
+def fitted_table(columns: list[Column], rows: list[list[str]], width: int) -> tuple[Any, bool]:
+    """A rich table of ``rows`` at most ``width`` characters wide: blank, then
+    low-priority columns dropped until the fixed ones fit whole, the others cut to the
+    room left. Also whether a cell was cut."""
     from rich.table import Table
 
-    return Table(*columns)
+    keep = list(range(len(columns)))
+    natural = [max([len(c.header)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+
+    def needed(kept: list[int], cap: float = CUT_ROOM) -> int:
+        least = sum(natural[i] if columns[i].fixed else min(natural[i], cap) for i in kept)
+        return int(least) + PER_COLUMN * len(kept) + PER_TABLE
+
+    # Columns with nothing to say (all blank or zero) make room for cut cells first;
+    # then, by priority, columns go until every cut column has CUT_ROOM.
+    blank = [i for i in keep if columns[i].drop and all(r[i] in ("", "0") for r in rows)]
+    for i in sorted(blank, key=lambda i: -columns[i].drop):
+        if needed(keep, math.inf) <= width:
+            break
+        keep.remove(i)
+    for i in sorted((i for i in keep if columns[i].drop), key=lambda i: -columns[i].drop):
+        if needed(keep) <= width:
+            break
+        keep.remove(i)
+    cut = [i for i in keep if not columns[i].fixed]
+    room = width - needed([i for i in keep if columns[i].fixed]) - PER_COLUMN * len(cut)
+    widths = {i: natural[i] for i in keep}
+    for n, i in enumerate(sorted(cut, key=lambda i: natural[i])):
+        widths[i] = max(min(natural[i], room // (len(cut) - n)), 1)
+        room -= widths[i]
+    drawn = Table()
+    for i in keep:
+        drawn.add_column(columns[i].header, justify=columns[i].justify, no_wrap=True,
+                         min_width=widths[i], max_width=widths[i], overflow="ellipsis")  # fmt: skip
+    for r in rows:
+        drawn.add_row(*(r[i] for i in keep))
+    return drawn, any(widths[i] < natural[i] for i in cut)
+
+
+#: ``loader history``: what a narrow terminal keeps is the run, when, how it ended, the
+#: rows posted and the error (cut); the rest goes, the least telling first.
+HISTORY_COLUMNS = [
+    Column("run"), Column("started"), Column("status"),
+    Column("read", drop=3, justify="right"), Column("posted", justify="right"),
+    Column("rejected", drop=5, justify="right"), Column("requests", drop=6, justify="right"),
+    Column("retries", drop=4, justify="right"), Column("splits", drop=8, justify="right"),
+    Column("seconds", drop=2, justify="right"), Column("cursor from", drop=7, fixed=False),
+    Column("cursor to", drop=1, fixed=False), Column("error", fixed=False),
+]  # fmt: skip
+
+#: ``loader status``, the same way.
+STATUS_COLUMNS = [
+    Column("job", fixed=False), Column("schedule", drop=3, fixed=False),
+    Column("last run"), Column("status"), Column("rows", drop=4, justify="right"),
+    Column("cursor lag", drop=5, justify="right"), Column("next run", drop=1),
+    Column("dead letters", drop=6, justify="right"),
+]  # fmt: skip
+
+
+def history_row(r: RunRecord, redactor: Redactor) -> list[str]:
+    """A run's cells under :data:`HISTORY_COLUMNS`, its error masked and on one line."""
+    seconds = f"{r.ended_at - r.started_at:.1f}" if r.ended_at else ""
+    error = " ".join(redactor.text(r.error or "").split())
+    return [
+        r.run_id, short_time(r.started_at), r.status, str(r.rows_read), str(r.rows_posted),
+        str(r.rows_rejected), str(r.requests), str(r.retries), str(r.splits), seconds,
+        position(r.cursor_from), position(r.cursor_to), error,
+    ]  # fmt: skip
+
+
+def run_details(r: RunRecord, redactor: Redactor, columns: int) -> str:
+    """``loader history JOB --run RUN``: one run, a line per fact, its error whole and masked."""
+    seconds = f"{r.ended_at - r.started_at:.1f}s" if r.ended_at else "(still running)"
+    facts = [
+        ("run", r.run_id), ("job", r.job), ("status", r.status),
+        ("started", when(r.started_at)), ("ended", when(r.ended_at) if r.ended_at else ""),
+        ("took", seconds), ("host", f"{r.host} (pid {r.pid})"),
+        ("rows", f"{r.rows_read:,} read, {r.rows_posted:,} posted, {r.rows_rejected:,} rejected"),
+        ("requests", f"{r.requests:,}, {r.retries:,} retries, {r.splits:,} split"),
+        ("cursor", f"{position(r.cursor_from) or '(start)'} -> {position(r.cursor_to)}"),
+    ]  # fmt: skip
+    lines = [f"{name + ':':<10}{value}" for name, value in facts]
+    if r.error:
+        lines += ["error:", wrapped(redactor.text(r.error), columns)]
+    return "\n".join(lines)
+
+
+def wrapped(text: str, columns: int) -> str:
+    """``text`` in lines of at most ``columns``, indented by two; a word longer than a
+    line (a URL) stays whole, to be copied."""
+    return "\n".join(
+        textwrap.fill(line, columns, initial_indent="  ", subsequent_indent="  ",
+                      break_long_words=False, break_on_hyphens=False)
+        for line in text.splitlines()
+    )  # fmt: skip
+
+
+def short_time(timestamp: float) -> str:
+    """A Unix ``timestamp`` as local month, day, hours and minutes (``12-04 15:33``), with
+    the year before it when it is not this year's."""
+    moment = datetime.fromtimestamp(timestamp)
+    return moment.strftime("%m-%d %H:%M" if moment.year == datetime.now().year else "%Y-%m-%d")
+
+
+def short_iso(text: str | None) -> str:
+    """An ISO 8601 time (as in the status report) in the form of :func:`short_time`."""
+    return short_time(datetime.fromisoformat(text).timestamp()) if text else ""
+
+
+def width() -> int:
+    """The width tables are drawn to: the terminal's, else ``$COLUMNS``, else 200."""
+    return int(console().width)
 
 
 def console(*, stderr: bool = False) -> Any:
-    """A rich console on stdout (or stderr): 200 columns wide off a terminal, no colour
-    when ``NO_COLOR`` is set."""
+    """A rich console on stdout (or stderr): as wide as the terminal or ``$COLUMNS``, else
+    200 columns wide off a terminal; no colour when ``NO_COLOR`` is set."""
     from rich.console import Console  # drawing only: not paid by `loader run` off a terminal
 
     stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else 200
-    return Console(stderr=stderr, width=width, no_color="NO_COLOR" in os.environ)
+    fixed = None if stream.isatty() or os.environ.get("COLUMNS", "").isdigit() else 200
+    return Console(stderr=stderr, width=fixed, no_color="NO_COLOR" in os.environ)
 
 
 def show_body(body: bytes, redactor: Redactor, limit: int = BODY_CHARS) -> str:
@@ -130,6 +260,56 @@ def print_received(received: Received, *, show_body: bool) -> None:
             typer.echo(json.dumps(json.loads(received.body), indent=2)[:BODY_CHARS])
         except ValueError:
             typer.echo(received.body.decode("utf-8", "replace")[:BODY_CHARS])
+
+
+#: Rows of a request body ``loader demo`` shows; the rest are counted.
+DEMO_BODY_ROWS = 2
+
+
+def trimmed_body(body: bytes, rows: int = DEMO_BODY_ROWS) -> str:
+    """A request body as pretty JSON with its first ``rows`` rows and ``... N more rows``
+    (the rows being the array, or the one array in an envelope); other bodies as their
+    first ``rows`` lines."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        lines = body.decode("utf-8", "replace").splitlines()
+        more = [f"... {len(lines) - rows} more lines"] if len(lines) > rows else []
+        return "\n".join(lines[:rows] + more)
+    arrays = [k for k, v in data.items() if isinstance(v, list)] if isinstance(data, dict) else []
+    items = data if isinstance(data, list) else data[arrays[0]] if len(arrays) == 1 else []
+    if len(items) <= rows:
+        return json.dumps(data, indent=2)
+    marker = "\u0000more\u0000"  # a string no row holds, replaced after rendering
+    shown = [*items[:rows], marker]
+    trimmed = shown if isinstance(data, list) else {**data, arrays[0]: shown}
+    return json.dumps(trimmed, indent=2).replace(
+        json.dumps(marker), f"... {len(items) - rows} more rows"
+    )
+
+
+def filter_effect(query: str, params: dict[str, Any], kept: int, total: int) -> str:
+    """What the job's query made of the ``total`` rows of the table: its WHERE condition,
+    parameters filled in (``plan = 'pro'``), and the ``kept`` rows it returned."""
+    where = re.search(
+        r"\bWHERE\b(.+?)(?:\bORDER\s+BY\b|\bGROUP\s+BY\b|\bLIMIT\b|$)", query, re.I | re.S
+    )
+    if where is None:
+        return f"the job's query keeps every row: {kept:,} of {total:,} to send"
+    condition = re.sub(
+        r"(?<!:):(\w+)",
+        lambda m: repr(params[m[1]]) if m[1] in params else m[0],
+        " ".join(where[1].split()),
+    )
+    return f"the job's query keeps {condition}: {kept:,} of {total:,} rows to send"
+
+
+def received_summary(received: list[Received]) -> str:
+    """What a receiver got, in one line: requests, rows and the rows of each request."""
+    sizes = [r.rows for r in received if r.rows is not None]
+    each = ", ".join(map(str, sizes[:10])) + (", ..." if len(sizes) > 10 else "")
+    requests = f"{len(received):,} request{'' if len(received) == 1 else 's'}"
+    return f"the receiver got {requests}, {sum(sizes):,} rows in all ({each} rows per request)"
 
 
 def print_json(document: dict[str, Any]) -> None:

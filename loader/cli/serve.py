@@ -22,7 +22,13 @@ from loader.cli.options import (
     job_roots,
     log_progress_to_stdout,
 )
-from loader.cli.output import print_received, print_summary
+from loader.cli.output import (
+    filter_effect,
+    print_received,
+    print_summary,
+    received_summary,
+    trimmed_body,
+)
 from loader.errors import JobConfigError
 from loader.executors import choose_executor, open_enqueue
 from loader.jobfile import environment, find_job_files, load_job
@@ -199,6 +205,12 @@ def receive(
         typer.echo("stopped")
 
 
+#: The demo's own state store, beside its database: its runs never enter a job's history.
+DEMO_STATE = "demo-state.db"
+#: Requests whose bodies the demo prints.
+DEMO_BODIES = 2
+
+
 def demo(
     job_file: Annotated[Path, typer.Option("--job", help="The example job.")] = Path(
         defaults.JOBS_DIR, "example.yml"
@@ -210,20 +222,35 @@ def demo(
         ".loader/example.db"
     ),
 ) -> None:
-    """Create the example SQLite database, start a local receiver and run the example job."""
+    """Create the example SQLite database, start a local receiver and run the example job;
+    print what its query keeps, the first requests as they arrived and a summary. The run
+    is recorded in its own state store beside the database (demo-state.db), never in the
+    job's."""
     from loader.example import create_example_database
     from loader.receiver import Receiver
 
     with exit_codes(Redactor()):
         created = create_example_database(database, rows)
-        typer.echo(f"created {created} with {rows} sign-ups")
-        with Receiver(on_request=lambda r: print_received(r, show_body=False)) as receiver:
+        typer.echo(f"created {created}: {rows:,} sign-ups")
+        with Receiver() as receiver:
             env = {
                 **environment(),
                 "DATABASE_URL": f"sqlite:///{created}",
                 "TARGET_URL": f"{receiver.url}/v1/import",
             }
-            job = load_job(job_file, env=env)
+            # Whatever the job's own target, the demo sends to its receiver only.
+            job = load_job(job_file, env=env).with_target_url(env["TARGET_URL"])
             typer.echo(f"running {job_file} against the receiver at {receiver.url}")
-            result = run_job(job, full_refresh=True)
+            store = open_state(f"sqlite:///{created.parent / DEMO_STATE}")
+            try:
+                # No heartbeats or alerts: a demo run is nobody's outage.
+                result = run_job(job, state=store, full_refresh=True, monitor=False)
+            finally:
+                store.close()
+        typer.echo(filter_effect(job.source.query, job.source.params, result.rows_read, rows))
+        for number, request in enumerate(receiver.received[:DEMO_BODIES], start=1):
+            typer.echo(f"--- request {number} of {len(receiver.received)} as received: "
+                       f"{request.method} {request.path}, {request.rows} rows ---")  # fmt: skip
+            typer.echo(trimmed_body(request.body))
+        typer.echo(received_summary(receiver.received))
         print_summary(result, job.redactor())

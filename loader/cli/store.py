@@ -11,7 +11,7 @@ import typer
 
 from loader import defaults
 from loader.cli.options import ENV_FILE, EnvFile, JobFile, Json, Yes, exit_codes, fail, load
-from loader.cli.output import position, print_json
+from loader.cli.output import position, print_json, short_time, width
 from loader.executors import migrate_queue, uses_queue
 from loader.jobfile import environment
 from loader.monitor import flush as flush_notifications
@@ -98,17 +98,21 @@ def deadletter_list(
                  "row": _parsed(shown(letter, redactor))}
                 for letter in letters]})  # fmt: skip
             return
+        columns, cut = width(), False
         for letter in letters:
-            typer.echo(
-                f"#{letter.id} {row_key(job, letter)}: status {letter.status}: "
-                f"{redactor.text(letter.excerpt)}"
-            )
-            typer.echo(
-                f"  run {letter.run_id} at {when(letter.created_at)}, "
+            head = f"#{letter.id} {row_key(job, letter)}: status {letter.status}: "
+            lines = [
+                head + " ".join(redactor.text(letter.excerpt).split()),
+                f"  run {letter.run_id} at {short_time(letter.created_at)}, "
                 f"{letter.attempts} attempt(s)"
-                + (f", sent to {redactor.url(letter.url)}" if letter.url else "")
-            )
-            typer.echo(f"  {shown(letter, redactor)}")
+                + (f", sent to {redactor.url(letter.url)}" if letter.url else ""),
+                f"  {shown(letter, redactor)}",
+            ]
+            for line in lines:
+                cut = cut or len(line) > columns
+                typer.echo(line if len(line) <= columns else line[: columns - 1] + "…")
+        if cut:
+            typer.echo("lines cut to fit: --json shows them whole")
         typer.echo(
             f"{job.name}: {total} dead letters" + (f", {limit} shown" if total > limit else "")
         )

@@ -19,6 +19,7 @@ import yaml
 
 from loader import RunResult, open_state
 from tests.integration.conftest import Schema, make_job
+from tests.support.logs import log_events
 from tests.support.processes import nothing_left_running, read_until, start_loader, terminate
 from tests.support.server import Delay, Endpoint
 
@@ -86,7 +87,7 @@ def test_runs_happen_on_time_and_are_incremental(
     state.close()
     assert len(slots) >= 3
     assert all(slot.slot_at == int(slot.slot_at) for slot in slots)  # on whole seconds
-    assert "run started job=ticks" in out and "run ended job=ticks" in out
+    assert log_events(out, "run.started", job="ticks") and log_events(out, "run.ended", job="ticks")
 
 
 def test_a_slow_job_is_not_overlapped(
@@ -107,7 +108,7 @@ def test_a_slow_job_is_not_overlapped(
     statuses = collections.Counter(s.status for s in state.slots("slow"))
     state.close()
     assert statuses["skipped"] >= 1
-    assert "skipped: the previous run is still going" in out
+    assert log_events(out, "clock.slot_skipped", reason="the previous run is still going")
 
 
 def test_two_clocks_run_each_slot_once(
@@ -131,8 +132,10 @@ def test_two_clocks_run_each_slot_once(
     state.close()
     assert len({s.run_id for s in slots}) == len(slots)
     assert len(runs) == len([s for s in slots if s.status != "missed"])
-    started = sum(out.count("run started job=twice") for _, out, _ in outputs)
-    assert started == len(runs)
+    ended = [
+        e["run_id"] for _, out, _ in outputs for e in log_events(out, "run.ended", job="twice")
+    ]
+    assert len(ended) == len(set(ended)) == len(runs)  # one run.ended per run, either clock
 
 
 def test_sigterm_stops_within_the_grace_period_with_state_consistent(
@@ -151,7 +154,7 @@ def test_sigterm_stops_within_the_grace_period_with_state_consistent(
 
     assert code == 0, out
     assert took < 5, out
-    assert "status=interrupted" in out, out
+    assert log_events(out, "run.ended", status="interrupted"), out
     state = open_state(pg_state)
     checkpoint = state.checkpoint("long")
     assert checkpoint is not None, out
@@ -177,13 +180,13 @@ def test_a_restart_after_missed_slots_makes_one_catch_up_run(
     add_job("gap", rows=2, schedule="every 1s")
 
     clock = start_clock(tmp_path)
-    read_until(clock, "run ended job=gap")
+    read_until(clock, '"event": "run.ended"')
     stop_clock(clock)
     state = open_state(pg_state)
     before = {s.slot_at for s in state.slots("gap")}
     time.sleep(3.2)
     clock = start_clock(tmp_path)
-    read_until(clock, "catching up on slot")
+    read_until(clock, '"event": "clock.catching_up"')
     code, out, _ = stop_clock(clock)
 
     assert code == 0, out
@@ -262,7 +265,7 @@ def test_sighup_reloads_job_files(
     code, out, _ = stop_clock(clock)
 
     assert code == 0, out
-    assert "reloading job files" in out
+    assert log_events(out, "clock.reloading"), out
     assert sorted(endpoint.accepted_ids()) == [1, 2]
 
 

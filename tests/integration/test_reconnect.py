@@ -25,6 +25,7 @@ import yaml
 
 from loader import SourceError, build_job, defaults, open_state, run_job
 from tests.integration.conftest import Schema, make_job
+from tests.support.logs import log_events
 from tests.support.proxy import Proxy
 from tests.support.server import Delay, Endpoint
 
@@ -105,8 +106,8 @@ def test_cut_mid_stream_resumes_in_the_same_run(
     assert proxy.cuts == 1
     assert_every_row_once(endpoint)
     assert "Traceback" not in output and "internal error" not in output
-    lost = [line for line in output.splitlines() if "connection was lost" in line]
-    assert len(lost) == 1 and "reconnecting" in lost[0], output
+    lost = log_events(output, "source.reconnect")
+    assert len(lost) == 1 and lost[0]["attempt"] == 1 and lost[0]["rows_read"] > 0, output
     (record,) = history(pg_state)
     assert (record.status, record.rows_read, record.rows_posted) == ("succeeded", ROWS, ROWS)
 

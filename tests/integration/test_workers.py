@@ -19,6 +19,7 @@ import yaml
 
 from loader import JobQueue, open_state
 from tests.integration.conftest import Schema, make_job
+from tests.support.logs import log_events
 from tests.support.processes import finish, nothing_left_running, start_loader, terminate
 from tests.support.server import Delay, Endpoint
 
@@ -116,7 +117,7 @@ def test_one_clock_two_workers_each_slot_runs_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """The clock only queues (LOADER_EXECUTOR read from .env); each slot runs once, on
-    one of the two workers."""
+    one of the two workers, which logs its one run.ended."""
     monkeypatch.delenv("LOADER_EXECUTOR")
     (tmp_path / ".env").write_text("LOADER_EXECUTOR=procrastinate\n")
     query = events(schema, 20)
@@ -130,7 +131,7 @@ def test_one_clock_two_workers_each_slot_runs_once(
     time.sleep(1.5)  # let the last queued slot run
     outs = [stop(w) for w in workers]
 
-    assert clock_code == 0 and "run queued job=tick" in clock_out, clock_out
+    assert clock_code == 0 and log_events(clock_out, "run.queued", job="tick"), clock_out
     assert all(code == 0 for code, _ in outs), outs
     state = open_state(pg_state)
     runs = state.history("tick", limit=100)
@@ -145,6 +146,8 @@ def test_one_clock_two_workers_each_slot_runs_once(
     slots = {s.run_id: s.status for s in slot_records}
     assert {run.run_id for run in runs} <= set(slots)
     assert all(slots[run.run_id] == "succeeded" for run in runs)
+    ended = [e["run_id"] for _, out in outs for e in log_events(out, "run.ended")]
+    assert sorted(ended) == sorted(run.run_id for run in runs)  # one run.ended per run
 
 
 def slow_incremental(schema: Schema, endpoint: Endpoint, count: int) -> dict[str, Any]:
@@ -172,7 +175,7 @@ def test_a_run_on_a_killed_worker_resumes_on_another(
     code, out = stop(second)
 
     assert code == 0, out
-    assert "went silent; queueing it again" in out
+    assert log_events(out, "worker.stalled_run", action="queued again"), out
     ids = endpoint.accepted_ids()
     assert sorted(set(ids)) == list(range(1, 301))
     assert len(ids) - 300 <= 10  # the one batch in flight when the worker died
@@ -194,7 +197,7 @@ def test_sigterm_checkpoints_and_queues_the_run_again(
     code, out = stop(first)
 
     assert code == 0 and time.monotonic() - started < 25, out
-    assert "queued again to continue" in out
+    assert log_events(out, "run.requeued")
     assert queue_statuses(pg_state) == ["todo"]
     sent_before = len(endpoint.accepted_ids())
     assert sent_before < 200
@@ -292,10 +295,10 @@ def test_a_stopping_worker_keeps_its_runs_from_being_taken_for_stalled(
     second = worker(tmp_path)
     code, out = stop(first)
 
-    assert code == 0 and "queued again to continue" in out, out
+    assert code == 0 and log_events(out, "run.requeued"), out
     wait_until(lambda: set(endpoint.accepted_ids()) >= set(range(1, 101)))
     code, out = stop(second)
-    assert "went silent" not in out
+    assert not log_events(out, "worker.stalled_run")
     assert sorted(endpoint.accepted_ids()) == list(range(1, 101))
 
 
@@ -357,7 +360,7 @@ def test_a_worker_killed_in_the_middle_of_a_range_loses_nothing(
     wait_until(lambda: history(pg_state, "split")[0].status != "running")
     code, out = stop(second)
 
-    assert code == 0 and "went silent" in out, out
+    assert code == 0 and log_events(out, "worker.stalled_run"), out
     (whole,) = history(pg_state, "split")
     assert whole.status == "succeeded"
     assert len(endpoint.accepted_ids()) - 400 <= 2 * 10  # a batch in flight per range

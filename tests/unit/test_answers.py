@@ -148,7 +148,7 @@ def test_a_split_is_said_once_and_the_smallest_size_kept(caplog: pytest.LogCaptu
         splits.learned(150, 38, refusal(413))
         splits.split_ahead()
     assert (splits.size, counters.splits, counters.split_size) == (38, 3, 38)
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [getattr(r, "fields", {}).get("hint") for r in caplog.records] == [
         "api.example.com refused 150-row requests (400: Too many rows); split to 75: set "
         "batch.size to at most 75"
     ]

@@ -68,6 +68,16 @@ def test_global_options_after_the_command_move_before_it() -> None:
     ]  # fmt: skip
 
 
+def test_quiet_and_log_level_after_the_command_move_before_it() -> None:
+    """``-q``, ``--quiet`` and ``--log-level LEVEL`` (both spellings) are global options."""
+    command = typer.main.get_command(app)
+    argv = ["run", "orders", "-q", "--log-level", "debug", "--quiet", "--log-level=info"]
+
+    assert hoist_global_options(argv, command) == [
+        "-q", "--log-level", "debug", "--quiet", "--log-level=info", "run", "orders",
+    ]  # fmt: skip
+
+
 def test_nothing_after_a_double_dash_and_no_option_a_command_defines_moves() -> None:
     """Options after ``--`` stay, and a command's own ``-v`` is left to it."""
     own = typer.Typer()

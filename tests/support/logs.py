@@ -1,0 +1,47 @@
+"""Reading loader's log lines back in tests: JSON lines and logfmt."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+# key=value or key="quoted \"value\"" (logfmt as loader.logs writes it).
+_PAIR = re.compile(r'([A-Za-z_][\w.]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
+
+
+def log_events(output: str, name: str | None = None, **fields: Any) -> list[dict[str, Any]]:
+    """The JSON log lines in ``output`` (other lines skipped), those of the event
+    ``name`` with ``fields`` equal only, when given."""
+    found = []
+    for line in output.splitlines():
+        start = line.find("{")
+        if start < 0:
+            continue
+        try:
+            data = json.loads(line[start:])
+        except ValueError:
+            continue
+        if not isinstance(data, dict) or "event" not in data:
+            continue
+        if name is not None and data["event"] != name:
+            continue
+        if all(data.get(key) == value for key, value in fields.items()):
+            found.append(data)
+    return found
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """One logfmt line as its keys and (unquoted, unescaped) values; the whole line
+    must be pairs."""
+    pairs = _PAIR.findall(line)
+    rebuilt = " ".join(f"{key}={value}" for key, value in pairs)
+    assert rebuilt == line, f"not logfmt: {line!r}"
+    return {key: _unquote(value) for key, value in pairs}
+
+
+def _unquote(value: str) -> str:
+    if not value.startswith('"'):
+        return value
+    escapes = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
+    return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(0)), value[1:-1])
