@@ -25,11 +25,8 @@ from loader.cli.options import (
 from loader.cli.output import print_received, print_summary
 from loader.errors import JobConfigError
 from loader.executors import choose_executor, open_enqueue
-from loader.jobfile import environment, find_job_files, load_job
-from loader.outcome import run_job
 from loader.redact import Redactor
 from loader.signals import clock_signals
-from loader.state import open_state
 from loader.units import format_duration
 
 MaxParallel = Annotated[int, typer.Option(min=1, help="Runs at once.")]
@@ -88,6 +85,7 @@ def clock(
     env_file: EnvFile = ENV_FILE,
 ) -> None:
     """Run the job files on their schedules until SIGTERM (a Heroku clock dyno)."""
+    from loader.jobfile import environment
     from loader.scheduler import Clock  # loaded only here: the other commands do without it
 
     log_progress_to_stdout()
@@ -118,6 +116,8 @@ def clock(
 
 def _refuse_missing_job_files(roots: list[Path]) -> None:
     """A clock with nothing to run is a typo in its command line: refuse to start."""
+    from loader.jobfile import find_job_files
+
     missing = [root for root in roots if not root.exists()]
     if missing:
         fail(defaults.EXIT_CONFIG, f"no such job file or directory: {', '.join(map(str, missing))}")
@@ -127,6 +127,8 @@ def _refuse_missing_job_files(roots: list[Path]) -> None:
 
 
 def _refuse_bad_job_files(roots: list[Path], env: dict[str, str]) -> None:
+    from loader.jobfile import find_job_files
+
     bad = [problem for path in find_job_files(roots) for problem in _problems(path, env)]
     if bad:
         for problem in bad:
@@ -135,6 +137,8 @@ def _refuse_bad_job_files(roots: list[Path], env: dict[str, str]) -> None:
 
 
 def _problems(path: Path, env: dict[str, str]) -> list[str]:
+    from loader.jobfile import load_job
+
     try:
         load_job(path, env=env)
     except JobConfigError as exc:
@@ -154,6 +158,8 @@ def worker(
 ) -> None:
     """Run queued runs (from `loader clock` with LOADER_EXECUTOR=procrastinate, or
     `loader run --enqueue`) until SIGTERM: a Heroku worker dyno; start as many as needed."""
+    from loader.jobfile import environment
+    from loader.state import open_state
     from loader.workers import JobQueue, queue_url
 
     log_progress_to_stdout()
@@ -212,6 +218,8 @@ def demo(
 ) -> None:
     """Create the example SQLite database, start a local receiver and run the example job."""
     from loader.example import create_example_database
+    from loader.jobfile import environment, load_job
+    from loader.outcome import run_job
     from loader.receiver import Receiver
 
     with exit_codes(Redactor()):
