@@ -248,7 +248,7 @@ class _Run:
                 self.redactor,
                 self.job.target.url,
                 self.job.target.placeholders,
-            )
+            ) if any(rejected for _, rejected in group) else []  # fmt: skip
             position = group[-1][0].position
             posted = counters.rows_posted + sum(len(b.rows) - len(r) for b, r in group)
             rejected = counters.rows_rejected + sum(len(r) for _, r in group)
