@@ -30,6 +30,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.generate import COLUMNS, ensure_table
 
@@ -47,6 +48,7 @@ class Measure:
     requests: int
     endpoint_cpu: float
     machine_cpu: float
+    first_request: float  # seconds from the start to the endpoint's first request
 
     @property
     def rate(self) -> float:
@@ -59,7 +61,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http(url: str, method: str = "GET") -> dict[str, int]:
+def http(url: str, method: str = "GET") -> dict[str, Any]:
     request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
     with urllib.request.urlopen(request) as response:
         body = response.read()
@@ -88,6 +90,7 @@ def measure(
     http(f"{endpoint}/reset", "POST")
     server_cpu = cpu_of(server_pid)
     busy = machine_busy()
+    began = time.time()
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env)
     _, status, usage = os.wait4(process.pid, 0)
@@ -99,7 +102,7 @@ def measure(
     return Measure(
         name, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
         stats["rows"], stats["distinct_ids"], stats["requests"], cpu_of(server_pid) - server_cpu,
-        busy,
+        busy, stats["first"] - began if stats["first"] else 0.0,
     )  # fmt: skip
 
 
@@ -242,12 +245,13 @@ def report(args: argparse.Namespace, results: list[Measure]) -> None:
     print(f"\n{args.rows:,} rows, batch {args.batch}, loader concurrency {args.concurrency}")
     print(f"{'':10}{'rows/s':>12}{'seconds':>10}{'CPU s':>8}{'CPU s/M':>9}{'peak RSS':>10}"
           f"{'requests':>10}{'distinct':>10}{'endpoint CPU s':>16}"
-          f"{'machine CPU s':>15}")  # fmt: skip
+          f"{'machine CPU s':>15}{'1st request s':>15}")  # fmt: skip
     for m in results:
         print(
             f"{m.name:10}{m.rate:>12,.0f}{m.seconds:>10.2f}{m.cpu:>8.2f}"
             f"{m.cpu / m.rows * 1e6 if m.rows else 0:>9.2f}{m.peak_rss_mb:>8.0f}MB"
             f"{m.requests:>10,}{m.distinct:>10,}{m.endpoint_cpu:>16.2f}{m.machine_cpu:>15.2f}"
+            f"{m.first_request:>15.2f}"
         )
         if m.distinct != args.rows:
             print(f"  !! {m.name}: {m.distinct:,} distinct ids received, expected {args.rows:,}")
