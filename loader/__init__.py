@@ -94,6 +94,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first use (:class:`AttributeError`
+    for any other name, so ``from loader import job`` still finds the submodule)."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'loader' has no attribute {name!r}")
@@ -103,6 +105,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
+    """The public names, loaded or not, with the module's own."""
     return sorted(set(globals()) | set(__all__))
 
 
