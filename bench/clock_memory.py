@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -102,6 +103,8 @@ def main() -> None:
         env["LOADER_TRACE_FILE"] = str(work / "trace.txt")
     log = open(work / "clock.log", "w")  # noqa: SIM115 - closed at the end
     clock = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # Stopped early (SIGTERM), still stop the clock and the endpoint, in `finally` below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))
     samples: list[tuple[float, int]] = []
     started = time.monotonic()
     try:

@@ -229,11 +229,10 @@ def vs_reference(
         pairs.append((measured["loader"], measured["reference"]))
         report(args, [measured["reference"], measured["loader"]])
     print(f"\nloader / reference over {len(pairs)} pairs ({args.rows:,} rows):")
-    for label, value in (("wall", lambda m: m.seconds), ("CPU", lambda m: m.cpu),
-                         ("peak RSS", lambda m: m.peak_rss_mb)):  # fmt: skip
-        ratios = [value(a) / value(b) for a, b in pairs]
-        mine = [value(a) for a, _ in pairs]
-        theirs = [value(b) for _, b in pairs]
+    for label, field in (("wall", "seconds"), ("CPU", "cpu"), ("peak RSS", "peak_rss_mb")):
+        mine = [float(getattr(a, field)) for a, _ in pairs]
+        theirs = [float(getattr(b, field)) for _, b in pairs]
+        ratios = [a / b for a, b in zip(mine, theirs, strict=True)]
         print(
             f"  {label:9} median {statistics.median(ratios):.2f}x, range {min(ratios):.2f}x"
             f" to {max(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)}); loader median"
