@@ -1,12 +1,13 @@
 """A light HTTP endpoint on asyncio: answers 200 to every POST and counts requests,
-bytes, rows and distinct ids. ``GET /stats`` returns the counts; ``POST /reset`` clears
-them. Run: ``python -m bench.endpoint PORT``."""
+bytes, rows and distinct ids, and notes when the first request came. ``GET /stats``
+returns the counts; ``POST /reset`` clears them. Run: ``python -m bench.endpoint PORT``."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import sys
+import time
 
 import orjson
 
@@ -19,10 +20,13 @@ class Stats:
         self.bytes = 0
         self.rows = 0
         self.ids: set[int] = set()
+        self.first = 0.0  # when the first request since the reset arrived (time.time())
 
     def add(self, body: bytes) -> None:
         """Count the rows by their leading ``{"id": N`` (every benchmark row starts with
         its id): a regular expression, much lighter than parsing each body."""
+        if not self.requests:
+            self.first = time.time()
         self.requests += 1
         self.bytes += len(body)
         ids = ROW_ID.findall(body)
@@ -32,7 +36,7 @@ class Stats:
     def as_json(self) -> bytes:
         return orjson.dumps(
             {"requests": self.requests, "bytes": self.bytes, "rows": self.rows,
-             "distinct_ids": len(self.ids)}
+             "distinct_ids": len(self.ids), "first": self.first}
         )  # fmt: skip
 
 

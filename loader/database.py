@@ -10,6 +10,7 @@ runs a second statement hidden in it (see its docstring).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -194,6 +195,7 @@ class _FloatLoader(Loader):
         return PgFloat(bytes(data).decode())
 
 
+@functools.cache  # one class per base: psycopg keeps every loader class it sees for good
 def _tolerant(base: Any) -> Any:
     """A psycopg loader reading as ``base`` does, but returning what ``base`` cannot
     read (a value Python's dates and times cannot hold) as :class:`Unsendable`."""

@@ -294,7 +294,7 @@ class _Run:
                 self.redactor,
                 self.job.target.url,
                 self.job.target.placeholders,
-            )
+            ) if any(rejected for _, rejected in group) else []  # fmt: skip
             position = group[-1][0].position
             diffed = None
             if self.differ is not None and self.generation is not None:

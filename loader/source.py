@@ -324,8 +324,10 @@ class _ReadAhead:
         self.connection, self.rows, self.size, self.timeout = connection, rows, size, timeout
         self.ready: queue.Queue[Any] = queue.Queue(maxsize=2)  # chunks, or the read's error
         self.done, self.timed_out = threading.Event(), threading.Event()
-        self.deadline: float | None = None  # when the chunk being read is overdue
-        self.watching = threading.Condition()  # guards `deadline`; notified when it changes
+        # When the chunk being read is overdue (None between reads); written under `lock`
+        # with no wake-up, so a chunk costs two lock round trips, not two thread switches.
+        self.deadline: float | None = None
+        self.lock = threading.Lock()
         self.fetcher = threading.Thread(target=self._fetch, name="loader-fetch", daemon=True)
 
     def start(self) -> None:
@@ -336,9 +338,7 @@ class _ReadAhead:
 
     def stop(self) -> None:
         """End both threads; a read still waiting for rows nobody wants is cancelled."""
-        with self.watching:
-            self.done.set()
-            self.watching.notify()
+        self.done.set()
         self.fetcher.join(timeout=1)
         if self.fetcher.is_alive():  # still waiting for rows nobody wants: stop the query
             with contextlib.suppress(psycopg.Error):  # nothing to stop on a lost connection
@@ -346,22 +346,24 @@ class _ReadAhead:
             self.fetcher.join()
 
     def _watch(self) -> None:
-        """Cancel the query when a chunk is overdue (one thread for the whole read)."""
-        with self.watching:
-            while not self.done.is_set():
-                if self.deadline is None:
-                    self.watching.wait()
-                elif (left := self.deadline - time.monotonic()) > 0:
-                    self.watching.wait(left)
-                else:
+        """Cancel the query when a chunk is overdue (one thread for the whole read). The
+        deadline only moves later, so it sleeps until the one it saw (at most a timeout)
+        and looks again: a read that begins meanwhile is still caught on time."""
+        while not self.done.is_set():
+            deadline = self.deadline
+            left = self.timeout if deadline is None else deadline - time.monotonic()
+            if left > 0:
+                self.done.wait(left)
+                continue
+            with self.lock:  # overdue, unless that read just ended: check under the lock
+                if self.deadline is not None and self.deadline <= time.monotonic():
                     self.timed_out.set()
                     self.connection.cancel_safe()
                     return
 
     def _overdue_at(self, when: float | None) -> None:
-        with self.watching:
+        with self.lock:
             self.deadline = when
-            self.watching.notify()
 
     def _put(self, item: Any) -> None:
         while not self.done.is_set():

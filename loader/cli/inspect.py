@@ -36,13 +36,11 @@ from loader.cli.output import (
     wrapped,
 )
 from loader.errors import JobConfigError
-from loader.jobfile import dump_job, environment, find_job_files, job_schema, load_job
 from loader.redact import Redactor, mask_registered
-from loader.state import open_state
-from loader.status import StatusReport, status_report
 
 if TYPE_CHECKING:
     from loader.state import RunRecord
+    from loader.status import StatusReport
 
 
 def validate(
@@ -50,6 +48,8 @@ def validate(
     env_file: EnvFile = ENV_FILE,
 ) -> None:
     """Check job files without connecting anywhere; print every problem found."""
+    from loader.jobfile import environment, find_job_files, load_job
+
     with exit_codes(Redactor()):
         env = environment(env_file)
         files = find_job_files(list(paths))
@@ -87,6 +87,8 @@ def history(
     env_file: EnvFile = ENV_FILE,
 ) -> None:
     """Show a job's recent runs, newest first (errors cut to fit: see --errors, --run)."""
+    from loader.state import open_state
+
     with exit_codes(Redactor()):
         job = load(job_file, env_file)
         store = open_state()
@@ -120,6 +122,8 @@ def _history_table(records: list[RunRecord], redactor: Redactor, errors: bool) -
 
 def show(job_file: JobFile, env_file: EnvFile = ENV_FILE) -> None:
     """Print the job as loader understood it: defaults filled in, secrets masked."""
+    from loader.jobfile import dump_job
+
     with exit_codes(Redactor()):
         typer.echo(dump_job(load(job_file, env_file)), nl=False)
 
@@ -146,6 +150,8 @@ def check(job_file: JobFile, env_file: EnvFile = ENV_FILE) -> None:
 
 def schema() -> None:
     """Print the JSON Schema of job files (draft-07), for editors and linters."""
+    from loader.jobfile import job_schema
+
     typer.echo(json.dumps(job_schema(), indent=2))
 
 
@@ -157,6 +163,9 @@ def status(
     env_file: EnvFile = ENV_FILE,
 ) -> None:
     """A table of jobs: schedule, last run, status, rows, cursor lag, next run, dead letters."""
+    from loader.jobfile import environment
+    from loader.status import status_report
+
     with exit_codes(Redactor()):
         report = status_report(job_roots(paths), environment(env_file))
         if as_json:

@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn, TextIO
+from typing import TYPE_CHECKING, Annotated, NoReturn, TextIO
 
 import typer
 
@@ -26,11 +26,12 @@ from loader.errors import (
     SourceError,
     StateError,
 )
-from loader.job import Job
-from loader.jobfile import environment, load_job, resolve_job_file
 from loader.logs import configure_logging
 from loader.redact import Redactor
 from loader.units import parse_duration
+
+if TYPE_CHECKING:
+    from loader.job import Job
 
 
 def _existing_env_file(path: Path) -> Path:
@@ -102,6 +103,9 @@ def job_roots(paths: list[Path] | None) -> list[Path]:
 
 def resolve(job_file: Path, env_file: Path) -> Path:
     """The file ``job_file`` names: a path, or a job's name in the jobs directory."""
+    # The job model (pydantic, YAML) loads with the first job file: not for `--help`.
+    from loader.jobfile import environment, resolve_job_file
+
     env = environment(env_file)
     return resolve_job_file(job_file, env.get(defaults.JOBS_DIR_ENV, defaults.JOBS_DIR))
 
@@ -109,6 +113,8 @@ def resolve(job_file: Path, env_file: Path) -> Path:
 def load(job_file: Path, env_file: Path) -> Job:
     """The job in ``job_file`` (a path or a job's name), its variables from the
     environment over ``env_file``."""
+    from loader.jobfile import environment, load_job
+
     return load_job(resolve(job_file, env_file), env=environment(env_file))
 
 

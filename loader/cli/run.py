@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,14 +23,13 @@ from loader.cli.options import (
 from loader.cli.output import print_json, print_summary, progress, run_document
 from loader.errors import JobConfigError, LoaderError
 from loader.executors import enqueue_once
-from loader.job import Job
-from loader.jobfile import environment
-from loader.monitor import flush as flush_notifications
-from loader.outcome import run_job
 from loader.redact import Redactor
 from loader.result import RunResult, Status
 from loader.signals import stop_on_signals
 from loader.units import format_duration
+
+if TYPE_CHECKING:
+    from loader.job import Job
 
 DryRun = Annotated[
     bool, typer.Option("--dry-run", help="Read and encode the rows, print requests, send nothing.")
@@ -67,6 +66,11 @@ def run(
 ) -> None:
     """Run a job once: stream its rows to its endpoint and print a summary (with
     --json, as one JSON document)."""
+    # The run's modules (the database, HTTP, the state store) load here, not with the
+    # command line: `loader --help` and `loader validate` do without them.
+    from loader.monitor import flush as flush_notifications
+    from loader.outcome import run_job
+
     with exit_codes(Redactor()):
         job = load(job_file, env_file)
         if target_url is not None:
@@ -118,6 +122,8 @@ def _exit_for(result: RunResult, job_file: Path) -> None:
 
 
 def _enqueue(job: Job, job_file: Path, env_file: Path, *, as_json: bool) -> None:
+    from loader.jobfile import environment
+
     run_id, queued = enqueue_once(job.name, job_file, environment(env_file))
     if as_json:
         print_json({"job": job.name, "run_id": run_id, "queued": queued})

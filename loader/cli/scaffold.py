@@ -12,7 +12,6 @@ import typer
 
 from loader import defaults
 from loader.cli.options import exit_codes, fail
-from loader.jobfile import job_schema
 from loader.redact import Redactor
 
 #: A job's name: what ``init`` accepts (it becomes a file name).
@@ -25,6 +24,8 @@ Directory = Annotated[Path, typer.Option("--dir", help="Where job files live.")]
 
 def init(name: Name, directory: Directory = Path(defaults.JOBS_DIR)) -> None:
     """Scaffold a commented job file (and .env.example and a Procfile when absent)."""
+    from loader.jobfile import job_schema
+
     with exit_codes(Redactor()):
         if not JOB_NAME.fullmatch(name):
             fail(defaults.EXIT_CONFIG, f"invalid job name {name!r}: letters, digits, _ . -")

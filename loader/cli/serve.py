@@ -31,11 +31,8 @@ from loader.cli.output import (
 )
 from loader.errors import JobConfigError
 from loader.executors import choose_executor, open_enqueue
-from loader.jobfile import environment, find_job_files, load_job
-from loader.outcome import run_job
 from loader.redact import Redactor
 from loader.signals import clock_signals
-from loader.state import open_state
 from loader.units import format_duration
 
 MaxParallel = Annotated[int, typer.Option(min=1, help="Runs at once.")]
@@ -94,6 +91,7 @@ def clock(
     env_file: EnvFile = ENV_FILE,
 ) -> None:
     """Run the job files on their schedules until SIGTERM (a Heroku clock dyno)."""
+    from loader.jobfile import environment
     from loader.scheduler import Clock  # loaded only here: the other commands do without it
 
     log_progress_to_stdout()
@@ -124,6 +122,8 @@ def clock(
 
 def _refuse_missing_job_files(roots: list[Path]) -> None:
     """A clock with nothing to run is a typo in its command line: refuse to start."""
+    from loader.jobfile import find_job_files
+
     missing = [root for root in roots if not root.exists()]
     if missing:
         fail(defaults.EXIT_CONFIG, f"no such job file or directory: {', '.join(map(str, missing))}")
@@ -133,6 +133,8 @@ def _refuse_missing_job_files(roots: list[Path]) -> None:
 
 
 def _refuse_bad_job_files(roots: list[Path], env: dict[str, str]) -> None:
+    from loader.jobfile import find_job_files
+
     bad = [problem for path in find_job_files(roots) for problem in _problems(path, env)]
     if bad:
         for problem in bad:
@@ -141,6 +143,8 @@ def _refuse_bad_job_files(roots: list[Path], env: dict[str, str]) -> None:
 
 
 def _problems(path: Path, env: dict[str, str]) -> list[str]:
+    from loader.jobfile import load_job
+
     try:
         load_job(path, env=env)
     except JobConfigError as exc:
@@ -160,6 +164,8 @@ def worker(
 ) -> None:
     """Run queued runs (from `loader clock` with LOADER_EXECUTOR=procrastinate, or
     `loader run --enqueue`) until SIGTERM: a Heroku worker dyno; start as many as needed."""
+    from loader.jobfile import environment
+    from loader.state import open_state
     from loader.workers import JobQueue, queue_url
 
     log_progress_to_stdout()
@@ -227,7 +233,10 @@ def demo(
     is recorded in its own state store beside the database (demo-state.db), never in the
     job's."""
     from loader.example import create_example_database
+    from loader.jobfile import environment, load_job
+    from loader.outcome import run_job
     from loader.receiver import Receiver
+    from loader.state import open_state
 
     with exit_codes(Redactor()):
         created = create_example_database(database, rows)

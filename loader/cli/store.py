@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -13,18 +13,20 @@ from loader import defaults
 from loader.cli.options import ENV_FILE, EnvFile, JobFile, Json, Yes, exit_codes, fail, load
 from loader.cli.output import position, print_json, short_time, width
 from loader.executors import migrate_queue, uses_queue
-from loader.jobfile import environment
-from loader.monitor import flush as flush_notifications
 from loader.redact import Redactor
 from loader.signals import stop_on_signals
-from loader.state import StateStore, open_state
 from loader.units import when
+
+if TYPE_CHECKING:
+    from loader.state import StateStore
 
 T = TypeVar("T")
 
 
 def state_show(job_file: JobFile, as_json: Json = False, env_file: EnvFile = ENV_FILE) -> None:
     """Print the job's checkpoint and whether it still fits the job."""
+    from loader.state import open_state
+
     with exit_codes(Redactor()):
         job = load(job_file, env_file)
         store = open_state()
@@ -81,6 +83,7 @@ def deadletter_list(
     """Show the job's dead letters: which row (its cursor key), the status, the
     endpoint's answer, the URL and the row as read."""
     from loader.letters import row_key, shown
+    from loader.state import open_state
 
     with exit_codes(Redactor()):
         job = load(job_file, env_file)
@@ -120,6 +123,7 @@ def deadletter_list(
 
 def deadletter_replay(job_file: JobFile, env_file: EnvFile = ENV_FILE) -> None:
     """Send the job's dead letters again; those accepted leave the table."""
+    from loader.monitor import flush as flush_notifications
     from loader.replay import replay_dead_letters
 
     with exit_codes(Redactor()):
@@ -148,6 +152,9 @@ def deadletter_purge(job_file: JobFile, yes: Yes = False, env_file: EnvFile = EN
 def db_upgrade(env_file: EnvFile = ENV_FILE) -> None:
     """Create the state store's tables, and the queue's when LOADER_EXECUTOR=procrastinate
     or LOADER_QUEUE_URL is set (safe to run on every release)."""
+    from loader.jobfile import environment
+    from loader.state import open_state
+
     with exit_codes(Redactor()):
         env = environment(env_file)
         open_state().close()
@@ -168,6 +175,8 @@ def _parsed(text: str) -> Any:
 def _confirmed(yes: bool, question: str, refusal: str, change: Callable[[StateStore], T]) -> T:
     """Ask ``question`` (unless ``yes``), then make ``change`` to the state store; a "no"
     exits with the config code and ``refusal``."""
+    from loader.state import open_state
+
     if not yes and not _answer(question):
         fail(defaults.EXIT_CONFIG, refusal)
     store = open_state()

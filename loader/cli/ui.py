@@ -17,7 +17,6 @@ from loader.cli.options import (
     job_roots,
     log_progress_to_stdout,
 )
-from loader.jobfile import environment
 from loader.redact import Redactor
 from loader.signals import stop_on_signals
 from loader.units import format_duration
@@ -47,6 +46,7 @@ def ui(
 ) -> None:
     """Serve the status page (jobs, last runs, errors) from the state store until
     SIGTERM, without a clock; asks for $LOADER_UI_PASSWORD when set."""
+    from loader.jobfile import environment
     from loader.scheduler import serve_status_page  # the clock's server, loaded only here
 
     log_progress_to_stdout()
