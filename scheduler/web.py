@@ -62,6 +62,11 @@ class WebServer:
                 else:
                     self._answer(route())
 
+            def do_HEAD(self) -> None:
+                """As GET, without the body: load balancers and uptime checks probe so."""
+                self._head = True
+                self.do_GET()
+
             def _answer(self, response: Response, headers: Mapping[str, str] = {}) -> None:
                 status, content_type, body = response
                 self.send_response(status)
@@ -71,7 +76,8 @@ class WebServer:
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(body)
+                if not getattr(self, "_head", False):
+                    self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 """Scrapes and page refreshes are not worth a log line each."""
