@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
@@ -53,15 +54,26 @@ def job_file(db: str, table: str, target: str, args: argparse.Namespace, diff: b
 
 
 def state_env(args: argparse.Namespace) -> dict[str, str]:
-    """The state store: a fresh SQLite file, or a fresh schema of the PostgreSQL."""
+    """The state store: a fresh SQLite file, or a fresh schema of the PostgreSQL: in the
+    source's database (``postgres``: the database compares), or in a database of its
+    own on the same server (``postgres-apart``: the source cannot see it, loader
+    compares)."""
     if args.state == "sqlite":
         return {**os.environ, "LOADER_STATE_URL": f"sqlite:///{tempfile.mkdtemp()}/state.db"}
     schema = f"bench_state_{os.getpid()}"
-    with psycopg.connect(args.database, autocommit=True) as conn:
+    database = args.database
+    if args.state == "postgres-apart":
+        with psycopg.connect(args.database, autocommit=True) as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'loader_bench_state'")
+            if found.fetchone() is None:
+                conn.execute("CREATE DATABASE loader_bench_state")
+        parts = urlsplit(args.database)
+        database = urlunsplit(parts._replace(path="/loader_bench_state"))
+    with psycopg.connect(database, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         conn.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in args.database else "?"
-    url = f"{args.database}{separator}options=-csearch_path%3D{schema}"
+    separator = "&" if "?" in database else "?"
+    url = f"{database}{separator}options=-csearch_path%3D{schema}"
     return {**os.environ, "LOADER_STATE_URL": url}
 
 
@@ -73,7 +85,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--state", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--state", choices=["sqlite", "postgres", "postgres-apart"], default="sqlite"
+    )
     parser.add_argument(
         "--database", default=os.environ.get("LOADER_BENCH_DATABASE_URL", DEFAULT_DB)
     )

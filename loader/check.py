@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from loader.errors import LoaderError
 from loader.job import Job
+from loader.probes import describe_query
 from loader.sink import probe
-from loader.source import describe_query
 from loader.state import open_state
 
 

@@ -209,3 +209,15 @@ def named_columns(columns: tuple[str, ...], names: Sequence[str], key: str) -> t
                 f"(columns: {', '.join(columns)}); select it or fix {key}"
             )
     return tuple(columns.index(name) for name in names)
+
+
+def refuse_duplicates(columns: tuple[str, ...]) -> None:
+    """Refuse a result with two columns of one name (:class:`QueryError`)."""
+    seen: dict[str, int] = {}
+    for position, name in enumerate(columns, start=1):
+        if name in seen:
+            raise QueryError(
+                f"the query returns two columns named {name!r} (positions {seen[name]} and "
+                f"{position}); give one an alias, e.g. SELECT a.{name}, b.{name} AS b_{name}"
+            )
+        seen[name] = position

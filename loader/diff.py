@@ -32,6 +32,7 @@ import xxhash
 from loader.batching import Batch, Chunk
 from loader.cursor import inner_query
 from loader.database import read_once
+from loader.dbdiff import db_fingerprint
 from loader.delivery import Counters, Rejected
 from loader.diffconfig import Diff
 from loader.encoding import dumps
@@ -48,7 +49,6 @@ __all__ = [
     "fingerprint",
     "key_chunks",
     "key_text",
-    "ordered_source",
 ]
 
 
@@ -150,6 +150,7 @@ class Differ:
         ordered: bool = False,
         mark: int | None = None,
         check: KeyCheck | None = None,
+        known: int = 0,
     ) -> None:
         self.diff = diff
         self.store = store
@@ -161,6 +162,11 @@ class Differ:
         self.matched = 0  # rows read whose key the store knew
         self.vanished = 0  # stored keys the merge passed over
         self.merged: bool | None = None  # decided at the first chunk
+        self.compared = False  # the database compared (see loader.dbdiff)
+        self.known = known  # keys tracked when the run started
+        self._fingerprint = fingerprint
+        self._known_at: int | None = None  # where a compared row says its key was known
+        self._changed_known = 0  # compared rows whose key was known (so they changed)
         self._raw: Sequence[Sequence[Any]] = ()  # the chunk last fetched
         self._indexes: list[int] = []
         self._stored: Iterator[tuple[int, bytes]] = iter(())
@@ -173,10 +179,23 @@ class Differ:
         """``stream``, each chunk kept as it is fetched for its keys (the last
         ``value_indexes``)."""
         self._indexes = list(stream.value_indexes[-len(self.diff.key) :])
+        if stream.known_index is not None:  # only new and changed rows, then the vanished
+            self.compared, self.merged = True, True
+            self._known_at, self._fingerprint = stream.known_index, db_fingerprint
         return replace(stream, chunks=self._kept(stream.chunks))
 
     def _kept(self, chunks: Iterator[Any]) -> Iterator[Any]:
+        known_at = self._known_at
         for raw in chunks:
+            if known_at is not None:
+                # A stored key the result lacks comes as a row without JSON.
+                gone = [row[known_at] for row in raw if row[0] is None]
+                if gone:
+                    self._passed(gone)
+                    raw = [row for row in raw if row[0] is not None]
+                self._changed_known += sum(row[known_at] is not None for row in raw)
+                if not raw:
+                    continue
             self._raw = raw
             yield raw
 
@@ -188,14 +207,17 @@ class Differ:
         try:
             for chunk in chunks:
                 raw = self._raw[: len(chunk.rows)]
-                prints = [fingerprint(row) for row in chunk.rows]
+                prints = list(map(self._fingerprint, chunk.rows))
                 if self.merged is None:
                     at = self._indexes[0]
                     self.merged = self.ordered and bool(raw) and _integers(raw[0][at], raw[-1][at])
                     if self.merged:
                         self._stored = self.store.ordered_fingerprints(self.job)
                         self._next = next(self._stored, None)
-                if self.merged:
+                keys: Callable[[int], str]
+                if self.compared:
+                    keep, keys = self._compared(raw)
+                elif self.merged:
                     keep, keys = self._merge(raw, prints)
                 else:
                     keep, keys = self._look_up(raw, prints)
@@ -208,7 +230,12 @@ class Differ:
                 self._checked()
                 yield _subset(chunk, keep)
             self._checked()
-            if self.merged:  # the stored keys after the last row
+            if self.compared:  # what the database did not send: known, not gone, unchanged
+                unchanged = max(self.known - self.vanished - self._changed_known, 0)
+                self.matched = self.known - self.vanished
+                counters.rows_unchanged += unchanged
+                counters.rows_read += unchanged
+            elif self.merged:  # the stored keys after the last row
                 while self._next is not None:
                     page = [self._next[0]]
                     page += [key for key, _ in itertools.islice(self._stored, 4999)]
@@ -223,6 +250,11 @@ class Differ:
         if self.check is not None:
             check, self.check = self.check, None
             check.passed()
+
+    def _compared(self, raw: Sequence[Sequence[Any]]) -> tuple[list[int], Callable[[int], str]]:
+        """Rows the database compared: all changed or new (``--full-refresh``: all)."""
+        at = self._indexes[0]
+        return list(range(len(raw))), [f"[{row[at]}]" for row in raw].__getitem__
 
     def _look_up(
         self, raw: Sequence[Sequence[Any]], prints: list[bytes]
@@ -295,7 +327,7 @@ class Differ:
                 for row, _error in rejected:
                     refused[row] = refused.get(row, 0) + 1
                 for row in batch.rows:
-                    print_ = fingerprint(row)
+                    print_ = self._fingerprint(row)
                     keys = self._in_flight[print_]
                     key = keys.popleft()
                     if not keys:
@@ -325,20 +357,6 @@ def _integers(first: Any, last: Any) -> bool:
     """Whether ascending keys from ``first`` to ``last`` are integers a BIGINT holds
     (a column's keys share a type; comparing an int with another type raises)."""
     return type(first) is int and type(last) is int and -(2**63) <= first <= last < 2**63
-
-
-def ordered_source(source: Source) -> Source:
-    """``source`` with its query's rows in ascending order of its single key column
-    (a diff sync compares them with the stored fingerprints by merging)."""
-    diff = source.diff
-    if diff is None or len(diff.key) != 1:
-        return source
-    quote = "`" if source.url.startswith(("mysql", "mariadb")) else '"'
-    query = (
-        f"SELECT * FROM (\n{inner_query(source)}\n) AS diff_ordered "
-        f"ORDER BY {quote}{diff.key[0]}{quote}"
-    )
-    return source.model_copy(update={"query": query})
 
 
 def _subset(chunk: Chunk, keep: list[int]) -> Chunk:

@@ -24,9 +24,9 @@ from loader.job import Job
 from loader.journal import Journal
 from loader.lease import LockKeeper, held
 from loader.options import RunOptions
+from loader.probes import key_range
 from loader.result import RunResult, Status, combine
 from loader.runner import run_once
-from loader.source import key_range
 from loader.state import StateStore
 
 log = logging.getLogger("loader")

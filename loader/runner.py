@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 
 from loader.batching import Batch, Chunk, batches, singles
+from loader.dbdiff import Compare, key_ordered
 from loader.delivery import Counters, Delivery, Rejected, framing_for, open_sink
-from loader.diff import Differ, KeyCheck, ordered_source
+from loader.diff import Differ, KeyCheck
 from loader.errors import LoaderError, StateError
 from loader.job import Job
 from loader.journal import Journal
@@ -150,6 +151,19 @@ class _Run:
         if lease is not None:
             self.generation = self.store.next_generation(self.job.name)
 
+    def compare(self, lease: Lease | None) -> Compare | None:
+        """What lets the database compare a diff sync with a single key when the state
+        store is on PostgreSQL (see :mod:`loader.dbdiff`); the source checks that it
+        sees the store, and that it writes the rows' JSON."""
+        diff = self.job.source.diff
+        if diff is None or len(diff.key) != 1:
+            return None
+        tables = self.store.fingerprint_tables()
+        generation = self.generation if lease is not None else self.store.generation(self.job.name)
+        if tables is None or generation is None:
+            return None
+        return Compare(*tables, self.job.name, generation, everything=self.options.full_refresh)
+
     def deletes(self, lease: Lease, status: Status) -> Status:
         """A diff sync's deletes, once every row was read and acknowledged (not after
         an interrupted or ``--limit`` run): see :mod:`loader.vanished`."""
@@ -200,10 +214,11 @@ class _Run:
         preview, on a dry run, when ``lease`` is ``None``)."""
         job, target = self.job, self.job.target
         frame = framing_for(job)
+        compare = self.compare(lease)
         with (
-            open_stream(ordered_source(job.source), self.redactor, position=position,
-                        decimals=target.decimals, omit=target.omit,
-                        values=(*target.placeholders, *self.keys),
+            open_stream(job.source if compare else key_ordered(job.source), self.redactor,
+                        position=position, decimals=target.decimals, omit=target.omit,
+                        values=(*target.placeholders, *self.keys), compare=compare,
                         fast=self.options.database_json and not target.shape) as stream,
             open_sink(job, self.redactor, frame, self.options.transport) as sink,
         ):  # fmt: skip
@@ -234,8 +249,11 @@ class _Run:
         if diff is None:
             return encoded_chunks(self.job, stream, self.counters, self.options.limit)
         mark = -self.generation if self.generation is not None else None
-        self.differ = Differ(diff, self.store, self.job.name, everything=self.options.full_refresh,
-                             ordered=True, mark=mark, check=self.check)  # fmt: skip
+        self.differ = Differ(diff, self.store, self.job.name,
+                             everything=self.options.full_refresh, ordered=True, mark=mark,
+                             check=self.check, known=self.known)  # fmt: skip
+        by = "database" if stream.known_index is not None else "loader"
+        event(log, "diff.compare", logging.DEBUG, job=self.job.name, by=by)
         chunks = encoded_chunks(self.job, self.differ.watch(stream), self.counters,
                                 self.options.limit)  # fmt: skip
         return self.differ.changed(chunks, self.counters)

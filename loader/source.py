@@ -31,6 +31,7 @@ from loader.cursor import (
     inner_query,
     named_columns,
     quoter,
+    refuse_duplicates,
 )
 from loader.database import (
     abandon_unread,
@@ -41,10 +42,10 @@ from loader.database import (
     driver_message,
     execute_query,
     failure,
-    read_once,
     refuse_types,
 )
-from loader.errors import ConnectionLostError, CursorOrderError, QueryError, SourceError
+from loader.dbdiff import Compare, compared_query, key_ordered, sees_store
+from loader.errors import ConnectionLostError, CursorOrderError, SourceError
 from loader.pgjson import fast_query, unsendable_error
 from loader.redact import Redactor
 
@@ -59,6 +60,7 @@ class RowStream:
     omitted columns) and the cursor values follow it. ``value_indexes`` are the positions
     of the columns asked for as ``values`` (for URL placeholders). On the fast path with
     omitted columns, ``omitted_index`` is the position of their JSON object (bytes).
+    ``known_index``: the database compared a diff sync (see :mod:`loader.dbdiff`).
     """
 
     columns: tuple[str, ...]
@@ -70,6 +72,7 @@ class RowStream:
     json_columns: tuple[int, ...] = ()
     value_indexes: tuple[int, ...] = ()
     omitted_index: int | None = None
+    known_index: int | None = None
 
 
 @contextmanager
@@ -82,6 +85,7 @@ def open_stream(
     fast: bool = True,
     omit: Sequence[str] = (),
     values: Sequence[str] = (),
+    compare: Compare | None = None,
 ) -> Iterator[RowStream]:
     """Connect, start a read-only transaction and execute the query; with a cursor,
     only the rows after ``position`` (see :func:`loader.cursor.cursor_query`). ``omit``
@@ -90,7 +94,9 @@ def open_stream(
 
     On PostgreSQL (psycopg), when every column has a type it can write exactly, the
     database builds each row's JSON (:func:`loader.pgjson.fast_query`); ``fast=False``
-    forbids that.
+    forbids that. With ``compare`` (a diff sync), the database compares the rows with
+    the stored fingerprints when it can (:mod:`loader.dbdiff`; ``RowStream.known_index``
+    is set); otherwise the rows come in order of the diff key.
 
     Raises :class:`SourceError` (connection or query failed) or :class:`QueryError`
     (two columns share a name) before any row is yielded; while rows are read,
@@ -106,12 +112,13 @@ def open_stream(
             if fast and described is not None and connection.dialect.driver == "psycopg":
                 fast_stream = _open_fast(
                     connection, config, position, decimals, described, where, redactor,
-                    omit, values,
+                    omit, values, compare,
                 )  # fmt: skip
                 if fast_stream is not None:
                     with fast_stream as stream:
                         yield stream
                     return
+            config = key_ordered(config) if compare is not None else config
             with _open_generic(
                 connection, config, position, described, where, redactor, omit, values
             ) as stream:
@@ -161,7 +168,7 @@ def _open_generic(
         ) from exc
     try:
         columns = tuple(result.keys())
-        _refuse_duplicates(columns)
+        refuse_duplicates(columns)
         named_columns(columns, omit, "target.omit")
         value_indexes = named_columns(columns, values, "target.url")
         utc_columns, json_columns = _mysql_types(connection.dialect, result)
@@ -193,7 +200,7 @@ def _describe(connection: Connection, config: jobmodel.Source, zone: str, where:
             f"query failed on {where}: {driver_message(exc, redactor)}; check source.query", exc
         ) from exc
     columns = tuple(column[0] for column in description)
-    _refuse_duplicates(columns)
+    refuse_duplicates(columns)
     cursor_indexes(config, columns)
     types = {column[0]: cast(int, column[1]) for column in description}
     refuse_types(connection, tuple(c for c in columns if c not in omit), types, where, redactor)
@@ -243,9 +250,11 @@ def _open_fast(
     redactor: Redactor,
     omit: Sequence[str],
     values: Sequence[str],
+    compare: Compare | None,
 ) -> contextlib.AbstractContextManager[RowStream] | None:
     """When the database can write the rows' JSON, run :func:`loader.pgjson.fast_query`,
-    streamed. ``None`` when the generic path must be used."""
+    streamed (with ``compare``, joined with the stored fingerprints when the database
+    can compare). ``None`` when the generic path must be used."""
     params = dict(config.params)
     named_columns(described.columns, omit, "target.omit")
     named_columns(described.columns, values, "target.url")
@@ -253,16 +262,25 @@ def _open_fast(
     if built is None:
         return None
     sql, extra = built
-    statement = sa.text(sql).bindparams(**params, **extra).compile(dialect=connection.dialect)
     raw = connection.connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
     cursor_count = 1 + (1 if config.cursor and config.cursor.key else 0) if config.cursor else 0
+    width = 1 + cursor_count + len(values) + (1 if omit else 0)
+    known = None
+    if compare is not None:
+        joined = compared_query(sql, width, width - 1 - bool(omit), described, config, compare)
+        if joined is not None and sees_store(raw, compare):
+            sql, known, extra = joined, width, {**extra, "loader_diff_job": compare.job}
+        else:
+            return _open_fast(connection, key_ordered(config), position, decimals, described,
+                              where, redactor, omit, values, None)  # fmt: skip
+    statement = sa.text(sql).bindparams(**params, **extra).compile(dialect=connection.dialect)
     return _fast_stream(
         raw, str(statement), statement.params, config, described.columns,
         tuple(range(1, 1 + cursor_count)),
         tuple(range(1 + cursor_count, 1 + cursor_count + len(values))),
         1 + cursor_count + len(values) if omit else None,
-        where, redactor,
+        where, redactor, known,
     )  # fmt: skip
 
 
@@ -278,6 +296,7 @@ def _fast_stream(
     omitted_index: int | None,
     where: str,
     redactor: Redactor,
+    known_index: int | None = None,
 ) -> Iterator[RowStream]:
     """Stream ``sql``, whose rows are each row's JSON (bytes) then the cursor's and the
     ``values`` columns, through psycopg in binary, read a chunk ahead."""
@@ -306,6 +325,7 @@ def _fast_stream(
             json_rows=True,
             value_indexes=value_indexes,
             omitted_index=omitted_index,
+            known_index=known_index,
         )
     finally:
         chunks.close()
@@ -454,47 +474,3 @@ def _chunks(
         if isinstance(error, ConnectionLostError):
             abandon_unread(result)
         raise error from exc
-
-
-def _refuse_duplicates(columns: tuple[str, ...]) -> None:
-    seen: dict[str, int] = {}
-    for position, name in enumerate(columns, start=1):
-        if name in seen:
-            raise QueryError(
-                f"the query returns two columns named {name!r} (positions {seen[name]} and "
-                f"{position}); give one an alias, e.g. SELECT a.{name}, b.{name} AS b_{name}"
-            )
-        seen[name] = position
-
-
-def describe_query(config: jobmodel.Source, redactor: Redactor) -> tuple[str, ...]:
-    """Connect, and ask the database for the query's columns without reading a row
-    (``LIMIT 0`` in a read-only transaction). Raises :class:`SourceError`, or
-    :class:`EncodingError` for a PostgreSQL column type loader refuses."""
-
-    def read(result: sa.CursorResult[Any]) -> tuple[str, ...]:
-        columns = tuple(result.keys())
-        if result.dialect.name == "postgresql" and result.cursor is not None:
-            types = {c[0]: cast(int, c[1]) for c in result.cursor.description or []}
-            refuse_types(result.context.root_connection, columns, types, "", redactor)
-        return columns
-
-    inner = inner_query(config)
-    columns: tuple[str, ...] = read_once(
-        config, redactor, f"SELECT * FROM (\n{inner}\n) AS s LIMIT 0", read, ""
-    )
-    _refuse_duplicates(columns)
-    cursor_indexes(config, columns)
-    return columns
-
-
-def key_range(config: jobmodel.Source, redactor: Redactor, column: str) -> tuple[Any, Any]:
-    """The smallest and largest value of ``column`` in the query's result (both ``None``
-    when it has no rows), read in a read-only transaction. Raises :class:`SourceError`."""
-    low, high = read_once(
-        config, redactor,
-        f"SELECT min(s.{column}), max(s.{column}) FROM (\n{inner_query(config)}\n) AS s",
-        lambda result: tuple(result.one()),
-        f"cannot read the range of source.partition.column {column!r} on ",
-    )  # fmt: skip
-    return low, high

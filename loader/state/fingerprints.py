@@ -56,6 +56,31 @@ class FingerprintSql(SqlBase):
                 conn.execute(sa.update(meta).where(meta.c.key == key).values(value=str(generation)))
         return generation
 
+    def generation(self, job: str) -> int | None:
+        """The generation of ``job``'s last run (``None`` before its first)."""
+        with self._transaction("reading the diff generation") as conn:
+            value = conn.execute(
+                sa.select(meta.c.value).where(meta.c.key == f"diffgen:{job}")
+            ).scalar()
+        return int(value) if value is not None else None
+
+    def fingerprint_tables(self) -> tuple[str, str] | None:
+        """On PostgreSQL, the fingerprints' and the meta table's names as another
+        session of the same database names them (schema-qualified, quoted), so that a
+        source there can join them (see :mod:`loader.dbdiff`); ``None`` on SQLite."""
+        with self._transaction("locating the fingerprints") as conn:
+            if conn.dialect.name != "postgresql":
+                return None
+            located = sa.text(
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) "
+                "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.oid = to_regclass(:name)"
+            )
+            names = [conn.execute(located, {"name": t.name}).scalar() for t in (fingerprints, meta)]
+        if names[0] is None or names[1] is None:
+            return None
+        return names[0], names[1]
+
     def seen_fingerprints(self, job: str, keys: Sequence[str]) -> dict[str, bytes]:
         """The stored fingerprint of each of ``keys`` that ``job`` tracks. Reads only:
         comparing an unchanged row writes nothing."""

@@ -272,6 +272,13 @@ class FingerprintStore(Protocol):
     def forget_fingerprints(self, job: str) -> int:
         """Forget every key of ``job``; return how many."""
 
+    def generation(self, job: str) -> int | None:
+        """The generation of ``job``'s last run (``None`` before its first)."""
+
+    def fingerprint_tables(self) -> tuple[str, str] | None:
+        """On PostgreSQL, the fingerprints' and the meta table's schema-qualified names
+        (for a source that can read them, see :mod:`loader.dbdiff`); else ``None``."""
+
 
 class StateStore(
     FingerprintStore,

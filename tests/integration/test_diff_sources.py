@@ -41,9 +41,16 @@ def run_cli(path: Path, cwd: Path) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def test_kill_9_mid_run_loses_nothing(tmp_path: Path, schema: Schema, endpoint: Endpoint) -> None:
+@pytest.mark.parametrize("state", ["sqlite", "postgres"])
+def test_kill_9_mid_run_loses_nothing(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, state: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     """Three kill -9 during a 10,000-row diff sync, then a final run: every row arrives,
-    duplicates stay within the batches in flight per kill, the next run sends nothing."""
+    duplicates stay within the batches in flight per kill, the next run sends nothing.
+    With the state store in the source's database, the database compares."""
+    if state == "postgres":
+        monkeypatch.setenv("LOADER_STATE_URL", schema.scoped_url)
     batch, concurrency = 200, 2
     query = users(schema, 10_000)
     endpoint.reject_when(lambda body: True, Delay(0.01, 200))

@@ -19,7 +19,8 @@ import sqlalchemy as sa
 
 from loader import Job, JobConfigError, LoaderError, SourceError, build_job, run_job
 from loader.database import execute_query
-from loader.source import describe_query, key_range, open_stream
+from loader.probes import describe_query, key_range
+from loader.source import open_stream
 from tests.integration.conftest import Schema, make_job
 from tests.integration.test_cli import closed_port, loader
 from tests.integration.test_mariadb import connect, mariadb_url  # noqa: F401

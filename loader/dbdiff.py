@@ -1,0 +1,112 @@
+"""A diff sync compared by the database: the query joined with the stored fingerprints.
+
+When the state store is a PostgreSQL database the source can read (the same database,
+typically ``DATABASE_URL`` for both) and PostgreSQL writes each row's JSON (the fast path
+of :mod:`loader.pgjson`), the database itself hashes each row's JSON (MD5, the
+fingerprint of the body as sent) and joins the result with ``loader_fingerprints`` on
+the key: only new and changed rows come back, followed by the stored keys the result no
+longer has. An unchanged row never leaves the database.
+
+The source must see the state store as it is now, not a replica lagging behind it: the
+run's generation (written to the store's ``loader_meta`` just before the read) must be
+visible in the source's own snapshot, or loader compares the rows itself (see
+:class:`loader.diff.Differ`). Only SQL and that check are here; :mod:`loader.source`
+runs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from loader import job as jobmodel
+from loader.cursor import POSTGRES_TYPES, Described, inner_query
+
+__all__ = ["Compare", "compared_query", "db_fingerprint", "key_ordered", "sees_store"]
+
+# Key types the join and the stored integer key (``ikey``, a BIGINT) agree on.
+_INTEGER_KEYS = {"int2", "int4", "int8"}
+
+
+def db_fingerprint(body: bytes) -> bytes:
+    """The fingerprint of a body when the database compares: its MD5 digest (16 bytes),
+    which PostgreSQL computes too (``decode(md5(json), 'hex')``)."""
+    return hashlib.md5(body, usedforsecurity=False).digest()
+
+
+@dataclass(frozen=True)
+class Compare:
+    """What the source needs to let the database compare a diff sync: the state
+    store's tables (schema-qualified, quoted), the job (or key range) whose fingerprints
+    to join, the generation the source must see in ``loader_meta`` (proof it reads the
+    store as it is), and ``everything`` (``--full-refresh``: every row comes back)."""
+
+    fingerprints: str
+    meta: str
+    job: str
+    generation: int
+    everything: bool = False
+
+
+def key_ordered(config: jobmodel.Source) -> jobmodel.Source:
+    """``config`` with its query's rows in ascending order of its single diff key
+    column (for comparing by merging, when the database does not compare)."""
+    diff = config.diff
+    if diff is None or len(diff.key) != 1:
+        return config
+    quote = "`" if config.url.startswith(("mysql", "mariadb")) else '"'
+    query = (
+        f"SELECT * FROM (\n{inner_query(config)}\n) AS diff_ordered "
+        f"ORDER BY {quote}{diff.key[0]}{quote}"
+    )
+    return config.model_copy(update={"query": query})
+
+
+def sees_store(raw: Any, compare: Compare) -> bool:
+    """Whether the psycopg connection ``raw`` (in its read-only transaction) can read
+    the state store's tables and sees the run's generation in them. Runs no statement
+    that can fail on a missing table or a missing privilege, which would abort the
+    transaction."""
+    names = (compare.fingerprints, compare.meta)
+    found = raw.execute(
+        "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL", names
+    ).fetchone()
+    if not found or not found[0]:
+        return False
+    allowed = raw.execute(
+        "SELECT has_table_privilege(%s, 'SELECT') AND has_table_privilege(%s, 'SELECT')",
+        names,
+    ).fetchone()
+    if not allowed or not allowed[0]:
+        return False
+    row = raw.execute(
+        f"SELECT value FROM {compare.meta} WHERE key = %s", (f"diffgen:{compare.job}",)
+    ).fetchone()
+    return row is not None and row[0] == str(compare.generation)
+
+
+def compared_query(
+    sql: str, width: int, key_index: int, described: Described, config: jobmodel.Source,
+    compare: Compare,
+) -> str | None:  # fmt: skip
+    """The fast query ``sql`` (``width`` columns, the JSON first, the diff key at
+    ``key_index``) joined with the stored fingerprints: its new and changed rows, each
+    followed by the stored key when it had one (``loader_known``), then a row per stored
+    key the result lacks (its JSON NULL, its key in ``loader_known``). ``None`` when the
+    key is not a single integer column. Binds ``:loader_diff_job``."""
+    diff = config.diff
+    if diff is None or len(diff.key) != 1:
+        return None
+    if POSTGRES_TYPES.get(described.types.get(diff.key[0], 0)) not in _INTEGER_KEYS:
+        return None
+    names = ", ".join(f"c{i}" for i in range(width))
+    changed = "" if compare.everything else (
+        "\nWHERE f.fp IS DISTINCT FROM decode(md5(d.c0), 'hex')"
+    )  # fmt: skip
+    return (
+        f"SELECT d.*, f.ikey AS loader_known\nFROM (\n{sql}\n) AS d({names})\n"
+        f"FULL JOIN (SELECT ikey, fp FROM {compare.fingerprints} "
+        "WHERE job = :loader_diff_job AND ikey IS NOT NULL) AS f\n"
+        f"ON f.ikey = d.c{key_index}{changed}"
+    )

@@ -1,0 +1,192 @@
+"""Diff syncs compared by the database: when the state store is in the source's
+PostgreSQL, the query is joined with the stored fingerprints and only new and changed
+rows (and the vanished keys) leave the database.
+
+Real PostgreSQL for the source and the state store, a real HTTP server on loopback.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import yaml
+
+from loader import build_job, open_state, run_job
+from loader.dbdiff import Compare, sees_store
+from loader.state import SqlStateStore
+from tests.integration.conftest import Schema, make_job
+from tests.integration.test_diff import deleted, posted, stats
+from tests.integration.test_diff_sources import run_cli
+from tests.support.server import Endpoint
+
+
+def compared_by(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The ``by`` field of each ``diff.compare`` event logged."""
+    return [r.fields["by"] for r in caplog.records if getattr(r, "event", None) == "diff.compare"]
+
+
+def job_of(schema: Schema, endpoint: Endpoint, query: str, **sections: Any) -> Any:
+    source = {"diff": {"key": "user_id", "deletes": {"url": endpoint.url + "/users/{user_id}"}}}
+    return build_job(make_job(schema, endpoint.url + "/import", query, source=source,
+                              batch={"size": 100}, **sections))  # fmt: skip
+
+
+@pytest.fixture
+def pg_state(schema: Schema) -> Iterator[SqlStateStore]:
+    """A PostgreSQL state store in the test's own schema of the source's database."""
+    store = open_state(schema.scoped_url)
+    yield store
+    store.close()
+
+
+def test_unchanged_rows_stay_in_the_database(
+    schema: Schema, endpoint: Endpoint, pg_state: SqlStateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the state store in the source's database, the database compares: updated and
+    inserted rows exactly are sent, vanished keys get their delete, and the counts are
+    those of a run that compared every row itself."""
+    job = job_of(schema, endpoint, stats(schema, 2000))
+    with caplog.at_level("DEBUG", logger="loader"):
+        first = run_job(job, state=pg_state)
+    assert compared_by(caplog) == ["database"] and first.rows_posted == 2000
+    schema.execute("UPDATE customer_stats SET orders = -1 WHERE user_id % 100 = 3")
+    schema.execute(
+        "INSERT INTO customer_stats SELECT g, 'new', 0 FROM generate_series(3001, 3004) g"
+    )
+    schema.execute("DELETE FROM customer_stats WHERE user_id IN (50, 51, 1999)")
+    endpoint.requests.clear()
+    caplog.clear()
+    with caplog.at_level("DEBUG", logger="loader"):
+        result = run_job(job, state=pg_state)
+    assert compared_by(caplog) == ["database"]
+    changed = [i for i in range(1, 2001) if i % 100 == 3]
+    assert sorted(posted(endpoint)) == changed + [3001, 3002, 3003, 3004]
+    assert sorted(deleted(endpoint)) == [50, 51, 1999]
+    assert (result.rows_read, result.rows_posted, result.rows_unchanged, result.rows_deleted) == (
+        2001, 24, 1977, 3)  # fmt: skip
+    assert pg_state.fingerprint_count("test_job") == 2001
+    endpoint.requests.clear()
+    again = run_job(job, state=pg_state)
+    assert endpoint.requests == [] and (again.rows_read, again.rows_unchanged) == (2001, 2001)
+
+
+def test_full_refresh_and_dry_run_when_the_database_compares(
+    schema: Schema, endpoint: Endpoint, pg_state: SqlStateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--full-refresh gets every row back from the database; a dry run compares as a
+    real run would, sends nothing and keeps the fingerprints as they were."""
+    job = job_of(schema, endpoint, stats(schema, 300))
+    run_job(job, state=pg_state)
+    schema.execute("UPDATE customer_stats SET plan = 'gold' WHERE user_id IN (4, 5)")
+    schema.execute("DELETE FROM customer_stats WHERE user_id = 6")
+    endpoint.requests.clear()
+    with caplog.at_level("DEBUG", logger="loader"):
+        dry = run_job(job, state=pg_state, dry_run=True)
+    assert compared_by(caplog) == ["database"] and endpoint.requests == []
+    assert (dry.rows_unchanged, dry.rows_deleted) == (297, 1)
+    refreshed = run_job(job, state=pg_state, full_refresh=True)
+    assert sorted(posted(endpoint)) == [i for i in range(1, 301) if i != 6]
+    assert (refreshed.rows_unchanged, refreshed.rows_deleted) == (0, 1)
+    endpoint.requests.clear()
+    assert run_job(job, state=pg_state).rows_posted == 0 and endpoint.requests == []
+
+
+def test_bodies_loader_writes_and_text_keys_are_compared_by_loader(
+    schema: Schema, endpoint: Endpoint, pg_state: SqlStateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A body the database does not write (``target.body``: one column as the body), or
+    a text key, leaves the comparison to loader, with the same result."""
+    query = stats(schema, 200)
+    schema.execute("ALTER TABLE customer_stats ADD COLUMN doc jsonb")
+    schema.execute("UPDATE customer_stats SET doc = jsonb_build_object('id', user_id)")
+    with_body = job_of(schema, endpoint, f"SELECT user_id, doc FROM {schema.table('customer_stats')}",
+                       target={"body": "doc"}, name="body_job")  # fmt: skip
+    text_key = build_job(make_job(
+        schema, endpoint.url + "/import", f"SELECT plan || user_id AS name, orders FROM ({query}) q",
+        source={"diff": {"key": "name"}}, name="text_key"))  # fmt: skip
+    for job in (with_body, text_key):
+        run_job(job, state=pg_state)
+        caplog.clear()
+        endpoint.requests.clear()
+        with caplog.at_level("DEBUG", logger="loader"):
+            assert run_job(job, state=pg_state).rows_unchanged == 200
+        assert compared_by(caplog) == ["loader"] and endpoint.requests == []
+
+
+@pytest.fixture
+def reader(schema: Schema) -> Iterator[str]:
+    """A login role that may read the test's tables but not the state store's."""
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(schema.url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT USAGE ON SCHEMA {schema.name} TO {role}")
+    parts = urlsplit(schema.url)
+    yield urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port or 5432}"))
+    with psycopg.connect(schema.url, autocommit=True) as conn:
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")
+
+
+def test_a_source_that_cannot_read_the_state_store_leaves_the_comparison_to_loader(
+    schema: Schema, endpoint: Endpoint, reader: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A read-only source role without access to the state store's tables: loader
+    compares, and the run is as correct as ever (no error, no aborted transaction)."""
+    query = stats(schema, 500)
+    schema.execute(f"GRANT SELECT ON customer_stats TO {reader.split('//')[1].split('@')[0]}")
+    spec = make_job(schema, endpoint.url + "/import", query, source={"diff": {"key": "user_id"}})
+    spec["source"]["url"] = reader
+    path = tmp_path / "job.yml"
+    path.write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv("LOADER_STATE_URL", schema.scoped_url)
+    monkeypatch.setenv("LOADER_LOG_LEVEL", "debug")
+    monkeypatch.setenv("LOADER_LOG_FORMAT", "logfmt")
+    outputs = []
+    for _ in range(2):
+        process = run_cli(path, tmp_path)
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, out + err
+        outputs.append(err)
+    assert all("event=diff.compare" in err and "by=loader" in err for err in outputs)
+    assert sorted(posted(endpoint)) == list(range(1, 501))
+
+
+def test_the_source_must_see_the_state_store_as_it_is(
+    schema: Schema, endpoint: Endpoint, pg_state: SqlStateStore
+) -> None:
+    """The database compares only when the source's own snapshot holds the run's
+    generation (a replica behind the store does not), can read both tables, and the
+    check leaves the source's transaction usable whatever it finds."""
+    run_job(job_of(schema, endpoint, stats(schema, 10)), state=pg_state)
+    tables = pg_state.fingerprint_tables()
+    assert tables == (f"{schema.name}.loader_fingerprints", f"{schema.name}.loader_meta")
+    generation = pg_state.generation("test_job")
+    assert generation is not None
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(schema.url) as conn:
+        conn.execute("BEGIN READ ONLY")
+        assert sees_store(conn, Compare(*tables, "test_job", generation))
+        assert not sees_store(conn, Compare(*tables, "test_job", generation + 1))
+        assert not sees_store(conn, Compare(*tables, "other_job", generation))
+        missing = (f"{schema.name}.nothing_here", tables[1])
+        assert not sees_store(conn, Compare(*missing, "test_job", generation))
+        conn.rollback()
+        conn.execute(f"CREATE ROLE {role}")
+        conn.execute(f"GRANT USAGE ON SCHEMA {schema.name} TO {role}")
+        conn.commit()
+        try:
+            conn.execute(f"SET ROLE {role}")
+            assert not sees_store(conn, Compare(*tables, "test_job", generation))
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        finally:
+            conn.rollback()
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+            conn.commit()
