@@ -105,11 +105,12 @@ def test_bodies_loader_writes_and_text_keys_are_compared_by_loader(
     query = stats(schema, 200)
     schema.execute("ALTER TABLE customer_stats ADD COLUMN doc jsonb")
     schema.execute("UPDATE customer_stats SET doc = jsonb_build_object('id', user_id)")
-    with_body = job_of(schema, endpoint, f"SELECT user_id, doc FROM {schema.table('customer_stats')}",
+    table = schema.table("customer_stats")
+    with_body = job_of(schema, endpoint, f"SELECT user_id, doc FROM {table}",
                        target={"body": "doc"}, name="body_job")  # fmt: skip
-    text_key = build_job(make_job(
-        schema, endpoint.url + "/import", f"SELECT plan || user_id AS name, orders FROM ({query}) q",
-        source={"diff": {"key": "name"}}, name="text_key"))  # fmt: skip
+    named = f"SELECT plan || user_id AS name, orders FROM ({query}) q"
+    text_key = build_job(make_job(schema, endpoint.url + "/import", named,
+                                  source={"diff": {"key": "name"}}, name="text_key"))  # fmt: skip
     for job in (with_body, text_key):
         run_job(job, state=pg_state)
         caplog.clear()
