@@ -2,10 +2,17 @@
 
 When the state store is a PostgreSQL database the source can read (the same database,
 typically ``DATABASE_URL`` for both) and PostgreSQL writes each row's JSON (the fast path
-of :mod:`loader.pgjson`), the database itself hashes each row's JSON (MD5, the
-fingerprint of the body as sent) and joins the result with ``loader_fingerprints`` on
-the key: only new and changed rows come back, followed by the stored keys the result no
+of :mod:`loader.pgjson`), the database itself hashes each row's JSON (the fingerprint
+of the body as sent: ``hashtextextended``, the 64-bit hash PostgreSQL's hash partitioning
+relies on, about as costly as reading the JSON's length, where MD5 would cost more than
+writing the JSON) and joins the result with ``loader_fingerprints`` on the key: only new
+and changed rows come back, with their hash, followed by the stored keys the result no
 longer has. An unchanged row never leaves the database.
+
+Fingerprints written this way differ from those loader computes (XXH3-128): a job
+whose comparison moves from one side to the other (its state store moved, its columns
+no longer all of a type the database writes as JSON) sends every row once, as a first
+run does.
 
 The source must see the state store as it is now, not a replica lagging behind it: the
 run's generation (written to the store's ``loader_meta`` just before the read) must be
@@ -16,23 +23,16 @@ runs them.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 from loader import job as jobmodel
 from loader.cursor import POSTGRES_TYPES, Described, inner_query
 
-__all__ = ["Compare", "compared_query", "db_fingerprint", "key_ordered", "sees_store"]
+__all__ = ["Compare", "compared_query", "key_ordered", "sees_store", "stored_fingerprint"]
 
 # Key types the join and the stored integer key (``ikey``, a BIGINT) agree on.
 _INTEGER_KEYS = {"int2", "int4", "int8"}
-
-
-def db_fingerprint(body: bytes) -> bytes:
-    """The fingerprint of a body when the database compares: its MD5 digest (16 bytes),
-    which PostgreSQL computes too (``decode(md5(json), 'hex')``)."""
-    return hashlib.md5(body, usedforsecurity=False).digest()
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,15 @@ class Compare:
     """What the source needs to let the database compare a diff sync: the state
     store's tables (schema-qualified, quoted), the job (or key range) whose fingerprints
     to join, the generation the source must see in ``loader_meta`` (proof it reads the
-    store as it is), and ``everything`` (``--full-refresh``: every row comes back)."""
+    store as it is), ``everything`` (``--full-refresh``: every row comes back) and
+    ``vanished`` (the keys gone from the result come back too: the job sends deletes)."""
 
     fingerprints: str
     meta: str
     job: str
     generation: int
     everything: bool = False
+    vanished: bool = True
 
 
 def key_ordered(config: jobmodel.Source) -> jobmodel.Source:
@@ -90,23 +92,43 @@ def compared_query(
     sql: str, width: int, key_index: int, described: Described, config: jobmodel.Source,
     compare: Compare,
 ) -> str | None:  # fmt: skip
-    """The fast query ``sql`` (``width`` columns, the JSON first, the diff key at
-    ``key_index``) joined with the stored fingerprints: its new and changed rows, each
-    followed by the stored key when it had one (``loader_known``), then a row per stored
-    key the result lacks (its JSON NULL, its key in ``loader_known``). ``None`` when the
-    key is not a single integer column. Binds ``:loader_diff_job``."""
+    """The fast query ``sql`` (``width`` columns: the JSON first, the diff key at
+    ``key_index``, the JSON's hash last) joined with the stored fingerprints: its new and
+    changed rows, each followed by its stored key when it had one (``loader_known``),
+    then (with ``compare.vanished``) a row per stored key the result lacks (NULL but for
+    ``loader_known``, which holds the key). ``None`` when the key is not a single
+    integer column. Binds ``:loader_diff_job``.
+
+    Two parts of one statement (one snapshot): a left join, which PostgreSQL runs in
+    parallel workers where the JSON is written, and an anti-join on the key column
+    alone for the vanished keys (a full join would run in one process). Without deletes
+    the second part is left out: the key check counts the result's rows."""
     diff = config.diff
     if diff is None or len(diff.key) != 1:
         return None
     if POSTGRES_TYPES.get(described.types.get(diff.key[0], 0)) not in _INTEGER_KEYS:
         return None
     names = ", ".join(f"c{i}" for i in range(width))
+    stored = f"{compare.fingerprints} WHERE job = :loader_diff_job AND ikey IS NOT NULL"
     changed = "" if compare.everything else (
-        "\nWHERE f.fp IS DISTINCT FROM decode(md5(d.c0), 'hex')"
+        f"\nWHERE f.fp IS DISTINCT FROM int8send(d.c{width - 1})"
     )  # fmt: skip
-    return (
+    joined = (
         f"SELECT d.*, f.ikey AS loader_known\nFROM (\n{sql}\n) AS d({names})\n"
-        f"FULL JOIN (SELECT ikey, fp FROM {compare.fingerprints} "
-        "WHERE job = :loader_diff_job AND ikey IS NOT NULL) AS f\n"
-        f"ON f.ikey = d.c{key_index}{changed}"
+        f"LEFT JOIN (SELECT ikey, fp FROM {stored}) AS f ON f.ikey = d.c{key_index}{changed}"
     )
+    if not compare.vanished:
+        return joined
+    nulls = ", ".join("NULL" for _ in range(width))
+    return (
+        f"{joined}\nUNION ALL\n"
+        f"SELECT {nulls}, f.ikey FROM {stored.replace(' WHERE ', ' AS f WHERE ')}\n"
+        f"AND NOT EXISTS (SELECT 1 FROM (\n{inner_query(config)}\n) AS k "
+        f'WHERE k."{diff.key[0]}" = f.ikey)'
+    )
+
+
+def stored_fingerprint(value: int) -> bytes:
+    """The fingerprint stored for a row the database hashed (``hashtextextended``):
+    its 64-bit value as 8 bytes, as PostgreSQL's ``int8send`` writes it."""
+    return value.to_bytes(8, "big", signed=True)

@@ -32,7 +32,7 @@ import xxhash
 from loader.batching import Batch, Chunk
 from loader.cursor import inner_query
 from loader.database import read_once
-from loader.dbdiff import db_fingerprint
+from loader.dbdiff import stored_fingerprint
 from loader.delivery import Counters, Rejected
 from loader.diffconfig import Diff
 from loader.encoding import dumps
@@ -64,25 +64,38 @@ def key_text(values: Sequence[Any]) -> str:
     return dumps(list(values)).decode()
 
 
-def check_keys(source: Source, redactor: Redactor) -> None:
+def check_keys(source: Source, redactor: Redactor) -> int:
     """Refuse, before anything is sent, a result where a key repeats or has a NULL
-    column: :class:`QueryError` naming the key and its value. One aggregate query over
-    the job's query, in a read-only transaction of its own."""
+    column: :class:`QueryError` naming the key and its value. Returns how many rows the
+    result has. One aggregate query over the job's query (a second names the key, when
+    there is one to name), in a read-only transaction of its own."""
     diff = source.diff
     assert diff is not None
     quote = "`" if source.url.startswith(("mysql", "mariadb")) else '"'
     columns = ", ".join(f"{quote}{name}{quote}" for name in diff.key)
     nulls = " OR ".join(f"{quote}{name}{quote} IS NULL" for name in diff.key)
-    sql = (
-        f"SELECT {columns}, COUNT(*) FROM (\n{inner_query(source)}\n) AS diff_source "
-        f"GROUP BY {columns} HAVING COUNT(*) > 1 OR {nulls} LIMIT 1"
+    grouped = (
+        f"SELECT {columns}, COUNT(*) AS loader_rows FROM (\n{inner_query(source)}\n) "
+        f"AS diff_source GROUP BY {columns}"
     )
-    row = read_once(
-        source, redactor, sql, lambda result: result.first(),
-        f"cannot check that source.diff.key ({', '.join(diff.key)}) is unique on ",
+    checking = f"cannot check that source.diff.key ({', '.join(diff.key)}) is unique on "
+    total, bad = read_once(
+        source, redactor,
+        f"SELECT SUM(loader_rows), SUM(CASE WHEN loader_rows > 1 OR {nulls} THEN 1 ELSE 0 END) "
+        f"FROM ({grouped}) AS diff_keys",
+        lambda result: tuple(result.one()), checking,
     )  # fmt: skip
-    if row is None:
-        return
+    if not bad:
+        return int(total or 0)
+    row = read_once(
+        source, redactor, f"{grouped} HAVING COUNT(*) > 1 OR {nulls} LIMIT 1",
+        lambda result: result.first(), checking,
+    )  # fmt: skip
+    if row is None:  # the data changed since: the next run checks again
+        raise QueryError(
+            f"source.diff.key ({', '.join(diff.key)}): a key repeated or was NULL, then "
+            "no longer; nothing was sent. Run again"
+        )
     values, count = tuple(row[:-1]), row[-1]
     described = ", ".join(f"{n}={v!r}" for n, v in zip(diff.key, values, strict=True))
     if None in values:
@@ -105,6 +118,7 @@ class KeyCheck:
 
     def __init__(self, source: Source, redactor: Redactor) -> None:
         self._error: BaseException | None = None
+        self.total = 0  # the result's rows, once passed
         context = contextvars.copy_context()  # log lines keep the run id
         self._thread = threading.Thread(
             target=context.run, args=(self._run, source, redactor), name="loader-keycheck"
@@ -113,7 +127,7 @@ class KeyCheck:
 
     def _run(self, source: Source, redactor: Redactor) -> None:
         try:
-            check_keys(source, redactor)
+            self.total = check_keys(source, redactor)
         except BaseException as exc:
             self._error = exc
 
@@ -159,21 +173,23 @@ class Differ:
         self.ordered = ordered and len(diff.key) == 1
         self.mark = mark
         self.check = check
+        self._key_check = check  # kept for the result's row count
         self.matched = 0  # rows read whose key the store knew
         self.vanished = 0  # stored keys the merge passed over
         self.merged: bool | None = None  # decided at the first chunk
         self.compared = False  # the database compared (see loader.dbdiff)
         self.known = known  # keys tracked when the run started
-        self._fingerprint = fingerprint
         self._known_at: int | None = None  # where a compared row says its key was known
         self._changed_known = 0  # compared rows whose key was known (so they changed)
+        self._returned = 0  # rows the database returned as new or changed
         self._raw: Sequence[Sequence[Any]] = ()  # the chunk last fetched
         self._indexes: list[int] = []
         self._stored: Iterator[tuple[int, bytes]] = iter(())
         self._next: tuple[int, bytes] | None = None
         self._last: int | None = None  # the merge's last key read
         self._lock = threading.Lock()
-        self._in_flight: dict[bytes, deque[str]] = {}  # fingerprint -> keys, read order
+        # Each body in flight -> its (key, fingerprint), in read order (a body can repeat).
+        self._in_flight: dict[bytes, deque[tuple[str, bytes]]] = {}
 
     def watch(self, stream: RowStream) -> RowStream:
         """``stream``, each chunk kept as it is fetched for its keys (the last
@@ -181,7 +197,7 @@ class Differ:
         self._indexes = list(stream.value_indexes[-len(self.diff.key) :])
         if stream.known_index is not None:  # only new and changed rows, then the vanished
             self.compared, self.merged = True, True
-            self._known_at, self._fingerprint = stream.known_index, db_fingerprint
+            self._known_at = stream.known_index
         return replace(stream, chunks=self._kept(stream.chunks))
 
     def _kept(self, chunks: Iterator[Any]) -> Iterator[Any]:
@@ -194,6 +210,7 @@ class Differ:
                     self._passed(gone)
                     raw = [row for row in raw if row[0] is not None]
                 self._changed_known += sum(row[known_at] is not None for row in raw)
+                self._returned += len(raw)
                 if not raw:
                     continue
             self._raw = raw
@@ -207,7 +224,11 @@ class Differ:
         try:
             for chunk in chunks:
                 raw = self._raw[: len(chunk.rows)]
-                prints = list(map(self._fingerprint, chunk.rows))
+                if self.compared:  # the hash the database wrote, just before the known key
+                    at = self._known_at - 1  # type: ignore[operator]
+                    prints = [stored_fingerprint(row[at]) for row in raw]
+                else:
+                    prints = list(map(fingerprint, chunk.rows))
                 if self.merged is None:
                     at = self._indexes[0]
                     self.merged = self.ordered and bool(raw) and _integers(raw[0][at], raw[-1][at])
@@ -226,13 +247,14 @@ class Differ:
                     continue
                 with self._lock:
                     for i in keep:
-                        self._in_flight.setdefault(prints[i], deque()).append(keys(i))
+                        self._in_flight.setdefault(chunk.rows[i], deque()).append(
+                            (keys(i), prints[i])
+                        )
                 self._checked()
                 yield _subset(chunk, keep)
             self._checked()
             if self.compared:  # what the database did not send: known, not gone, unchanged
-                unchanged = max(self.known - self.vanished - self._changed_known, 0)
-                self.matched = self.known - self.vanished
+                unchanged = self._unchanged()
                 counters.rows_unchanged += unchanged
                 counters.rows_read += unchanged
             elif self.merged:  # the stored keys after the last row
@@ -245,6 +267,18 @@ class Differ:
             close = getattr(self._stored, "close", None)
             if close is not None:
                 close()
+
+    def _unchanged(self) -> int:
+        """When the database compared: how many rows it left out as unchanged (and
+        ``matched``, ``vanished``). With deletes it also returned the vanished keys;
+        without, the result's row count comes from the key check."""
+        if self.diff.deletes is not None or self._key_check is None:
+            self.matched = self.known - self.vanished
+            return max(self.matched - self._changed_known, 0)
+        unchanged = max(self._key_check.total - self._returned, 0)
+        self.matched = self._changed_known + unchanged
+        self.vanished = max(self.known - self.matched, 0)
+        return unchanged
 
     def _checked(self) -> None:
         if self.check is not None:
@@ -327,11 +361,10 @@ class Differ:
                 for row, _error in rejected:
                     refused[row] = refused.get(row, 0) + 1
                 for row in batch.rows:
-                    print_ = self._fingerprint(row)
-                    keys = self._in_flight[print_]
-                    key = keys.popleft()
-                    if not keys:
-                        del self._in_flight[print_]
+                    waiting = self._in_flight[row]
+                    key, print_ = waiting.popleft()
+                    if not waiting:
+                        del self._in_flight[row]
                     if refused.get(row):
                         refused[row] -= 1
                     else:

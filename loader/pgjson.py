@@ -120,12 +120,14 @@ def fast_query(
     decimals: str,
     omit: Sequence[str] = (),
     values: Sequence[str] = (),
+    hashed: bool = False,
 ) -> tuple[str, dict[str, Any]] | None:
     """The query rewritten so PostgreSQL writes each row's JSON object itself (without the
     ``omit`` columns), followed by the cursor's values, then the ``values`` columns and,
     with ``omit``, the omitted columns as one JSON object (UTF-8 bytes, for dead letters
-    kept whole; see :func:`_omitted_object`); ``None`` when a column's type is not one it
-    can write exactly."""
+    kept whole; see :func:`_omitted_object`), and with ``hashed`` the 64-bit hash of the
+    JSON's text (``hashtextextended``, see :mod:`loader.dbdiff`); ``None`` when a
+    column's type is not one it can write exactly."""
     quote = quoter(dialect)
     fields = _fields(described, quote, decimals, omit)
     if fields is None:
@@ -136,16 +138,14 @@ def fast_query(
         keys += f", convert_to({_omitted_object(described, quote, decimals, omit)}, 'UTF8')"
     inner = inner_query(config)
     # UTF-8 bytes, fetched in binary: psycopg hands them over without a Python call per row.
-    built = _json_object([(name, text) for name, _, text in fields])
-    if built is not None:
-        sql = f"SELECT convert_to({built}, 'UTF8') AS loader_json{keys}\nFROM (\n{inner}\n) AS s"
-    else:
+    concatenated = _json_object([(name, text) for name, _, text in fields])
+    built = concatenated or "row_to_json(loader_row)::text"
+    # The text twice: PostgreSQL writes it once for a row it compares and leaves out.
+    keys += f", hashtextextended({built}, 0)" if hashed else ""
+    sql = f"SELECT convert_to({built}, 'UTF8') AS loader_json{keys}\nFROM (\n{inner}\n) AS s"
+    if concatenated is None:
         projection = ", ".join(f"{value} AS {quote(name)}" for name, value, _ in fields)
-        sql = (
-            f"SELECT convert_to(row_to_json(loader_row)::text, 'UTF8') AS loader_json{keys}\n"
-            f"FROM (\n{inner}\n) AS s\n"
-            f"CROSS JOIN LATERAL (SELECT {projection}) AS loader_row"
-        )
+        sql += f"\nCROSS JOIN LATERAL (SELECT {projection}) AS loader_row"
     if where:
         sql += f"\nWHERE {where}"
     if order:

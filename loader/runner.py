@@ -162,13 +162,18 @@ class _Run:
         generation = self.generation if lease is not None else self.store.generation(self.job.name)
         if tables is None or generation is None:
             return None
-        return Compare(*tables, self.job.name, generation, everything=self.options.full_refresh)
+        return Compare(*tables, self.job.name, generation, everything=self.options.full_refresh,
+                       vanished=diff.deletes is not None)  # fmt: skip
 
     def deletes(self, lease: Lease, status: Status) -> Status:
         """A diff sync's deletes, once every row was read and acknowledged (not after
         an interrupted or ``--limit`` run): see :mod:`loader.vanished`."""
         if self.generation is None or status is Status.INTERRUPTED or self.options.limit:
             return status
+        if self.counters.rows_posted >= max(1000, self.known // 10):
+            # Many new fingerprints: fresh statistics, so the database's next comparison
+            # is planned as a hash join rather than for the few rows it last counted.
+            self.store.analyze_fingerprints()
         differ = self.differ
         assert differ is not None
         merged = differ.vanished if differ.merged else None

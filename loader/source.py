@@ -60,7 +60,8 @@ class RowStream:
     omitted columns) and the cursor values follow it. ``value_indexes`` are the positions
     of the columns asked for as ``values`` (for URL placeholders). On the fast path with
     omitted columns, ``omitted_index`` is the position of their JSON object (bytes).
-    ``known_index``: the database compared a diff sync (see :mod:`loader.dbdiff`).
+    ``known_index``: the database compared a diff sync (see :mod:`loader.dbdiff`); the
+    JSON's hash is just before it.
     """
 
     columns: tuple[str, ...]
@@ -258,17 +259,18 @@ def _open_fast(
     params = dict(config.params)
     named_columns(described.columns, omit, "target.omit")
     named_columns(described.columns, values, "target.url")
-    built = fast_query(config, connection.dialect, position, described, decimals, omit, values)
+    built = fast_query(config, connection.dialect, position, described, decimals, omit, values,
+                       hashed=compare is not None)  # fmt: skip
     if built is None:
         return None
     sql, extra = built
     raw = connection.connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
     cursor_count = 1 + (1 if config.cursor and config.cursor.key else 0) if config.cursor else 0
-    width = 1 + cursor_count + len(values) + (1 if omit else 0)
+    width = 2 + cursor_count + len(values) + (1 if omit else 0)  # the JSON, ..., its hash
     known = None
     if compare is not None:
-        joined = compared_query(sql, width, width - 1 - bool(omit), described, config, compare)
+        joined = compared_query(sql, width, cursor_count + len(values), described, config, compare)
         if joined is not None and sees_store(raw, compare):
             sql, known, extra = joined, width, {**extra, "loader_diff_job": compare.job}
         else:

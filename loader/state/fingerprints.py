@@ -81,6 +81,13 @@ class FingerprintSql(SqlBase):
             return None
         return names[0], names[1]
 
+    def analyze_fingerprints(self) -> None:
+        """Refresh the database's statistics of the fingerprints (PostgreSQL; a role
+        that does not own the table gets a warning from the database, not an error)."""
+        with self._transaction("analyzing fingerprints") as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text(f"ANALYZE {fingerprints.name}"))
+
     def seen_fingerprints(self, job: str, keys: Sequence[str]) -> dict[str, bytes]:
         """The stored fingerprint of each of ``keys`` that ``job`` tracks. Reads only:
         comparing an unchanged row writes nothing."""

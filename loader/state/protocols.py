@@ -272,6 +272,9 @@ class FingerprintStore(Protocol):
     def forget_fingerprints(self, job: str) -> int:
         """Forget every key of ``job``; return how many."""
 
+    def analyze_fingerprints(self) -> None:
+        """Refresh the database's statistics of the fingerprints (PostgreSQL)."""
+
     def generation(self, job: str) -> int | None:
         """The generation of ``job``'s last run (``None`` before its first)."""
 

@@ -76,6 +76,26 @@ def test_unchanged_rows_stay_in_the_database(
     assert endpoint.requests == [] and (again.rows_read, again.rows_unchanged) == (2001, 2001)
 
 
+def test_without_deletes_the_counts_come_from_the_key_check(
+    schema: Schema, endpoint: Endpoint, pg_state: SqlStateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job without deletes: the database returns only new and changed rows (no pass
+    for vanished keys), and the run's counts still add up to the result."""
+    job = build_job(make_job(schema, endpoint.url + "/import", stats(schema, 1000),
+                             source={"diff": {"key": "user_id"}}, batch={"size": 100}))  # fmt: skip
+    run_job(job, state=pg_state)
+    schema.execute("UPDATE customer_stats SET plan = 'x' WHERE user_id IN (1, 500)")
+    schema.execute("DELETE FROM customer_stats WHERE user_id BETWEEN 10 AND 19")
+    schema.execute("INSERT INTO customer_stats VALUES (2000, 'new', 1)")
+    endpoint.requests.clear()
+    with caplog.at_level("DEBUG", logger="loader"):
+        result = run_job(job, state=pg_state)
+    assert compared_by(caplog) == ["database"]
+    assert sorted(posted(endpoint)) == [1, 500, 2000] and deleted(endpoint) == []
+    assert (result.rows_read, result.rows_posted, result.rows_unchanged) == (991, 3, 988)
+    assert pg_state.fingerprint_count("test_job") == 1001  # the vanished keys stay known
+
+
 def test_full_refresh_and_dry_run_when_the_database_compares(
     schema: Schema, endpoint: Endpoint, pg_state: SqlStateStore, caplog: pytest.LogCaptureFixture
 ) -> None:
