@@ -21,8 +21,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
+from loader.encoding import dumps
 from loader.state.base import SqlBase
 from loader.state.schema import fingerprints, meta
 
@@ -210,6 +210,24 @@ class FingerprintSql(SqlBase):
             return drop_job_fingerprints(conn, job)
 
 
+# One statement per group of batches: the keys as one JSON document (PostgreSQL), or
+# tuples through the driver's executemany (SQLite). A statement per row through
+# SQLAlchemy cost about 50 s per million keys on a first run.
+_UPSERT_TAIL = (
+    " ON CONFLICT (job, key) DO UPDATE SET fp = excluded.fp, gen = excluded.gen, "
+    "ikey = excluded.ikey"
+)
+_PG_UPSERT = sa.text(
+    "INSERT INTO loader_fingerprints (job, key, fp, gen, ikey) "
+    "SELECT :job, t.k, decode(t.f, 'hex'), :gen, t.i "
+    "FROM json_to_recordset(CAST(:rows AS json)) AS t(k text, f text, i bigint)" + _UPSERT_TAIL
+)
+_SQLITE_UPSERT = (
+    "INSERT INTO loader_fingerprints (job, key, fp, gen, ikey) VALUES (?, ?, ?, ?, ?)"
+    + _UPSERT_TAIL
+)
+
+
 def save_fingerprints(
     conn: sa.Connection, job: str, rows: Sequence[tuple[str, bytes]], generation: int
 ) -> None:
@@ -217,23 +235,19 @@ def save_fingerprints(
     if not rows:
         return
     latest = dict(rows)  # a key twice in one group: its last body is the one sent last
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(fingerprints)
-    upsert = statement.on_conflict_do_update(
-        index_elements=[fingerprints.c.job, fingerprints.c.key],
-        set_={
-            "fp": statement.excluded.fp,
-            "gen": statement.excluded.gen,
-            "ikey": statement.excluded.ikey,
-        },  # fmt: skip
-    )
-    conn.execute(
-        upsert,
-        [
-            {"job": job, "key": k, "fp": fp, "gen": generation, "ikey": _integer(k)}
-            for k, fp in latest.items()
-        ],
-    )
+    if conn.dialect.name == "postgresql":
+        # One JSON document (psycopg would adapt arrays element by element in Python).
+        document = dumps([{"k": k, "f": fp.hex(), "i": _integer(k)} for k, fp in latest.items()])
+        conn.execute(_PG_UPSERT, {"job": job, "gen": generation, "rows": document.decode()})
+        return
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(
+            _SQLITE_UPSERT,
+            [(job, k, fp, generation, _integer(k)) for k, fp in latest.items()],
+        )
+    finally:
+        cursor.close()
 
 
 def _integer(key: str) -> int | None:
