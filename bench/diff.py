@@ -1,6 +1,7 @@
 """Diff syncs against full runs of the same job, on the same table and endpoint.
 
-    python -m bench.diff --rows 1000000 [--repeat 3] [--state sqlite|postgres]
+    python -m bench.diff --rows 1000000 [--repeat 3] [--state sqlite|postgres|postgres-apart]
+                         [--deletes]
 
 Copies the benchmark table (``bench.generate``) into ``loader_bench_diff_<N>``, primes
 the diff job's fingerprints with one run, then runs pairs: the job without diff
@@ -40,7 +41,8 @@ def copy_table(url: str, rows: int) -> str:
 
 
 def job_file(db: str, table: str, target: str, args: argparse.Namespace, diff: bool) -> Path:
-    spec = "  diff: {key: id}\n" if diff else ""
+    deletes = f", deletes: {{url: '{target}/{{id}}'}}" if args.deletes else ""
+    spec = f"  diff: {{key: id{deletes}}}\n" if diff else ""
     text = (
         f"name: bench_{'diff' if diff else 'full'}_{table}\n"
         f"source:\n  url: {db}\n  query: SELECT {COLUMNS} FROM {table}\n{spec}"
@@ -92,6 +94,9 @@ def main() -> None:
         "--database", default=os.environ.get("LOADER_BENCH_DATABASE_URL", DEFAULT_DB)
     )
     parser.add_argument("--only-diff", action="store_true", help="prime and one unchanged run")
+    parser.add_argument(
+        "--deletes", action="store_true", help="the diff job sends deletes (none are due)"
+    )
     args = parser.parse_args()
 
     table = copy_table(args.database, args.rows)
@@ -135,7 +140,7 @@ def main() -> None:
 
 
 def show(args: argparse.Namespace, results: list[Measure]) -> None:
-    print(f"\n{args.rows:,} rows, state {args.state}, batch {args.batch}, "
+    print(f"\n{args.rows:,} rows, state {args.state}, deletes {args.deletes}, batch {args.batch}, "
           f"concurrency {args.concurrency}")  # fmt: skip
     print(f"{'':12}{'seconds':>10}{'CPU s':>8}{'peak RSS':>10}{'rows sent':>12}{'requests':>10}")
     for m in results:
