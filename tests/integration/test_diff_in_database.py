@@ -96,6 +96,26 @@ def test_without_deletes_the_counts_come_from_the_key_check(
     assert pg_state.fingerprint_count("test_job") == 1001  # the vanished keys stay known
 
 
+def test_per_row_requests_with_omitted_columns_when_the_database_compares(
+    schema: Schema, endpoint: Endpoint, pg_state: SqlStateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Per-row requests whose URL names the key, with a column omitted from the body:
+    the database compares the body as sent (without the omitted column)."""
+    job = job_of(schema, endpoint, stats(schema, 50),
+                 target={"url": endpoint.url + "/import/{user_id}", "per_row": True,
+                         "omit": ["orders"]})  # fmt: skip
+    run_job(job, state=pg_state)
+    schema.execute("UPDATE customer_stats SET orders = 0 WHERE user_id < 10")  # omitted
+    schema.execute("UPDATE customer_stats SET plan = 'vip' WHERE user_id = 20")
+    endpoint.requests.clear()
+    with caplog.at_level("DEBUG", logger="loader"):
+        result = run_job(job, state=pg_state)
+    assert compared_by(caplog) == ["database"]
+    assert [(r.path, r.json()) for r in endpoint.requests] == [
+        ("/import/20", {"user_id": 20, "plan": "vip"})]  # fmt: skip
+    assert (result.rows_posted, result.rows_unchanged) == (1, 49)
+
+
 def test_full_refresh_and_dry_run_when_the_database_compares(
     schema: Schema, endpoint: Endpoint, pg_state: SqlStateStore, caplog: pytest.LogCaptureFixture
 ) -> None:

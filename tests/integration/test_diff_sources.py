@@ -143,8 +143,14 @@ def test_sqlite_source(tmp_path: Path, endpoint: Endpoint) -> None:
     assert endpoint.rows() == [{"region": "us", "sku": "s7", "qty": 0}]
 
 
-def test_partitions_diff_each_range(schema: Schema, endpoint: Endpoint) -> None:
-    """A partitioned diff sync: each range sends its changes and deletes its vanished keys."""
+@pytest.mark.parametrize("state", ["sqlite", "postgres"])
+def test_partitions_diff_each_range(
+    schema: Schema, endpoint: Endpoint, state: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partitioned diff sync: each range sends its changes and deletes its vanished keys
+    (with the state store in the source's database, the database compares each range)."""
+    if state == "postgres":
+        monkeypatch.setenv("LOADER_STATE_URL", schema.scoped_url)
     query = users(schema, 4000)
     job = build_job(make_job(
         schema, endpoint.url + "/import", query, concurrency=4,
