@@ -109,6 +109,8 @@ UI_REFRESH_ENV: Final = "LOADER_UI_REFRESH"
 UI_REFRESH: Final = 10
 UI_RECENT_RUNS: Final = 5
 UI_PORT: Final = 8080
+#: Seconds a client of the clock's port may stay silent before it is dropped.
+UI_REQUEST_TIMEOUT: Final = 10
 
 # Exit codes of the ``loader`` command.
 #: Every row was delivered (or, with ``--dry-run``, read and encoded).

@@ -4,6 +4,11 @@ and ``loader ui``, which serves the same page from the state store without a clo
 With a password (``$LOADER_UI_PASSWORD``), the status page asks for HTTP basic auth:
 any user name, that password. ``/healthz`` and ``/metrics`` stay open, for the platform's
 health checks and for scrapers (they hold counts and job names, no errors or rows).
+
+Every answer forbids caching, sniffing, framing and anything the page does not use
+(:data:`HEADERS`). A client that sends nothing for ``timeout`` seconds is dropped, so
+idle connections cannot pile up; a route that raises is logged (masked, the event
+``web.failed``) and answered 500, never printed raw on stderr.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hmac
 import html
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,13 +36,26 @@ Response = tuple[int, str, bytes]
 #: The paths the password guards.
 PROTECTED = frozenset({"/"})
 HTML = "text/html; charset=utf-8"
+TEXT = "text/plain; charset=utf-8"
+#: Sent with every answer: the page holds errors and sits behind a password, so it is
+#: never cached, sniffed as another type, framed (clickjacking) or allowed a script;
+#: its inline style is all it loads.
+HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+}
 
 
 class WebServer:
     """Serves ``routes`` (path -> a function answering it; the query string is ignored)
     on ``host:port`` in a daemon thread; any other path is 404. With ``password``, the
-    paths in ``protected`` need HTTP basic auth with it (any user name). Raises
-    :class:`OSError` when the port cannot be bound."""
+    paths in ``protected`` need HTTP basic auth with it (any user name). A connection
+    silent for ``timeout`` seconds is closed. Raises :class:`OSError` when the port
+    cannot be bound."""
 
     def __init__(
         self,
@@ -46,8 +65,9 @@ class WebServer:
         *,
         password: str | None = None,
         protected: frozenset[str] = PROTECTED,
+        timeout: float = loader.defaults.UI_REQUEST_TIMEOUT,
     ) -> None:
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(_Handler):
             """Answers the routes; the password guards the protected ones."""
 
             def do_GET(self) -> None:
@@ -55,12 +75,12 @@ class WebServer:
                 path = self.path.split("?")[0]
                 route = routes.get(path)
                 if route is None:
-                    self._answer((404, "text/plain", b"not found\n"))
+                    self._answer((404, TEXT, b"not found\n"))
                 elif password and path in protected and not _authorized(self, password):
                     challenge = {"WWW-Authenticate": 'Basic realm="loader", charset="UTF-8"'}
-                    self._answer((401, "text/plain", b"password required\n"), challenge)
+                    self._answer((401, TEXT, b"password required\n"), challenge)
                 else:
-                    self._answer(route())
+                    self._answer(_answer_of(route, path))
 
             def do_HEAD(self) -> None:
                 """As GET, without the body: load balancers and uptime checks probe so."""
@@ -72,18 +92,14 @@ class WebServer:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
                 if not getattr(self, "_head", False):
                     self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                """Scrapes and page refreshes are not worth a log line each."""
-
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
+        Handler.timeout = timeout  # the socket's: a silent client does not hold a thread
+        self._httpd = _Server((host, port), Handler)
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="loader-web", daemon=True
@@ -94,6 +110,43 @@ class WebServer:
         """Stop serving and close the socket; waits for the serving loop to end."""
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """What every answer on the port shares: :data:`HEADERS`, the server's own errors
+    (400, 501) included; ``Server: loader``, without Python's version; no access log."""
+
+    def end_headers(self) -> None:
+        for name, value in HEADERS.items():
+            self.send_header(name, value)
+        super().end_headers()
+
+    def version_string(self) -> str:
+        return "loader"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes and page refreshes are not worth a log line each."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone or silent is no news; any other error is logged as an event
+        (masked), not printed raw on stderr."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        loader.log_event(log, "web.failed", logging.ERROR, exc_info=True,
+                         error=sys.exc_info()[1])  # fmt: skip
+
+
+def _answer_of(route: Callable[[], Response], path: str) -> Response:
+    """``route``'s answer; one that raises is logged as ``web.failed`` and answered 500."""
+    try:
+        return route()
+    except Exception as exc:
+        loader.log_event(log, "web.failed", logging.ERROR, exc_info=True, path=path, error=exc)
+        return 500, TEXT, b"internal error: see the logs\n"
 
 
 def _authorized(request: BaseHTTPRequestHandler, password: str) -> bool:

@@ -141,7 +141,8 @@ def test_loader_ui_serves_the_page_from_the_state_store_readable_on_a_phone(
     tmp_path: Path, schema: Schema, endpoint: Endpoint, pg_state: str, browser: Browser
 ) -> None:
     """Without a clock, `loader ui` shows the jobs' runs, errors and next runs from the
-    state store; at 375 px wide nothing overflows the screen sideways."""
+    state store; at 375 px wide nothing overflows the screen sideways; its
+    Content-Security-Policy lets its own style apply and the browser reports no breach."""
     two_jobs(tmp_path, schema, endpoint)
     for job in ("signups", "invoices"):
         subprocess.run([sys.executable, "-m", "loader", "run", f"jobs/{job}.yml"],
@@ -150,8 +151,13 @@ def test_loader_ui_serves_the_page_from_the_state_store_readable_on_a_phone(
     ui = start_loader(tmp_path, "ui", "jobs", "--port", str(port), up="serving the status page")
 
     page = browser.new_page(viewport={"width": 375, "height": 740})
-    page.goto(f"http://127.0.0.1:{port}/")
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+    answer = page.goto(f"http://127.0.0.1:{port}/")
+    assert answer is not None and "default-src 'none'" in answer.headers["content-security-policy"]
     assert "No clock" in page.locator("#clock").inner_text()
+    badge = page.locator("[data-job=invoices] .badge")
+    assert badge.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(254, 226, 226)"
     expect(rows_cell(page, "signups", "3")).to_have_count(1)
     assert "invalid input syntax" in page.locator("[data-job=invoices] td.error").inner_text()
     next_run = page.locator("[data-job=signups] td").nth(2).inner_text()
@@ -159,6 +165,7 @@ def test_loader_ui_serves_the_page_from_the_state_store_readable_on_a_phone(
     assert PASSWORD not in page.content()
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page is {overflow} px wider than the phone's screen"
+    assert not [text for text in console if "Content Security Policy" in text], console
     page.close()
     code, out, _ = terminate(ui)
     assert code == 0, out
