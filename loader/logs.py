@@ -24,6 +24,7 @@ import contextvars
 import enum
 import json
 import logging
+import re
 import sys
 from collections.abc import Mapping
 from datetime import date, datetime, time
@@ -154,18 +155,27 @@ class LogFormatter(logging.Formatter):
         return f"{line}\n{trace}" if trace else line
 
 
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# What a bare logfmt value cannot hold.
+_NEEDS_QUOTES = re.compile(r'[ ="\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+
+
 def _logfmt_value(value: Scalar) -> str:
     """``value`` as logfmt writes it: bare when it can be, else in double quotes with
-    quotes, backslashes and line breaks escaped; null as nothing."""
+    quotes, backslashes and line breaks escaped, and any other control character as
+    ``\\u001b`` (a value cannot start a line of its own, nor steer a terminal); null
+    as nothing."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     text = str(value)
-    if text and not any(c in text for c in ' ="\\\n\r\t'):
+    if text and not _NEEDS_QUOTES.search(text):
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
+    escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return '"' + _CONTROL.sub(lambda m: f"\\u{ord(m.group(0)):04x}", escaped) + '"'
 
 
 class _StreamHandler(logging.StreamHandler[TextIO]):

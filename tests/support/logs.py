@@ -44,4 +44,10 @@ def _unquote(value: str) -> str:
     if not value.startswith('"'):
         return value
     escapes = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
-    return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(0)), value[1:-1])
+
+    def unescape(match: re.Match[str]) -> str:
+        if match.group(2):
+            return chr(int(match.group(2), 16))
+        return escapes.get(match.group(1), match.group(0))
+
+    return re.sub(r"\\(u([0-9a-f]{4})|.)", unescape, value[1:-1])

@@ -100,6 +100,26 @@ def test_logfmt_quotes_what_needs_it_and_reads_back(
     assert (parsed["error"], parsed["plain"], parsed["retrying"]) == (awkward, "ok", "true")
 
 
+def test_a_value_cannot_forge_a_line_or_steer_a_terminal(
+    logged: tuple[logging.Logger, list[logging.LogRecord]],
+) -> None:
+    """A job name or an error holding a line break, a vertical tab, a form feed, NEL,
+    U+2028 or a terminal escape stays on its line in every format, reads back whole,
+    and no control character reaches the output raw."""
+    logger, records = logged
+    forged = "x\n2026-12-04 10:00:00,000 INFO run.ended job=orders status=succeeded"
+    error = "a\x0bb\x0cc\x85d\u2028e\x1b[2J\x1b]0;owned\x07f"
+    event(logger, "run.ended", logging.WARNING, job=forged, error=error)
+
+    out = lines(records[0])
+    for name, line in out.items():
+        assert len(line.splitlines()) == 1, (name, line)
+        assert not re.search(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", line), (name, line)
+    parsed = parse_logfmt(out["logfmt"])
+    assert (parsed["job"], parsed["error"]) == (forged, error)
+    assert json.loads(out["json"])["error"] == error
+
+
 def test_text_is_time_level_event_and_pairs(
     logged: tuple[logging.Logger, list[logging.LogRecord]],
 ) -> None:
