@@ -231,3 +231,23 @@ def test_the_source_must_see_the_state_store_as_it_is(
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
             conn.commit()
+
+
+def test_limit_counts_only_the_rows_taken_when_the_database_compares(
+    schema: Schema, endpoint: Endpoint, pg_state: SqlStateStore
+) -> None:
+    """--limit stops the read after so many changed rows: the rows the database left
+    out are not counted read or unchanged (it did not get to compare the rest)."""
+    job = job_of(schema, endpoint, stats(schema, 300))
+    run_job(job, state=pg_state)
+    schema.execute("UPDATE customer_stats SET plan = 'gold' WHERE user_id IN (4, 5, 6, 7)")
+    schema.execute("DELETE FROM customer_stats WHERE user_id = 9")
+    endpoint.requests.clear()
+    limited = run_job(job, state=pg_state, limit=2)
+    assert len(posted(endpoint)) == 2 and deleted(endpoint) == []
+    assert (limited.rows_read, limited.rows_posted, limited.rows_unchanged) == (2, 2, 0)
+    dry = run_job(job, state=pg_state, limit=1, dry_run=True)
+    assert (dry.rows_read, dry.rows_unchanged, dry.rows_deleted) == (1, 0, 0)
+    rest = run_job(job, state=pg_state)
+    assert (rest.rows_read, rest.rows_posted, rest.rows_unchanged) == (299, 2, 297)
+
