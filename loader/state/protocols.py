@@ -278,9 +278,10 @@ class FingerprintStore(Protocol):
     def generation(self, job: str) -> int | None:
         """The generation of ``job``'s last run (``None`` before its first)."""
 
-    def fingerprint_tables(self) -> tuple[str, str] | None:
+    def fingerprint_tables(self) -> tuple[str, str, str] | None:
         """On PostgreSQL, the fingerprints' and the meta table's schema-qualified names
-        (for a source that can read them, see :mod:`loader.dbdiff`); else ``None``."""
+        (for a source that can read them, see :mod:`loader.dbdiff`) and the database
+        they are in; else ``None``."""
 
 
 class StateStore(
