@@ -118,15 +118,22 @@ class FingerprintSql(SqlBase):
                 )
 
     def fingerprint_count(
-        self, job: str, *, not_seen_by: int | None = None, marked: int | None = None
+        self,
+        job: str,
+        *,
+        not_seen_by: int | None = None,
+        marked: int | None = None,
+        own: bool = False,
     ) -> int:
-        """How many keys ``job`` tracks (with its key ranges, ``NAME#pN``); with
-        ``not_seen_by``, how many of ``job``'s own that generation did not see (the
-        vanished ones)."""
+        """How many keys ``job`` tracks (with its key ranges, ``NAME#pN``, unless
+        ``own``); with ``not_seen_by``, how many of ``job``'s own that generation did
+        not see (the vanished ones)."""
         table = fingerprints
         where: sa.ColumnElement[bool] = (table.c.job == job) | table.c.job.startswith(
             f"{job}#", autoescape=True
         )
+        if own:
+            where = table.c.job == job
         if marked is not None:
             where = (table.c.job == job) & (table.c.gen == marked)
         elif not_seen_by is not None:

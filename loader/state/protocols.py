@@ -253,10 +253,15 @@ class FingerprintStore(Protocol):
         """Mark those of ``keys`` that ``job`` tracks as seen by ``generation``."""
 
     def fingerprint_count(
-        self, job: str, *, not_seen_by: int | None = ..., marked: int | None = ...
+        self,
+        job: str,
+        *,
+        not_seen_by: int | None = ...,
+        marked: int | None = ...,
+        own: bool = ...,
     ) -> int:
         """How many keys ``job`` tracks (that ``not_seen_by`` did not see, that carry
-        the mark ``marked``)."""
+        the mark ``marked``; ``own``: not those of its key ranges)."""
 
     def vanished_keys(
         self, job: str, generation: int, page: int = ..., *, marked: bool = ...

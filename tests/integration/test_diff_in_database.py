@@ -289,3 +289,30 @@ def test_a_state_store_in_another_database_is_never_joined_by_name(
         apart.close()
     assert sorted(posted(endpoint)) == list(range(1, 51))
     assert (first.rows_posted, first.rows_unchanged) == (50, 0)
+
+
+def test_a_job_no_longer_partitioned_counts_only_its_own_keys(
+    schema: Schema, endpoint: Endpoint, pg_state: SqlStateStore, isolated_state: str
+) -> None:
+    """The keys its key ranges (``NAME#pN``) left in the store are not the job's own:
+    once the job is no longer partitioned, its runs count only its own keys as known,
+    whichever side compares (the database with ``pg_state``, loader with SQLite)."""
+    query = stats(schema, 200)
+    source = {
+        "partition": {"column": "user_id", "count": 2},
+        "diff": {"key": "user_id", "deletes": {"url": endpoint.url + "/users/{user_id}"}},
+    }
+    parted = build_job(make_job(schema, endpoint.url + "/import", query, source=source))
+    plain = job_of(schema, endpoint, query)
+    sqlite = open_state(isolated_state)
+    try:
+        for store in (pg_state, sqlite):
+            assert run_job(parted, state=store).rows_posted == 200
+            endpoint.requests.clear()
+            result = run_job(plain, state=store)
+            assert sorted(posted(endpoint)) == list(range(1, 201)) and deleted(endpoint) == []
+            assert (result.rows_read, result.rows_posted, result.rows_unchanged,
+                    result.rows_deleted) == (200, 200, 0, 0)  # fmt: skip
+            endpoint.requests.clear()
+    finally:
+        sqlite.close()
