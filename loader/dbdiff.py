@@ -41,10 +41,14 @@ class Compare:
     store's tables (schema-qualified, quoted), the job (or key range) whose fingerprints
     to join, the generation the source must see in ``loader_meta`` (proof it reads the
     store as it is), ``everything`` (``--full-refresh``: every row comes back) and
-    ``vanished`` (the keys gone from the result come back too: the job sends deletes)."""
+    ``vanished`` (the keys gone from the result come back too: the job sends deletes).
+    ``store`` names the store's database and the fingerprints' table OID: the source
+    must be in that database, not another one of the server with tables of the same
+    names."""
 
     fingerprints: str
     meta: str
+    store: str
     job: str
     generation: int
     everything: bool = False
@@ -75,6 +79,11 @@ def sees_store(raw: Any, compare: Compare) -> bool:
         "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL", names
     ).fetchone()
     if not found or not found[0]:
+        return False
+    database = raw.execute(
+        "SELECT current_database() || '/' || to_regclass(%s)::oid::text", names[:1]
+    ).fetchone()
+    if not database or database[0] != compare.store:
         return False
     allowed = raw.execute(
         "SELECT has_table_privilege(%s, 'SELECT') AND has_table_privilege(%s, 'SELECT')",

@@ -182,6 +182,7 @@ class Differ:
         self._known_at: int | None = None  # where a compared row says its key was known
         self._changed_known = 0  # compared rows whose key was known (so they changed)
         self._returned = 0  # rows the database returned as new or changed
+        self._whole = False  # the database's result was read to its end
         self._raw: Sequence[Sequence[Any]] = ()  # the chunk last fetched
         self._indexes: list[int] = []
         self._stored: Iterator[tuple[int, bytes]] = iter(())
@@ -215,15 +216,18 @@ class Differ:
                     continue
             self._raw = raw
             yield raw
+        self._whole = True
 
     def changed(self, chunks: Iterator[Chunk], counters: Counters) -> Iterator[Chunk]:
         """The rows of ``chunks`` (from the watched stream) whose key is new or whose
         body's fingerprint differs from the stored one; chunks left empty are dropped.
         ``counters.rows_unchanged`` counts the others. When the chunks run out, the
         stored keys the merge did not reach are vanished too."""
+        taken = 0  # rows of the chunks, fewer than fetched when --limit cut the read
         try:
             for chunk in chunks:
                 raw = self._raw[: len(chunk.rows)]
+                taken += len(raw)
                 if self.compared:  # the hash the database wrote, just before the known key
                     at = self._known_at - 1  # type: ignore[operator]
                     prints = [stored_fingerprint(row[at]) for row in raw]
@@ -253,7 +257,9 @@ class Differ:
                 self._checked()
                 yield _subset(chunk, keep)
             self._checked()
-            if self.compared:  # what the database did not send: known, not gone, unchanged
+            # What the database did not send (known, not gone, unchanged), when every
+            # row it sent was taken: a --limit run did not compare the rest.
+            if self.compared and self._whole and taken == self._returned:
                 unchanged = self._unchanged()
                 counters.rows_unchanged += unchanged
                 counters.rows_read += unchanged

@@ -143,11 +143,12 @@ class _Run:
     def start_diff(self, lease: Lease | None) -> None:
         """For a diff sync: start checking for NULL or repeated keys (nothing is sent
         before it passed, see :class:`KeyCheck`), count the keys tracked and (with
-        ``lease``) take a generation to mark those seen."""
+        ``lease``) take a generation to mark those seen. The keys its key ranges
+        (``NAME#pN``) may have left are not its own: they never match its rows."""
         if self.job.source.diff is None:
             return
         self.check = KeyCheck(self.job.source, self.redactor)
-        self.known = self.store.fingerprint_count(self.job.name)
+        self.known = self.store.fingerprint_count(self.job.name, own=True)
         if lease is not None:
             self.generation = self.store.next_generation(self.job.name)
 

@@ -64,22 +64,25 @@ class FingerprintSql(SqlBase):
             ).scalar()
         return int(value) if value is not None else None
 
-    def fingerprint_tables(self) -> tuple[str, str] | None:
+    def fingerprint_tables(self) -> tuple[str, str, str] | None:
         """On PostgreSQL, the fingerprints' and the meta table's names as another
         session of the same database names them (schema-qualified, quoted), so that a
-        source there can join them (see :mod:`loader.dbdiff`); ``None`` on SQLite."""
+        source there can join them (see :mod:`loader.dbdiff`), and which database they
+        are in (its name and the fingerprints' table OID: another database of the server
+        may have tables of the same names); ``None`` on SQLite."""
         with self._transaction("locating the fingerprints") as conn:
             if conn.dialect.name != "postgresql":
                 return None
             located = sa.text(
-                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) "
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), "
+                "current_database() || '/' || c.oid::text "
                 "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE c.oid = to_regclass(:name)"
             )
-            names = [conn.execute(located, {"name": t.name}).scalar() for t in (fingerprints, meta)]
-        if names[0] is None or names[1] is None:
+            found = [conn.execute(located, {"name": t.name}).first() for t in (fingerprints, meta)]
+        if found[0] is None or found[1] is None:
             return None
-        return names[0], names[1]
+        return found[0][0], found[1][0], found[0][1]
 
     def analyze_fingerprints(self) -> None:
         """Refresh the database's statistics of the fingerprints (PostgreSQL; a role
@@ -115,15 +118,22 @@ class FingerprintSql(SqlBase):
                 )
 
     def fingerprint_count(
-        self, job: str, *, not_seen_by: int | None = None, marked: int | None = None
+        self,
+        job: str,
+        *,
+        not_seen_by: int | None = None,
+        marked: int | None = None,
+        own: bool = False,
     ) -> int:
-        """How many keys ``job`` tracks (with its key ranges, ``NAME#pN``); with
-        ``not_seen_by``, how many of ``job``'s own that generation did not see (the
-        vanished ones)."""
+        """How many keys ``job`` tracks (with its key ranges, ``NAME#pN``, unless
+        ``own``); with ``not_seen_by``, how many of ``job``'s own that generation did
+        not see (the vanished ones)."""
         table = fingerprints
         where: sa.ColumnElement[bool] = (table.c.job == job) | table.c.job.startswith(
             f"{job}#", autoescape=True
         )
+        if own:
+            where = table.c.job == job
         if marked is not None:
             where = (table.c.job == job) & (table.c.gen == marked)
         elif not_seen_by is not None:

@@ -253,10 +253,15 @@ class FingerprintStore(Protocol):
         """Mark those of ``keys`` that ``job`` tracks as seen by ``generation``."""
 
     def fingerprint_count(
-        self, job: str, *, not_seen_by: int | None = ..., marked: int | None = ...
+        self,
+        job: str,
+        *,
+        not_seen_by: int | None = ...,
+        marked: int | None = ...,
+        own: bool = ...,
     ) -> int:
         """How many keys ``job`` tracks (that ``not_seen_by`` did not see, that carry
-        the mark ``marked``)."""
+        the mark ``marked``; ``own``: not those of its key ranges)."""
 
     def vanished_keys(
         self, job: str, generation: int, page: int = ..., *, marked: bool = ...
@@ -278,9 +283,10 @@ class FingerprintStore(Protocol):
     def generation(self, job: str) -> int | None:
         """The generation of ``job``'s last run (``None`` before its first)."""
 
-    def fingerprint_tables(self) -> tuple[str, str] | None:
+    def fingerprint_tables(self) -> tuple[str, str, str] | None:
         """On PostgreSQL, the fingerprints' and the meta table's schema-qualified names
-        (for a source that can read them, see :mod:`loader.dbdiff`); else ``None``."""
+        (for a source that can read them, see :mod:`loader.dbdiff`) and the database
+        they are in; else ``None``."""
 
 
 class StateStore(

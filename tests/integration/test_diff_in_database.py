@@ -207,7 +207,9 @@ def test_the_source_must_see_the_state_store_as_it_is(
     check leaves the source's transaction usable whatever it finds."""
     run_job(job_of(schema, endpoint, stats(schema, 10)), state=pg_state)
     tables = pg_state.fingerprint_tables()
-    assert tables == (f"{schema.name}.loader_fingerprints", f"{schema.name}.loader_meta")
+    assert tables is not None
+    assert tables[:2] == (f"{schema.name}.loader_fingerprints", f"{schema.name}.loader_meta")
+    assert tables[2].startswith(f"{urlsplit(schema.url).path.lstrip('/')}/")
     generation = pg_state.generation("test_job")
     assert generation is not None
     role = f"r_{uuid.uuid4().hex[:10]}"
@@ -216,8 +218,10 @@ def test_the_source_must_see_the_state_store_as_it_is(
         assert sees_store(conn, Compare(*tables, "test_job", generation))
         assert not sees_store(conn, Compare(*tables, "test_job", generation + 1))
         assert not sees_store(conn, Compare(*tables, "other_job", generation))
-        missing = (f"{schema.name}.nothing_here", tables[1])
+        missing = (f"{schema.name}.nothing_here", *tables[1:])
         assert not sees_store(conn, Compare(*missing, "test_job", generation))
+        elsewhere = (*tables[:2], "another_database/1")
+        assert not sees_store(conn, Compare(*elsewhere, "test_job", generation))
         conn.rollback()
         conn.execute(f"CREATE ROLE {role}")
         conn.execute(f"GRANT USAGE ON SCHEMA {schema.name} TO {role}")
@@ -231,3 +235,84 @@ def test_the_source_must_see_the_state_store_as_it_is(
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
             conn.commit()
+
+
+def test_limit_counts_only_the_rows_taken_when_the_database_compares(
+    schema: Schema, endpoint: Endpoint, pg_state: SqlStateStore
+) -> None:
+    """--limit stops the read after so many changed rows: the rows the database left
+    out are not counted read or unchanged (it did not get to compare the rest)."""
+    job = job_of(schema, endpoint, stats(schema, 300))
+    run_job(job, state=pg_state)
+    schema.execute("UPDATE customer_stats SET plan = 'gold' WHERE user_id IN (4, 5, 6, 7)")
+    schema.execute("DELETE FROM customer_stats WHERE user_id = 9")
+    endpoint.requests.clear()
+    limited = run_job(job, state=pg_state, limit=2)
+    assert len(posted(endpoint)) == 2 and deleted(endpoint) == []
+    assert (limited.rows_read, limited.rows_posted, limited.rows_unchanged) == (2, 2, 0)
+    dry = run_job(job, state=pg_state, limit=1, dry_run=True)
+    assert (dry.rows_read, dry.rows_unchanged, dry.rows_deleted) == (1, 0, 0)
+    rest = run_job(job, state=pg_state)
+    assert (rest.rows_read, rest.rows_posted, rest.rows_unchanged) == (299, 2, 297)
+
+
+@pytest.fixture
+def other_database(schema: Schema) -> Iterator[str]:
+    """A second database on the same server with a schema named as the test's: a
+    state store URL there (its tables have the same qualified names as the test's)."""
+    name = f"d_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(schema.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    parts = urlsplit(schema.url)
+    url = urlunsplit(parts._replace(path=f"/{name}"))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema.name}")
+    yield urlunsplit(urlsplit(schema.scoped_url)._replace(path=f"/{name}"))
+    with psycopg.connect(schema.url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_a_state_store_in_another_database_is_never_joined_by_name(
+    schema: Schema, endpoint: Endpoint, pg_state: SqlStateStore, other_database: str
+) -> None:
+    """Two state stores on one server, one in the source's database and one in another
+    database, with the same schema and table names and the same job at the same
+    generation: the job run with the other store must not compare with the fingerprints
+    of the store in the source's database (they say nothing of what its endpoint got)."""
+    job = job_of(schema, endpoint, stats(schema, 50))
+    assert run_job(job, state=pg_state).rows_posted == 50
+    endpoint.requests.clear()
+    apart = open_state(other_database)
+    try:
+        first = run_job(job, state=apart)
+    finally:
+        apart.close()
+    assert sorted(posted(endpoint)) == list(range(1, 51))
+    assert (first.rows_posted, first.rows_unchanged) == (50, 0)
+
+
+def test_a_job_no_longer_partitioned_counts_only_its_own_keys(
+    schema: Schema, endpoint: Endpoint, pg_state: SqlStateStore, isolated_state: str
+) -> None:
+    """The keys its key ranges (``NAME#pN``) left in the store are not the job's own:
+    once the job is no longer partitioned, its runs count only its own keys as known,
+    whichever side compares (the database with ``pg_state``, loader with SQLite)."""
+    query = stats(schema, 200)
+    source = {
+        "partition": {"column": "user_id", "count": 2},
+        "diff": {"key": "user_id", "deletes": {"url": endpoint.url + "/users/{user_id}"}},
+    }
+    parted = build_job(make_job(schema, endpoint.url + "/import", query, source=source))
+    plain = job_of(schema, endpoint, query)
+    sqlite = open_state(isolated_state)
+    try:
+        for store in (pg_state, sqlite):
+            assert run_job(parted, state=store).rows_posted == 200
+            endpoint.requests.clear()
+            result = run_job(plain, state=store)
+            assert sorted(posted(endpoint)) == list(range(1, 201)) and deleted(endpoint) == []
+            assert (result.rows_read, result.rows_posted, result.rows_unchanged,
+                    result.rows_deleted) == (200, 200, 0, 0)  # fmt: skip
+            endpoint.requests.clear()
+    finally:
+        sqlite.close()
