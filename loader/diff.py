@@ -292,8 +292,12 @@ class Differ:
             check.passed()
 
     def _compared(self, raw: Sequence[Sequence[Any]]) -> tuple[list[int], Callable[[int], str]]:
-        """Rows the database compared: all changed or new (``--full-refresh``: all)."""
+        """Rows the database compared: all changed or new (``--full-refresh``: all). A
+        NULL key (which the key check saw none of: the data changed since) stops the run."""
         at = self._indexes[0]
+        if any(row[at] is None for row in raw):
+            self._checked()
+            raise QueryError(f"source.diff.key: a row has a NULL key ({self.diff.key[0]})")
         return list(range(len(raw))), [f"[{row[at]}]" for row in raw].__getitem__
 
     def _look_up(

@@ -210,8 +210,18 @@ class FingerprintSql(SqlBase):
                 cursor.close()
 
     def mark_vanished(self, job: str, keys: Sequence[str], mark: int) -> None:
-        """Mark ``keys`` of ``job`` as vanished with ``mark`` (a run's own number)."""
-        self.mark_seen(job, keys, mark)
+        """Mark ``keys`` of ``job`` as vanished with ``mark`` (minus the run's
+        generation), except those the run itself recorded as sent (its generation):
+        whichever comes first, a key the run sent is never deleted by it."""
+        table = fingerprints
+        with self._transaction("marking keys vanished") as conn:
+            for start in range(0, len(keys), _PIECE):
+                piece = keys[start : start + _PIECE]
+                conn.execute(
+                    sa.update(table)
+                    .where((table.c.job == job) & table.c.key.in_(piece) & (table.c.gen != -mark))
+                    .values(gen=mark)
+                )
 
     def forget_fingerprints(self, job: str) -> int:
         """Forget every key of ``job`` and of its key ranges: the next run sends every

@@ -231,6 +231,22 @@ def test_null_and_duplicate_keys_refused_before_sending(
     assert endpoint.requests == []
 
 
+def test_a_key_the_run_recorded_as_sent_is_never_marked_vanished_by_it(
+    schema: Schema, endpoint: Endpoint, state: SqlStateStore
+) -> None:
+    """Marking vanished keys skips those the same run recorded as acknowledged (its
+    generation), whichever of the two comes first: a run never deletes what it sent."""
+    job = diff_job(schema, endpoint, stats(schema, 5))
+    run_job(job, state=state)
+    generation = state.generation("test_job")
+    assert generation is not None
+    state.mark_vanished("test_job", ["[1]", "[2]"], -generation)
+    assert list(state.vanished_keys("test_job", -generation, marked=True)) == []
+    state.mark_vanished("test_job", ["[1]", "[2]"], -(generation + 1))
+    assert list(state.vanished_keys("test_job", -(generation + 1), marked=True)) == [
+        ["[1]", "[2]"]]  # fmt: skip
+
+
 def test_full_refresh_sends_every_row_and_rewrites_fingerprints(
     schema: Schema, endpoint: Endpoint, state: SqlStateStore
 ) -> None:

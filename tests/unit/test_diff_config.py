@@ -71,3 +71,17 @@ def test_bad_diff_sections_name_the_key(extra: str, message: str) -> None:
     """Each mistake in source.diff is reported with the file, line and key path."""
     found = problems(extra)
     assert any(message in problem and "jobs/x.yml:" in problem for problem in found), found
+
+
+def test_a_null_key_the_database_returns_stops_the_run() -> None:
+    """A NULL key among the rows the database compared (the key check, run before, saw
+    none: the data changed since) stops the run, naming the key column."""
+    from loader.diff import Differ
+    from loader.diffconfig import Diff
+    from loader.errors import QueryError
+
+    differ = Differ(Diff(key="user_id"), store=None, job="j")  # type: ignore[arg-type]
+    differ._indexes = [1]
+    assert differ._compared([(b"{}", 7)])[1](0) == "[7]"
+    with pytest.raises(QueryError, match=r"NULL key \(user_id\)"):
+        differ._compared([(b"{}", 7), (b"{}", None)])
