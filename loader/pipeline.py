@@ -9,6 +9,7 @@ different URLs go concurrently.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import queue
 import threading
@@ -97,6 +98,8 @@ class Pipeline:
         self.signal = AnyEvent(stop, self.halt, lost)
         self.concurrency = concurrency
         self.window = threading.Semaphore(concurrency)
+        self.finished: dict[int, tuple[Batch, Rejected]] = {}  # delivered, not committed
+        self.next_seq = 1  # the next batch to commit
         self.todo: queue.Queue[_Item | None] = queue.Queue()
         self.last_to: dict[str, threading.Event] = {}  # per URL, its latest request's end
         self.done: queue.Queue[Any] = queue.Queue()
@@ -114,27 +117,23 @@ class Pipeline:
         threads = self._start(produced)
         error: BaseException | None = None
         lost: ConnectionLostError | None = None
-        finished: dict[int, tuple[Batch, Rejected]] = {}
-        next_seq, running = 1, len(threads)
+        running = len(threads)
         try:
             while running:
-                item = self.done.get()
-                if item is _DONE:
-                    running -= 1
-                    continue
-                if isinstance(item, _SourceLost):
-                    lost = item.error
-                    continue
-                if isinstance(item, BaseException):
-                    error = error or item
-                    self.halt.set()
-                    continue
-                finished[item[0].seq] = item
-                group = []
-                while next_seq in finished:
-                    group.append(finished.pop(next_seq))
-                    next_seq += 1
-                error = self._commit(group, error)
+                # Everything finished meanwhile goes into one commit: when committing is
+                # the slow part, groups grow (up to the window) instead of queueing.
+                for item in self._finished():
+                    if item is _DONE:
+                        running -= 1
+                    elif isinstance(item, _SourceLost):
+                        lost = item.error
+                    elif isinstance(item, BaseException):
+                        error = self._commit(self._in_order(), error)  # what came before it
+                        error = error or item
+                        self.halt.set()
+                    else:
+                        self.finished[item[0].seq] = item
+                error = self._commit(self._in_order(), error)
         finally:
             self.halt.set()
             for thread in threads:
@@ -144,6 +143,23 @@ class Pipeline:
         if lost is not None and not self.interrupted:
             raise lost
         return self.interrupted
+
+    def _in_order(self) -> list[tuple[Batch, Rejected]]:
+        """The finished batches that follow the last one committed, in read order."""
+        group = []
+        while self.next_seq in self.finished:
+            group.append(self.finished.pop(self.next_seq))
+            self.next_seq += 1
+        return group
+
+    def _finished(self) -> list[Any]:
+        """What the threads reported: at least one item (waiting for it), then every
+        other one already there."""
+        items = [self.done.get()]
+        with contextlib.suppress(queue.Empty):
+            while True:
+                items.append(self.done.get_nowait())
+        return items
 
     def _start(self, produced: Iterator[tuple[Batch, str]]) -> list[threading.Thread]:
         # Each thread runs in a copy of this context, so its log lines carry the run id.
