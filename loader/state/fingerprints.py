@@ -107,15 +107,17 @@ class FingerprintSql(SqlBase):
     def mark_seen(self, job: str, keys: Sequence[str], generation: int) -> None:
         """Mark those of ``keys`` that ``job`` tracks as seen by ``generation`` (the
         keys it does not mark are the vanished ones)."""
+        self._mark(job, keys, generation, "marking keys seen")
+
+    def _mark(self, job: str, keys: Sequence[str], gen: int, doing: str, spare: int = 0) -> None:
+        """Set ``gen`` on those of ``keys`` that ``job`` tracks, but on the ones whose
+        generation is ``spare`` (``0``: no run's)."""
         table = fingerprints
-        with self._transaction("marking keys seen") as conn:
+        with self._transaction(doing) as conn:
             for start in range(0, len(keys), _PIECE):
                 piece = keys[start : start + _PIECE]
-                conn.execute(
-                    sa.update(table)
-                    .where((table.c.job == job) & table.c.key.in_(piece))
-                    .values(gen=generation)
-                )
+                where = (table.c.job == job) & table.c.key.in_(piece) & (table.c.gen != spare)
+                conn.execute(sa.update(table).where(where).values(gen=gen))
 
     def fingerprint_count(
         self,
@@ -213,15 +215,7 @@ class FingerprintSql(SqlBase):
         """Mark ``keys`` of ``job`` as vanished with ``mark`` (minus the run's
         generation), except those the run itself recorded as sent (its generation):
         whichever comes first, a key the run sent is never deleted by it."""
-        table = fingerprints
-        with self._transaction("marking keys vanished") as conn:
-            for start in range(0, len(keys), _PIECE):
-                piece = keys[start : start + _PIECE]
-                conn.execute(
-                    sa.update(table)
-                    .where((table.c.job == job) & table.c.key.in_(piece) & (table.c.gen != -mark))
-                    .values(gen=mark)
-                )
+        self._mark(job, keys, mark, "marking keys vanished", spare=-mark)
 
     def forget_fingerprints(self, job: str) -> int:
         """Forget every key of ``job`` and of its key ranges: the next run sends every
