@@ -1,7 +1,7 @@
 """Diff syncs against full runs of the same job, on the same table and endpoint.
 
     python -m bench.diff --rows 1000000 [--repeat 3] [--state sqlite|postgres|postgres-apart]
-                         [--deletes]
+                         [--deletes] [--text-key]
 
 Copies the benchmark table (``bench.generate``) into ``loader_bench_diff_<N>``, primes
 the diff job's fingerprints with one run, then runs pairs: the job without diff
@@ -41,11 +41,13 @@ def copy_table(url: str, rows: int) -> str:
 
 
 def job_file(db: str, table: str, target: str, args: argparse.Namespace, diff: bool) -> Path:
-    deletes = f", deletes: {{url: '{target}/{{id}}'}}" if args.deletes else ""
-    spec = f"  diff: {{key: id{deletes}}}\n" if diff else ""
+    key = "tkey" if args.text_key else "id"
+    deletes = f", deletes: {{url: '{target}/{{{key}}}'}}" if args.deletes else ""
+    spec = f"  diff: {{key: {key}{deletes}}}\n" if diff else ""
+    columns = f"{COLUMNS}, 'user-' || id AS tkey" if args.text_key else COLUMNS
     text = (
         f"name: bench_{'diff' if diff else 'full'}_{table}\n"
-        f"source:\n  url: {db}\n  query: SELECT {COLUMNS} FROM {table}\n{spec}"
+        f"source:\n  url: {db}\n  query: SELECT {columns} FROM {table}\n{spec}"
         f"target:\n  url: {target}\n"
         f"batch:\n  size: {args.batch}\n"
         f"concurrency: {args.concurrency}\n"
@@ -96,6 +98,9 @@ def main() -> None:
     parser.add_argument("--only-diff", action="store_true", help="prime and one unchanged run")
     parser.add_argument(
         "--deletes", action="store_true", help="the diff job sends deletes (none are due)"
+    )
+    parser.add_argument(
+        "--text-key", action="store_true", help="key on a text column ('user-' || id)"
     )
     args = parser.parse_args()
 

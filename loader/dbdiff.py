@@ -33,6 +33,9 @@ __all__ = ["Compare", "compared_query", "key_ordered", "sees_store", "stored_fin
 
 # Key types the join and the stored integer key (``ikey``, a BIGINT) agree on.
 _INTEGER_KEYS = {"int2", "int4", "int8"}
+# Key types whose JSON is the same from loader's encoding and from jsonb_build_array
+# (char(n), whose padding the two may treat apart, is left to loader).
+_TEXT_KEYS = {"text", "varchar"}
 
 
 @dataclass(frozen=True)
@@ -101,39 +104,54 @@ def compared_query(
     sql: str, width: int, key_index: int, described: Described, config: jobmodel.Source,
     compare: Compare,
 ) -> str | None:  # fmt: skip
-    """The fast query ``sql`` (``width`` columns: the JSON first, the diff key at
-    ``key_index``, the JSON's hash last) joined with the stored fingerprints: its new and
-    changed rows, each followed by its stored key when it had one (``loader_known``),
-    then (with ``compare.vanished``) a row per stored key the result lacks (NULL but for
-    ``loader_known``, which holds the key). ``None`` when the key is not a single
-    integer column. Binds ``:loader_diff_job``.
+    """The fast query ``sql`` (``width`` columns: the JSON first, the diff key's columns
+    ending at ``key_index``, the JSON's hash last) joined with the stored fingerprints:
+    its new and changed rows, each followed by its stored key when it had one
+    (``loader_known``, the key as stored), then (with ``compare.vanished``) a row per
+    stored key the result lacks (NULL but for ``loader_known``). ``None`` when a key
+    column is of a type other than an integer or text. Binds ``:loader_diff_job``.
 
     Two parts of one statement (one snapshot): a left join, which PostgreSQL runs in
-    parallel workers where the JSON is written, and an anti-join on the key column
+    parallel workers where the JSON is written, and an anti-join on the key columns
     alone for the vanished keys (a full join would run in one process). Without deletes
-    the second part is left out: the key check counts the result's rows."""
+    the second part is left out: the key check counts the result's rows.
+
+    A single integer key joins on the stored integer (``ikey``); other keys on the
+    stored key (a JSON array) read as ``jsonb``, equal to the array of the row's key
+    columns whatever the spacing: integers and strings are written alike by both."""
     diff = config.diff
-    if diff is None or len(diff.key) != 1:
+    if diff is None:
         return None
-    if POSTGRES_TYPES.get(described.types.get(diff.key[0], 0)) not in _INTEGER_KEYS:
+    types = [POSTGRES_TYPES.get(described.types.get(name, 0)) for name in diff.key]
+    if not all(kind in _INTEGER_KEYS or kind in _TEXT_KEYS for kind in types):
         return None
+    first = key_index - len(diff.key) + 1
+    if len(diff.key) == 1 and types[0] in _INTEGER_KEYS:
+        stored, on = "ikey AS k", f"f.k = d.c{key_index}"
+        gone = f'k."{diff.key[0]}" = f.k'
+        where = " AND ikey IS NOT NULL"
+    else:
+        columns = [f"d.c{first + i}" for i in range(len(diff.key))]
+        stored, on = "key::jsonb AS k", f"f.k = jsonb_build_array({', '.join(columns)})"
+        keys = ", ".join(f'k."{name}"' for name in diff.key)
+        gone = f"f.k = jsonb_build_array({keys})"
+        where = ""
+    fingerprints = f"{compare.fingerprints} WHERE job = :loader_diff_job{where}"
     names = ", ".join(f"c{i}" for i in range(width))
-    stored = f"{compare.fingerprints} WHERE job = :loader_diff_job AND ikey IS NOT NULL"
     changed = "" if compare.everything else (
         f"\nWHERE f.fp IS DISTINCT FROM int8send(d.c{width - 1})"
     )  # fmt: skip
     joined = (
-        f"SELECT d.*, f.ikey AS loader_known\nFROM (\n{sql}\n) AS d({names})\n"
-        f"LEFT JOIN (SELECT ikey, fp FROM {stored}) AS f ON f.ikey = d.c{key_index}{changed}"
+        f"SELECT d.*, f.key AS loader_known\nFROM (\n{sql}\n) AS d({names})\n"
+        f"LEFT JOIN (SELECT key, {stored}, fp FROM {fingerprints}) AS f ON {on}{changed}"
     )
     if not compare.vanished:
         return joined
     nulls = ", ".join("NULL" for _ in range(width))
     return (
         f"{joined}\nUNION ALL\n"
-        f"SELECT {nulls}, f.ikey FROM {stored.replace(' WHERE ', ' AS f WHERE ')}\n"
-        f"AND NOT EXISTS (SELECT 1 FROM (\n{inner_query(config)}\n) AS k "
-        f'WHERE k."{diff.key[0]}" = f.ikey)'
+        f"SELECT {nulls}, f.key FROM (SELECT key, {stored} FROM {fingerprints}) AS f\n"
+        f"WHERE NOT EXISTS (SELECT 1 FROM (\n{inner_query(config)}\n) AS k WHERE {gone})"
     )
 
 

@@ -208,7 +208,7 @@ class Differ:
                 # A stored key the result lacks comes as a row without JSON.
                 gone = [row[known_at] for row in raw if row[0] is None]
                 if gone:
-                    self._passed(gone)
+                    self._vanished(gone)
                     raw = [row for row in raw if row[0] is not None]
                 self._changed_known += sum(row[known_at] is not None for row in raw)
                 self._returned += len(raw)
@@ -294,11 +294,12 @@ class Differ:
     def _compared(self, raw: Sequence[Sequence[Any]]) -> tuple[list[int], Callable[[int], str]]:
         """Rows the database compared: all changed or new (``--full-refresh``: all). A
         NULL key (which the key check saw none of: the data changed since) stops the run."""
-        at = self._indexes[0]
-        if any(row[at] is None for row in raw):
+        keys = [[row[i] for i in self._indexes] for row in raw]
+        if any(None in key for key in keys):
             self._checked()
-            raise QueryError(f"source.diff.key: a row has a NULL key ({self.diff.key[0]})")
-        return list(range(len(raw))), [f"[{row[at]}]" for row in raw].__getitem__
+            names = ", ".join(self.diff.key)
+            raise QueryError(f"source.diff.key: a row has a NULL key ({names})")
+        return list(range(len(raw))), list(map(key_text, keys)).__getitem__
 
     def _look_up(
         self, raw: Sequence[Sequence[Any]], prints: list[bytes]
@@ -355,10 +356,14 @@ class Differ:
         return keep, lambda i: f"[{values[i]}]"
 
     def _passed(self, keys: list[int]) -> None:
-        """Count ``keys`` vanished, and mark them so (not on a dry run)."""
+        """Count the integer ``keys`` vanished, and mark them so (not on a dry run)."""
+        self._vanished([f"[{key}]" for key in keys])
+
+    def _vanished(self, keys: list[str]) -> None:
+        """Count ``keys`` (as stored) vanished, and mark them so (not on a dry run)."""
         self.vanished += len(keys)
         if keys and self.mark is not None:
-            self.store.mark_vanished(self.job, [f"[{key}]" for key in keys], self.mark)
+            self.store.mark_vanished(self.job, keys, self.mark)
 
     def acknowledged(self, group: Sequence[tuple[Batch, Rejected]]) -> list[tuple[str, bytes]]:
         """The ``(key, fingerprint)`` of each delivered row of ``group`` (acknowledged,

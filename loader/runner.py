@@ -153,11 +153,11 @@ class _Run:
             self.generation = self.store.next_generation(self.job.name)
 
     def compare(self, lease: Lease | None) -> Compare | None:
-        """What lets the database compare a diff sync with a single key when the state
-        store is on PostgreSQL (see :mod:`loader.dbdiff`); the source checks that it
-        sees the store, and that it writes the rows' JSON."""
+        """What lets the database compare a diff sync when the state store is on
+        PostgreSQL (see :mod:`loader.dbdiff`); the source checks that it sees the store,
+        that it writes the rows' JSON and the key columns' types."""
         diff = self.job.source.diff
-        if diff is None or len(diff.key) != 1:
+        if diff is None:
             return None
         tables = self.store.fingerprint_tables()
         generation = self.generation if lease is not None else self.store.generation(self.job.name)

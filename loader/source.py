@@ -273,6 +273,8 @@ def _open_fast(
         joined = compared_query(sql, width, cursor_count + len(values), described, config, compare)
         if joined is not None and sees_store(raw, compare):
             sql, known, extra = joined, width, {**extra, "loader_diff_job": compare.job}
+            # A hash join: a merge join sorts every stored key, in each worker.
+            raw.execute("SET LOCAL enable_mergejoin = off")
         else:
             return _open_fast(connection, key_ordered(config), position, decimals, described,
                               where, redactor, omit, values, None)  # fmt: skip
