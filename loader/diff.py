@@ -144,8 +144,11 @@ class Differ:
     row on, so that their fingerprints are rewritten. The stream must carry the key
     columns as its last ``values`` (see :func:`loader.source.open_stream`).
 
-    Two ways to compare, chosen at the first chunk. With ``ordered`` (the query wrapped
-    by :func:`ordered_source`) and a single integer key, a merge: the stored
+    When the database compared (the stream has a ``known_index``, see
+    :mod:`loader.dbdiff`), every row read is new or changed, carrying its hash; the
+    stored keys the result lacks come as rows without JSON, and are marked vanished.
+    Otherwise, two ways to compare, chosen at the first chunk. With ``ordered`` (the query wrapped
+    by :func:`loader.dbdiff.key_ordered`) and a single integer key, a merge: the stored
     fingerprints are read in key order alongside the rows, and the stored keys passed
     over are the vanished ones, marked with ``mark`` (``None``: a dry run, which only
     counts them). Otherwise, a look-up of each chunk's keys, which depends on no order.
