@@ -31,6 +31,18 @@ def compared_by(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.fields["by"] for r in caplog.records if getattr(r, "event", None) == "diff.compare"]
 
 
+def run_compared(
+    job: Any, state: SqlStateStore, endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> Any:
+    """Run ``job`` again, the requests so far forgotten; check that the database compared."""
+    endpoint.requests.clear()
+    caplog.clear()
+    with caplog.at_level("DEBUG", logger="loader"):
+        result = run_job(job, state=state)
+    assert compared_by(caplog) == ["database"]
+    return result
+
+
 def job_of(schema: Schema, endpoint: Endpoint, query: str, **sections: Any) -> Any:
     deletes = {"url": endpoint.url + "/users/{user_id}"}
     source = sections.pop("source", {"diff": {"key": "user_id", "deletes": deletes}})
@@ -61,11 +73,7 @@ def test_unchanged_rows_stay_in_the_database(
         "INSERT INTO customer_stats SELECT g, 'new', 0 FROM generate_series(3001, 3004) g"
     )
     schema.execute("DELETE FROM customer_stats WHERE user_id IN (50, 51, 1999)")
-    endpoint.requests.clear()
-    caplog.clear()
-    with caplog.at_level("DEBUG", logger="loader"):
-        result = run_job(job, state=pg_state)
-    assert compared_by(caplog) == ["database"]
+    result = run_compared(job, pg_state, endpoint, caplog)
     changed = [i for i in range(1, 2001) if i % 100 == 3]
     assert sorted(posted(endpoint)) == changed + [3001, 3002, 3003, 3004]
     assert sorted(deleted(endpoint)) == [50, 51, 1999]
@@ -88,10 +96,7 @@ def test_without_deletes_the_counts_come_from_the_key_check(
     schema.execute("UPDATE customer_stats SET plan = 'x' WHERE user_id IN (1, 500)")
     schema.execute("DELETE FROM customer_stats WHERE user_id BETWEEN 10 AND 19")
     schema.execute("INSERT INTO customer_stats VALUES (2000, 'new', 1)")
-    endpoint.requests.clear()
-    with caplog.at_level("DEBUG", logger="loader"):
-        result = run_job(job, state=pg_state)
-    assert compared_by(caplog) == ["database"]
+    result = run_compared(job, pg_state, endpoint, caplog)
     assert sorted(posted(endpoint)) == [1, 500, 2000] and deleted(endpoint) == []
     assert (result.rows_read, result.rows_posted, result.rows_unchanged) == (991, 3, 988)
     assert pg_state.fingerprint_count("test_job") == 1001  # the vanished keys stay known
@@ -108,10 +113,7 @@ def test_per_row_requests_with_omitted_columns_when_the_database_compares(
     run_job(job, state=pg_state)
     schema.execute("UPDATE customer_stats SET orders = 0 WHERE user_id < 10")  # omitted
     schema.execute("UPDATE customer_stats SET plan = 'vip' WHERE user_id = 20")
-    endpoint.requests.clear()
-    with caplog.at_level("DEBUG", logger="loader"):
-        result = run_job(job, state=pg_state)
-    assert compared_by(caplog) == ["database"]
+    result = run_compared(job, pg_state, endpoint, caplog)
     assert [(r.path, r.json()) for r in endpoint.requests] == [
         ("/import/20", {"user_id": 20, "plan": "vip"})]  # fmt: skip
     assert (result.rows_posted, result.rows_unchanged) == (1, 49)
@@ -208,10 +210,7 @@ def test_text_and_composite_keys_are_compared_by_the_database(
     schema.execute("UPDATE accounts SET score = -score WHERE score % 50 = 0")
     schema.execute("INSERT INTO accounts VALUES (1, 'new ünïcode', 1000)")
     schema.execute("DELETE FROM accounts WHERE score IN (7, 15)")
-    endpoint.requests.clear()
-    with caplog.at_level("DEBUG", logger="loader"):
-        result = run_job(job, state=pg_state)
-    assert compared_by(caplog) == ["database"]
+    result = run_compared(job, pg_state, endpoint, caplog)
     sent = sorted(row["score"] for row in endpoint.rows("/import"))
     assert sent == [-300, -250, -200, -150, -100, -50, 1000]
     gone = sorted(r.json()["name"] for r in endpoint.requests if r.path.startswith("/acc/"))
