@@ -183,6 +183,7 @@ class Differ:
         self.compared = False  # the database compared (see loader.dbdiff)
         self.known = known  # keys tracked when the run started
         self._known_at: int | None = None  # where a compared row says its key was known
+        self._hash_at = 0  # where a compared row has the hash of its JSON (just before)
         self._changed_known = 0  # compared rows whose key was known (so they changed)
         self._returned = 0  # rows the database returned as new or changed
         self._whole = False  # the database's result was read to its end
@@ -201,7 +202,7 @@ class Differ:
         self._indexes = list(stream.value_indexes[-len(self.diff.key) :])
         if stream.known_index is not None:  # only new and changed rows, then the vanished
             self.compared, self.merged = True, True
-            self._known_at = stream.known_index
+            self._known_at, self._hash_at = stream.known_index, stream.known_index - 1
         return replace(stream, chunks=self._kept(stream.chunks))
 
     def _kept(self, chunks: Iterator[Any]) -> Iterator[Any]:
@@ -231,9 +232,8 @@ class Differ:
             for chunk in chunks:
                 raw = self._raw[: len(chunk.rows)]
                 taken += len(raw)
-                if self.compared:  # the hash the database wrote, just before the known key
-                    at = self._known_at - 1  # type: ignore[operator]
-                    prints = [stored_fingerprint(row[at]) for row in raw]
+                if self.compared:  # the hash the database wrote
+                    prints = [stored_fingerprint(row[self._hash_at]) for row in raw]
                 else:
                     prints = list(map(fingerprint, chunk.rows))
                 if self.merged is None:
@@ -260,12 +260,13 @@ class Differ:
                 self._checked()
                 yield _subset(chunk, keep)
             self._checked()
-            # What the database did not send (known, not gone, unchanged), when every
-            # row it sent was taken: a --limit run did not compare the rest.
-            if self.compared and self._whole and taken == self._returned:
-                unchanged = self._unchanged()
-                counters.rows_unchanged += unchanged
-                counters.rows_read += unchanged
+            if self.compared:
+                # What the database did not send (known, not gone, unchanged), when every
+                # row it sent was taken: a --limit run did not compare the rest.
+                if self._whole and taken == self._returned:
+                    unchanged = self._unchanged()
+                    counters.rows_unchanged += unchanged
+                    counters.rows_read += unchanged
             elif self.merged:  # the stored keys after the last row
                 while self._next is not None:
                     page = [self._next[0]]

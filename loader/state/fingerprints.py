@@ -48,9 +48,9 @@ class FingerprintSql(SqlBase):
         """A number for the run of ``job`` about to read, higher than any before."""
         key = f"diffgen:{job}"
         with self._transaction("starting a diff generation") as conn:
-            value = conn.execute(sa.select(meta.c.value).where(meta.c.key == key)).scalar()
-            generation = int(value) + 1 if value is not None else 1
-            if value is None:
+            last = _generation(conn, job)
+            generation = last + 1 if last is not None else 1
+            if last is None:
                 conn.execute(sa.insert(meta).values(key=key, value=str(generation)))
             else:
                 conn.execute(sa.update(meta).where(meta.c.key == key).values(value=str(generation)))
@@ -59,10 +59,7 @@ class FingerprintSql(SqlBase):
     def generation(self, job: str) -> int | None:
         """The generation of ``job``'s last run (``None`` before its first)."""
         with self._transaction("reading the diff generation") as conn:
-            value = conn.execute(
-                sa.select(meta.c.value).where(meta.c.key == f"diffgen:{job}")
-            ).scalar()
-        return int(value) if value is not None else None
+            return _generation(conn, job)
 
     def fingerprint_tables(self) -> tuple[str, str, str] | None:
         """On PostgreSQL, the fingerprints' and the meta table's names as another
@@ -262,6 +259,12 @@ def save_fingerprints(
         )
     finally:
         cursor.close()
+
+
+def _generation(conn: sa.Connection, job: str) -> int | None:
+    """The generation of ``job``'s last run, as stored in ``loader_meta``."""
+    value = conn.execute(sa.select(meta.c.value).where(meta.c.key == f"diffgen:{job}")).scalar()
+    return int(value) if value is not None else None
 
 
 def _integer(key: str) -> int | None:
