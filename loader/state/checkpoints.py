@@ -25,7 +25,6 @@ from loader.state.fingerprints import (
     FingerprintSql,
     drop_fingerprints,
     drop_job_fingerprints,
-    save_fingerprints,
 )
 from loader.state.records import (
     Checkpoint,
@@ -97,7 +96,7 @@ class CheckpointSql(CutSql, FingerprintSql):
                 _save_checkpoint(conn, lease.job, fingerprint, position, run_id, now)
             drop_cuts(conn, lease.job, cuts)
             if diffed is not None:
-                save_fingerprints(conn, lease.job, diffed[1], diffed[0])
+                self._save_fingerprints(conn, lease.job, diffed[1], diffed[0])
                 drop_fingerprints(conn, lease.job, diffed[2])
             if counts:
                 save_counts(conn, run_id, counts)

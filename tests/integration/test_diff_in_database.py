@@ -380,3 +380,57 @@ def test_a_job_no_longer_partitioned_counts_only_its_own_keys(
             endpoint.requests.clear()
     finally:
         sqlite.close()
+
+
+def fingerprint_writes(store: SqlStateStore) -> list[str]:
+    """Every statement ``store`` runs that writes ``loader_fingerprints`` from a JSON
+    document (the saves), from now on, in order."""
+    import sqlalchemy as sa
+
+    writes: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO loader_fingerprints") and "json_to" in statement:
+            writes.append(statement)
+
+    sa.event.listen(store._engine, "before_cursor_execute", seen)
+    return writes
+
+
+def test_a_first_run_inserts_its_fingerprints_without_the_conflict_check(
+    schema: Schema, endpoint: Endpoint, pg_state: SqlStateStore
+) -> None:
+    """A job's first run has no key stored: its fingerprints are inserted without ON
+    CONFLICT (a quarter of the database's time on a first run). Later runs upsert."""
+    job = job_of(schema, endpoint, stats(schema, 500))
+    writes = fingerprint_writes(pg_state)
+    run_job(job, state=pg_state)
+    assert len(writes) >= 1 and not any("ON CONFLICT" in w for w in writes)
+    assert pg_state.fingerprint_count("test_job") == 500
+    schema.execute("UPDATE customer_stats SET orders = -1 WHERE user_id IN (7, 8)")
+    writes.clear()
+    endpoint.requests.clear()
+    run_job(job, state=pg_state)
+    assert sorted(posted(endpoint)) == [7, 8]
+    assert len(writes) == 1 and "ON CONFLICT" in writes[0]
+
+
+def test_a_fresh_run_finding_a_key_stored_after_all_upserts_it(pg_state: SqlStateStore) -> None:
+    """If a first run records a key twice (it read the row twice), the insert of the
+    second group is undone and upserted instead: the last fingerprint wins, the
+    transaction goes on, and the rest of the run upserts without trying to insert."""
+    generation = pg_state.next_generation("twice")
+    writes = fingerprint_writes(pg_state)
+    for fingerprint, keys in ((b"1" * 8, ["[1]", "[2]"]), (b"2" * 8, ["[2]", "[3]"])):
+        lease = pg_state.acquire("twice", "test")
+        pg_state.record_batch(lease, "run-1", fingerprint="f", position=None,
+                              diffed=(generation, [(k, fingerprint) for k in keys], ()))  # fmt: skip
+        pg_state.release(lease)
+    assert pg_state.seen_fingerprints("twice", ["[1]", "[2]", "[3]"]) == {
+        "[1]": b"1" * 8, "[2]": b"2" * 8, "[3]": b"2" * 8}  # fmt: skip
+    assert ["ON CONFLICT" in w for w in writes] == [False, False, True]
+    lease = pg_state.acquire("twice", "test")
+    pg_state.record_batch(lease, "run-1", fingerprint="f", position=None,
+                          diffed=(generation, [("[4]", b"3" * 8)], ()))  # fmt: skip
+    assert ["ON CONFLICT" in w for w in writes] == [False, False, True, True]
+    assert pg_state.fingerprint_count("twice") == 4
