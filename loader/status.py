@@ -18,7 +18,7 @@ from loader.executors import queued_runs
 from loader.job import Job
 from loader.jobfile import find_job_files, load_job
 from loader.monitor import cursor_lag
-from loader.state import StateStore, open_state
+from loader.state import RunRecord, StateStore, open_state
 from loader.units import when
 
 if TYPE_CHECKING:
@@ -30,13 +30,14 @@ class StatusReport:
     """One row per job file, in file order, and whether the queue was consulted.
 
     A job's row has ``job``, ``file``, ``schedule``, ``timezone``, ``last_run`` (local
-    ISO time), ``status``, ``rows_posted``, ``error`` (redacted), ``cursor_lag_seconds``,
+    ISO time), ``status``, ``lock_lapsed_at`` (for a run still recorded as running whose
+    lock lapsed: when), ``rows_posted``, ``error`` (redacted), ``cursor_lag_seconds``,
     ``next_run``, ``dead_letters`` and, when ``queue`` is true, ``queued`` and
     ``running``; each is ``None`` when unknown. Asked for ``recent`` runs, a row also has
     ``runs``: the newest first, each with ``run_id``, ``started``, ``status``,
-    ``rows_posted``, ``rows_rejected``, ``seconds`` and ``error`` (redacted). A bad job
-    file's row has ``job`` (the file's stem), ``file`` and ``problem`` (the first of its
-    problems)."""
+    ``lock_lapsed_at``, ``rows_posted``, ``rows_rejected``, ``seconds`` and ``error``
+    (redacted). A bad job file's row has ``job`` (the file's stem), ``file`` and
+    ``problem`` (the first of its problems)."""
 
     jobs: list[dict[str, Any]]
     queue: bool
@@ -86,6 +87,7 @@ def _job_row(
         "timezone": job.timezone,
         "last_run": when(last.started_at) if last else None,
         "status": last.status if last else None,
+        "lock_lapsed_at": lapsed(last),
         "rows_posted": last.rows_posted if last else None,
         "error": job.redactor().text(last.error) if last and last.error else None,
         "cursor_lag_seconds": round(lag, 1) if lag is not None else None,
@@ -98,6 +100,11 @@ def _job_row(
     }  # fmt: skip
 
 
+def lapsed(run: RunRecord | None) -> str | None:
+    """When the lock of ``run``, still recorded as running, lapsed (ISO time), if it did."""
+    return when(run.lock_lapsed_at) if run is not None and run.lock_lapsed_at else None
+
+
 def _recent_runs(job: Job, store: StateStore, limit: int) -> list[dict[str, Any]]:
     redactor = job.redactor()
     return [
@@ -105,6 +112,7 @@ def _recent_runs(job: Job, store: StateStore, limit: int) -> list[dict[str, Any]
             "run_id": run.run_id,
             "started": when(run.started_at),
             "status": run.status,
+            "lock_lapsed_at": lapsed(run),
             "rows_posted": run.rows_posted,
             "rows_rejected": run.rows_rejected,
             "seconds": round(run.ended_at - run.started_at, 1) if run.ended_at else None,

@@ -90,7 +90,10 @@ def _time(redactor: Redactor, value: str | None) -> str:
     return "" if not value else f"<time>{_text(redactor, value)}</time>"
 
 
-def _badge(redactor: Redactor, status: str | None) -> str:
+def _badge(redactor: Redactor, status: str | None, lapsed: str | None = None) -> str:
+    if status is not None and lapsed:  # still recorded as running, its lock lapsed
+        text = _text(redactor, f"{status}, lock lapsed {lapsed.replace('T', ' ')[:16]}")
+        return f'<span class="badge bad">{text}</span>'
     if status is None:
         return '<span class="muted">never run</span>'
     kind = "ok" if status in _GOOD else "bad" if status in _BAD else "other"
@@ -156,7 +159,7 @@ def _job_row(redactor: Redactor, row: Mapping[str, Any]) -> str:
         _text(redactor, schedule or "none"),
         _time(redactor, row.get("next_run")),
         _time(redactor, row.get("last_run")),
-        _badge(redactor, row.get("status")),
+        _badge(redactor, row.get("status"), row.get("lock_lapsed_at")),
         _text(redactor, row.get("rows_posted")),
         _text(redactor, format_duration(round(lag)) if lag is not None else ""),
         _text(redactor, row.get("dead_letters")),
@@ -183,7 +186,7 @@ def _runs_section(redactor: Redactor, row: Mapping[str, Any]) -> str:
         lines.append(
             f'<tr data-run="{_text(redactor, run["run_id"])}">'
             f"<td>{_time(redactor, run['started'])}</td>"
-            f"<td>{_badge(redactor, run['status'])}</td>"
+            f"<td>{_badge(redactor, run['status'], run.get('lock_lapsed_at'))}</td>"
             f'<td class="num rows">{_text(redactor, rows)}</td>'
             f'<td class="num">{"" if seconds is None else f"{seconds:.1f}"}</td>'
             f'<td class="error">{_text(redactor, run.get("error"))}</td></tr>'

@@ -32,6 +32,7 @@ from loader.cli.output import (
     print_json,
     run_details,
     short_iso,
+    shown_status,
     width,
     wrapped,
 )
@@ -188,7 +189,7 @@ def _status_table(report: StatusReport) -> Any:
         extra = [f"{row['running']} running, {row['queued']} waiting"] if report.queue else []
         rows.append([
             row["job"], row["schedule"] or "(none)", short_iso(row["last_run"]) or "never",
-            row["status"] or "", str(row["rows_posted"] or ""),
+            shown_status(row["status"], row["lock_lapsed_at"]), str(row["rows_posted"] or ""),
             "" if lag is None else f"{lag:.0f}s", short_iso(row["next_run"]),
             str(row["dead_letters"]), *extra,
         ])  # fmt: skip

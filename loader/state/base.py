@@ -69,6 +69,11 @@ class SqlBase:
                 sa.select(table).where(table.c.job == job).order_by(order.desc()).limit(limit)
             ).all()
 
+    def _dead(self, host: str, pid: int, started: int | None) -> bool:
+        """Whether the process ``pid`` (started at ``started``) of ``host`` is known to
+        be gone: only a process of this machine can be checked."""
+        return host == self._host and liveness.process_gone(pid, started)
+
     def close(self) -> None:
         """Close the store's connections."""
         self._engine.dispose()

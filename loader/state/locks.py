@@ -18,7 +18,6 @@ from sqlalchemy.exc import IntegrityError
 from loader import defaults
 from loader.errors import JobLockedError, LockLostError, StateError
 from loader.result import Status
-from loader.state import liveness
 from loader.state.base import SqlBase
 from loader.state.records import Lease
 from loader.state.schema import locks, runs, slots
@@ -71,9 +70,6 @@ class LockSql(SqlBase):
                 "wait for it to finish, or for the lock to expire",
                 holder=f"{row.owner}@{row.host}:{row.pid}",
             )
-
-    def _dead(self, host: str, pid: int, started: int | None) -> bool:
-        return host == self._host and liveness.process_gone(pid, started)
 
     def renew(self, lease: Lease, *, ttl: float = defaults.LOCK_TTL) -> None:
         """Extend ``lease``; raise :class:`LockLostError` (a :class:`StateError`) if

@@ -60,6 +60,10 @@ class RunRecord:
     error: str | None
     #: Batches sent in parts after the endpoint refused a bigger request.
     splits: int = 0
+    #: For a run recorded as running whose lock lapsed (it expired unrenewed, was given
+    #: up, or its process is gone from this machine): when, as far as the store knows
+    #: (the expiry, else the moment it was read). ``None`` while the run holds its lock.
+    lock_lapsed_at: float | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ record how it ended.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 from loader.result import Position, Status
 from loader.state.base import SqlBase
 from loader.state.records import RunRecord, decode_position, encode_position
-from loader.state.schema import runs
+from loader.state.schema import locks, runs
 
 
 class RunSql(SqlBase):
@@ -56,13 +57,38 @@ class RunSql(SqlBase):
     def history(self, job: str, limit: int = 20) -> list[RunRecord]:
         """``job``'s most recent runs, newest first."""
         rows = self._newest(runs, runs.c.started_at, job, limit, "reading the history")
-        return [_run_record(row) for row in rows]
+        return self._lapsed([_run_record(row) for row in rows])
 
     def run_record(self, run_id: str) -> RunRecord | None:
         """The run ``run_id``, or ``None`` if it was never recorded."""
         with self._transaction("reading the history") as conn:
             row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
-        return _run_record(row) if row is not None else None
+        return self._lapsed([_run_record(row)])[0] if row is not None else None
+
+    def _lapsed(self, records: list[RunRecord]) -> list[RunRecord]:
+        """``records``, each run still recorded as running but no longer holding its
+        job's lock with ``lock_lapsed_at`` set: a killed process leaves its record
+        running until the next run of the job takes the lock and records it abandoned."""
+        jobs = {r.job for r in records if r.status == Status.RUNNING}
+        if not jobs:
+            return records
+        with self._transaction("reading the locks") as conn:
+            held = {
+                row.job: row for row in conn.execute(sa.select(locks).where(locks.c.job.in_(jobs)))
+            }
+        now = self._clock()
+        lapsed = []
+        for record in records:
+            lock = held.get(record.job) if record.status == Status.RUNNING else None
+            # Only a lock the run itself took tells: a run taken over is already
+            # recorded abandoned, and a run waiting on its ranges (workers) holds none.
+            if lock is not None and lock.owner == record.run_id:
+                if 0 < lock.expires_at <= now:
+                    record = replace(record, lock_lapsed_at=lock.expires_at)
+                elif lock.expires_at <= 0 or self._dead(lock.host, lock.pid, lock.started):
+                    record = replace(record, lock_lapsed_at=now)
+            lapsed.append(record)
+        return lapsed
 
 
 def _run_record(row: Any) -> RunRecord:

@@ -7,6 +7,8 @@ Each test runs against both state backends (SQLite file, PostgreSQL).
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -114,6 +116,67 @@ def test_a_killed_runs_unchanged_batches_go_again_under_their_first_keys(
     killed = history[1]
     assert (killed.status, killed.rows_posted) == (Status.ABANDONED, 1700)
     assert killed.cursor_to is not None and killed.cursor_to[1] == 1700
+
+
+def loader_cli(tmp_path: Path, *args: str) -> str:
+    """Run ``loader ARGS`` in ``tmp_path``; its standard output (it must succeed)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "loader", *args], cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_killed_run_shows_that_its_lock_lapsed_until_the_next_run(
+    tmp_path: Path, schema: Schema, endpoint: Endpoint, state_url: str
+) -> None:
+    """kill -9 leaves the run recorded as running: history and status say its lock
+    lapsed (its process is gone), and the next run records it abandoned."""
+    query = _events(schema, 300)
+    endpoint.reject_when(lambda body: b'"id":201,' in body, Delay(60, 200))
+    spec = _spec(schema, endpoint, query, batch={"size": 100})
+    _kill_with_batches_in_flight(tmp_path, spec, endpoint, 3)
+    history = json.loads(loader_cli(tmp_path, "history", "job.yml", "--json"))["runs"]
+    assert [(r["status"], r["lock_lapsed_at"] is not None) for r in history] == [
+        ("running", True)]  # fmt: skip
+    (row,) = json.loads(loader_cli(tmp_path, "status", "job.yml", "--json"))["jobs"]
+    assert row["status"] == "running" and row["lock_lapsed_at"] is not None
+    assert "running, lock lapsed" in loader_cli(tmp_path, "status", "job.yml")
+    assert "running, lock lapsed" in loader_cli(tmp_path, "history", "job.yml")
+
+    endpoint.clear_rejections()
+    state = open_state(state_url)
+    assert run_job(build_job(spec), state=state).status is Status.SUCCEEDED
+    state.close()
+    history = json.loads(loader_cli(tmp_path, "history", "job.yml", "--json"))["runs"]
+    assert [(r["status"], r["lock_lapsed_at"]) for r in history] == [
+        ("succeeded", None), ("abandoned", None)]  # fmt: skip
+
+
+def test_a_running_run_shows_its_lock_lapsed_once_it_expired_or_was_given_up(
+    url_store: SqlStateStore,
+) -> None:
+    """A run recorded as running holds its lock while the lock is live; once the lock
+    expired unrenewed, the record says when; a lock given up says so at once; a run
+    that never held the job's lock (a partitioned run waiting on its ranges) says
+    nothing."""
+    store = url_store
+    store.start_run("live", "job", None)
+    taken = time.time()
+    lease = store.acquire("job", "live", ttl=0.5)
+    assert store.history("job")[0].lock_lapsed_at is None
+    time.sleep(0.6)
+    lapsed = store.run_record("live")
+    assert lapsed is not None and lapsed.lock_lapsed_at is not None
+    assert taken + 0.5 <= lapsed.lock_lapsed_at <= time.time()  # when it expired
+    store.renew(lease, ttl=30)
+    assert store.history("job")[0].lock_lapsed_at is None
+    store.release(lease)
+    (released,) = store.history("job")
+    assert released.lock_lapsed_at is not None and released.lock_lapsed_at <= time.time()
+    store.start_run("waiting", "other", None)
+    assert store.history("other")[0].lock_lapsed_at is None
 
 
 def test_a_batch_re_cut_twice_keeps_its_first_key(

@@ -84,3 +84,14 @@ def test_a_bad_refresh_period_names_the_variable() -> None:
     for bad in ("soon", "100ms"):
         with pytest.raises(JobConfigError, match="LOADER_UI_REFRESH"):
             ui_refresh({"LOADER_UI_REFRESH": bad})
+
+
+def test_a_run_whose_lock_lapsed_is_shown_as_such() -> None:
+    """A run still recorded as running whose lock lapsed (its process killed) shows it,
+    marked bad, in the jobs table and in the job's runs; a live run shows plain."""
+    lapsed = "2026-01-01T00:05:00+00:00"
+    html = page(job(status="running", lock_lapsed_at=lapsed,
+                    runs=[run(status="running", lock_lapsed_at=lapsed)]))  # fmt: skip
+    assert html.count('<span class="badge bad">running, lock lapsed 2026-01-01 00:05</span>') == 2
+    live = page(job(status="running", lock_lapsed_at=None, runs=[run(status="running")]))
+    assert "lock lapsed" not in live
