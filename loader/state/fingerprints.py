@@ -76,7 +76,7 @@ class FingerprintSql(SqlBase):
         that run began with no key stored."""
         fresh = self._fresh.get(job) == generation
         if not save_fingerprints(conn, job, rows, generation, fresh=fresh) and fresh:
-            del self._fresh[job]
+            self._fresh.pop(job, None)
 
     def generation(self, job: str) -> int | None:
         """The generation of ``job``'s last run (``None`` before its first)."""

@@ -56,45 +56,54 @@ class RunSql(SqlBase):
 
     def history(self, job: str, limit: int = 20) -> list[RunRecord]:
         """``job``'s most recent runs, newest first."""
-        rows = self._newest(runs, runs.c.started_at, job, limit, "reading the history")
-        return self._lapsed([_run_record(row) for row in rows])
+        query = _with_lock().where(runs.c.job == job)
+        query = query.order_by(runs.c.started_at.desc()).limit(limit)
+        with self._transaction("reading the history") as conn:
+            rows = conn.execute(query).all()
+        return [self._record(row) for row in rows]
 
     def run_record(self, run_id: str) -> RunRecord | None:
         """The run ``run_id``, or ``None`` if it was never recorded."""
         with self._transaction("reading the history") as conn:
-            row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
-        return self._lapsed([_run_record(row)])[0] if row is not None else None
+            row = conn.execute(_with_lock().where(runs.c.run_id == run_id)).first()
+        return self._record(row) if row is not None else None
 
-    def _lapsed(self, records: list[RunRecord]) -> list[RunRecord]:
-        """``records``, each run still recorded as running but no longer holding its
-        job's lock with ``lock_lapsed_at`` set: a killed process leaves its record
-        running until the next run of the job takes the lock and records it abandoned."""
-        jobs = {r.job for r in records if r.status == Status.RUNNING}
-        if not jobs:
-            return records
-        with self._transaction("reading the locks") as conn:
-            held = {
-                row.job: row for row in conn.execute(sa.select(locks).where(locks.c.job.in_(jobs)))
-            }
+    def _record(self, row: Any) -> RunRecord:
+        """The run of ``row`` (from :func:`_with_lock`); if still recorded as running but
+        no longer holding the lock it took, with ``lock_lapsed_at`` set: a killed process
+        leaves its record running until the next run takes the lock and records it
+        abandoned."""
+        record = _run_record(row)
+        expires = row.lock_expires_at
+        if record.status != Status.RUNNING or expires is None:
+            # No lock of its own: a run taken over is already recorded abandoned, and a
+            # run waiting on its ranges (workers) holds none.
+            return record
         now = self._clock()
-        lapsed = []
-        for record in records:
-            lock = held.get(record.job) if record.status == Status.RUNNING else None
-            # Only a lock the run itself took tells: a run taken over is already
-            # recorded abandoned, and a run waiting on its ranges (workers) holds none.
-            if lock is not None and lock.owner == record.run_id:
-                if 0 < lock.expires_at <= now:
-                    record = replace(record, lock_lapsed_at=lock.expires_at)
-                elif lock.expires_at <= 0 or self._dead(lock.host, lock.pid, lock.started):
-                    record = replace(record, lock_lapsed_at=now)
-            lapsed.append(record)
-        return lapsed
+        if 0 < expires <= now:
+            return replace(record, lock_lapsed_at=expires)
+        if expires <= 0 or self._dead(row.lock_host, row.lock_pid, row.lock_started):
+            return replace(record, lock_lapsed_at=now)
+        return record
+
+
+def _with_lock() -> sa.Select[Any]:
+    """Runs with the lock each took, if it still names them (one statement: a run that
+    ends and gives its lock up meanwhile is never seen running without it)."""
+    owned = (locks.c.job == runs.c.job) & (locks.c.owner == runs.c.run_id)
+    return sa.select(
+        runs,
+        locks.c.expires_at.label("lock_expires_at"),
+        locks.c.host.label("lock_host"),
+        locks.c.pid.label("lock_pid"),
+        locks.c.started.label("lock_started"),
+    ).select_from(runs.outerjoin(locks, owned))
 
 
 def _run_record(row: Any) -> RunRecord:
     return RunRecord(
         **{
-            **row._asdict(),
+            **{column.name: row._mapping[column.name] for column in runs.c},
             "cursor_from": decode_position(row.cursor_from) if row.cursor_from else None,
             "cursor_to": decode_position(row.cursor_to) if row.cursor_to else None,
             "splits": row.splits or 0,
