@@ -38,6 +38,9 @@ class Batch:
     position: Any = None
     url: str | None = None
     omitted: Omitted | None = None
+    #: The idempotency key of ``body``, when it was computed before sending (a cursor
+    #: job's cut records it), so it is not hashed again.
+    key: str | None = None
 
 
 @dataclass(frozen=True)

@@ -128,12 +128,19 @@ class Delivery:
         self.splits = Splits(counters)
 
     def send(
-        self, rows: list[bytes], body: bytes, scope: str, stop: StopSignal, url: str | None = None
+        self,
+        rows: list[bytes],
+        body: bytes,
+        scope: str,
+        stop: StopSignal,
+        url: str | None = None,
+        key: str | None = None,
     ) -> Rejected:
         """Deliver ``rows`` (to ``url``, for a per-row request); return the rows the
         endpoint rejected, with the rejection.
 
-        ``scope`` keys the idempotency keys (see :func:`loader.sink.idempotency_key`).
+        ``scope`` keys the idempotency keys (see :func:`loader.sink.idempotency_key`);
+        ``key``, when given, is ``body``'s, already computed from it.
         Raises :class:`RejectedError` when rejections are not row-specific (401, 403...)
         or ``on_reject: fail``, :class:`TooManyRejectionsError` past ``max_rejected``,
         and :class:`~loader.retry.Interrupted` when ``stop`` ends a retry wait.
@@ -146,7 +153,7 @@ class Delivery:
             self.splits.split_ahead()
             return self.send_parts(rows, 0, scope, stop, size)
         try:
-            return self.deliver(rows, body, scope, stop, url)
+            return self.deliver(rows, body, scope, stop, url, key)
         except RejectedError as exc:
             if self.about_request(exc) or self.job.on_reject == "fail":
                 raise
@@ -188,12 +195,19 @@ class Delivery:
         )
 
     def deliver(
-        self, rows: list[bytes], body: bytes, scope: str, stop: StopSignal, url: str | None = None
+        self,
+        rows: list[bytes],
+        body: bytes,
+        scope: str,
+        stop: StopSignal,
+        url: str | None = None,
+        key: str | None = None,
     ) -> Rejected:
-        """Send ``body`` (of ``rows``) until acknowledged; return the rows its answer
-        refused. Rows whose result says 429 or 5xx (``target.item_results``) are sent
-        again, on their own, under the retry policy."""
-        errors = self.attempt(body, scope, stop, len(rows), url)
+        """Send ``body`` (of ``rows``; its idempotency ``key``, if already computed) until
+        acknowledged; return the rows its answer refused. Rows whose result says 429 or
+        5xx (``target.item_results``) are sent again, on their own, under the retry
+        policy."""
+        errors = self.attempt(body, scope, stop, len(rows), url, key)
         if any(error.retry for error in errors):
             errors = self.settle(rows, errors, scope, stop, url)
         return self.refused(rows, errors)
@@ -317,16 +331,24 @@ class Delivery:
         return [(row, error)]
 
     def attempt(
-        self, body: bytes, scope: str, stop: StopSignal, rows: int = 1, url: str | None = None
+        self,
+        body: bytes,
+        scope: str,
+        stop: StopSignal,
+        rows: int = 1,
+        url: str | None = None,
+        key: str | None = None,
     ) -> list[ItemError]:
         """Send ``body`` until the endpoint acknowledges it or the retry policy gives
-        up, each attempt with the same idempotency key; return the rows it refused.
+        up, each attempt with the same idempotency key (``key``, if already computed
+        from ``body`` and ``scope``); return the rows it refused.
 
         Raises a sink error that is not retryable (such as :class:`RejectedError`) at
         once, :class:`~loader.errors.RetriesExhaustedError` when the attempts run out,
         and :class:`~loader.retry.Interrupted` when ``stop`` ends a wait.
         """
-        key = idempotency_key(self.job.name, scope, body)
+        if key is None:
+            key = idempotency_key(self.job.name, scope, body)
 
         def once() -> list[ItemError]:
             """One attempt, counted as a request and in flight while it lasts."""

@@ -24,7 +24,7 @@ from loader.errors import ConnectionLostError
 from loader.retry import Interrupted, StopSignal
 
 #: Deliver one batch (rows, body, scope, stop signal, per-row URL); return its rejections.
-Send = Callable[[list[bytes], bytes, str, StopSignal, str | None], Rejected]
+Send = Callable[[list[bytes], bytes, str, StopSignal, str | None, str | None], Rejected]
 #: Record batches acknowledged in order (their dead letters and the checkpoint).
 Commit = Callable[[list[tuple[Batch, Rejected]]], None]
 
@@ -243,7 +243,9 @@ class Pipeline:
             self.interrupted = self.interrupted or self.stop.is_set()
             return
         try:
-            rejected = self.send_batch(batch.rows, batch.body, item.scope, self.signal, batch.url)
+            rejected = self.send_batch(
+                batch.rows, batch.body, item.scope, self.signal, batch.url, batch.key
+            )
         except Interrupted:
             self.interrupted = True
             return

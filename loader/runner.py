@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 
 from loader.batching import Batch, Chunk, batches, singles
 from loader.dbdiff import Compare, key_ordered
@@ -292,17 +293,21 @@ class _Run:
             start = encode_position(after) if after is not None else "start"
             scope = cut.scope if cut is not None else f"{self.fingerprint}:{self.epoch}:{start}"
             if lease is not None:
-                self.record_cut(lease, batch, scope, cut.after if cut is not None else start)
+                batch = self.record_cut(
+                    lease, batch, scope, cut.after if cut is not None else start
+                )
             yield batch, scope
             after = batch.position
 
-    def record_cut(self, lease: Lease, batch: Batch, scope: str, start: str) -> None:
-        """Write ``batch``'s cut ahead of sending it (see :mod:`loader.recut`)."""
+    def record_cut(self, lease: Lease, batch: Batch, scope: str, start: str) -> Batch:
+        """Write ``batch``'s cut ahead of sending it (see :mod:`loader.recut`); return
+        the batch with the key the cut holds, so that its body is hashed once."""
+        key = idempotency_key(self.job.name, scope, batch.body)
         self.cuts[batch.seq] = self.store.record_cut(
             lease, self.run_id, scope=scope, after=start, last=encode_position(batch.position),
-            rows=len(batch.rows), key=idempotency_key(self.job.name, scope, batch.body),
-            ttl=self.options.lock_ttl,
+            rows=len(batch.rows), key=key, ttl=self.options.lock_ttl,
         )  # fmt: skip
+        return replace(batch, key=key)
 
     def committer(self, lease: Lease) -> Callable[[list[tuple[Batch, Rejected]]], None]:
         """What records batches acknowledged in order: their dead letters and the
