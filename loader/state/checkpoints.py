@@ -158,6 +158,16 @@ class CheckpointSql(CutSql, FingerprintSql):
         return tuple(int(bound) for bound in json.loads(stored))
 
 
+# Built once: the checkpoint moves with every group of batches acknowledged.
+_MOVE = (
+    sa.update(checkpoints)
+    .where(checkpoints.c.job == sa.bindparam("checkpoint_job"))
+    .values(
+        {name: sa.bindparam(name) for name in ("fingerprint", "position", "run_id", "updated_at")}
+    )
+)
+
+
 def _save_checkpoint(
     conn: sa.Connection,
     job: str,
@@ -173,7 +183,7 @@ def _save_checkpoint(
         "run_id": run_id,
         "updated_at": now,
     }
-    updated = conn.execute(sa.update(checkpoints).where(checkpoints.c.job == job).values(**values))
+    updated = conn.execute(_MOVE, {"checkpoint_job": job, **values})
     if updated.rowcount == 0:
         conn.execute(sa.insert(checkpoints).values(job=job, **values))
 

@@ -19,6 +19,12 @@ from loader.state.locks import LockSql
 from loader.state.records import Cut, Lease
 from loader.state.schema import cuts
 
+# Built once: a cut is written and dropped for every batch.
+_INSERT = sa.insert(cuts)
+_DROP = sa.delete(cuts).where(
+    cuts.c.job == sa.bindparam("cut_job"), cuts.c.id.in_(sa.bindparam("ids", expanding=True))
+)
+
 
 class CutSql(LockSql):
     """Recording the cuts of batches about to be sent, and reading them back."""
@@ -40,12 +46,10 @@ class CutSql(LockSql):
         ``after`` (the batch re-cut from an older record): see :meth:`pending_cuts`."""
         with self._transaction("recording a batch") as conn:
             self._fence(conn, lease, ttl)
-            inserted = conn.execute(
-                sa.insert(cuts).values(
-                    job=lease.job, run_id=run_id, scope=scope, after=after, last=last,
-                    rows=rows, key=key, created_at=self._clock(),
-                )
-            )  # fmt: skip
+            inserted = conn.execute(_INSERT, {
+                "job": lease.job, "run_id": run_id, "scope": scope, "after": after, "last": last,
+                "rows": rows, "key": key, "created_at": self._clock(),
+            })  # fmt: skip
             primary = inserted.inserted_primary_key
             assert primary is not None
             return int(primary[0])
@@ -77,4 +81,4 @@ class CutSql(LockSql):
 def drop_cuts(conn: sa.Connection, job: str, ids: Sequence[int]) -> None:
     """Delete the cuts ``ids`` of ``job``: their batches were acknowledged."""
     if ids:
-        conn.execute(sa.delete(cuts).where(cuts.c.job == job, cuts.c.id.in_(ids)))
+        conn.execute(_DROP, {"cut_job": job, "ids": list(ids)})

@@ -23,6 +23,13 @@ from loader.state.records import Lease
 from loader.state.schema import locks, runs, slots
 from loader.units import when
 
+# Statements run for every batch are built once: building one costs more than running it.
+_FENCE = (
+    sa.update(locks)
+    .where(locks.c.job == sa.bindparam("lease_job"), locks.c.token == sa.bindparam("lease_token"))
+    .values(expires_at=sa.bindparam("expires"))
+)
+
 
 class LockSql(SqlBase):
     """Taking, renewing, fencing and giving up job locks."""
@@ -80,11 +87,8 @@ class LockSql(SqlBase):
     def _fence(self, conn: sa.Connection, lease: Lease, ttl: float) -> None:
         """Extend ``lease`` inside ``conn``'s transaction, or raise
         :class:`LockLostError` so that nothing else in that transaction is written."""
-        result = conn.execute(
-            sa.update(locks)
-            .where(locks.c.job == lease.job, locks.c.token == lease.token)
-            .values(expires_at=self._clock() + ttl)
-        )
+        values = {"lease_job": lease.job, "lease_token": lease.token}
+        result = conn.execute(_FENCE, {**values, "expires": self._clock() + ttl})
         if result.rowcount != 1:
             raise LockLostError(
                 f"run {lease.owner} lost the lock of job {lease.job!r} to another run; "

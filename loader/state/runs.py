@@ -7,6 +7,7 @@ record how it ended.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import Any
 
@@ -119,4 +120,12 @@ def save_counts(conn: sa.Connection, run_id: str, counts: dict[str, Any]) -> Non
     if values.get("cursor_to") is not None:
         values["cursor_to"] = encode_position(values["cursor_to"])
     if values:
-        conn.execute(sa.update(runs).where(runs.c.run_id == run_id).values(**values))
+        conn.execute(_counting(frozenset(values)), {"counted_run": run_id, **values})
+
+
+@functools.cache
+def _counting(names: frozenset[str]) -> sa.Update:
+    """The update of a run's ``names`` counts, built once per set of names (a run
+    saves the same ones with every checkpoint)."""
+    where = runs.c.run_id == sa.bindparam("counted_run")
+    return sa.update(runs).where(where).values({name: sa.bindparam(name) for name in names})
