@@ -128,14 +128,9 @@ class Delivery:
         self.splits = Splits(counters)
 
     def send(
-        self,
-        rows: list[bytes],
-        body: bytes,
-        scope: str,
-        stop: StopSignal,
-        url: str | None = None,
-        key: str | None = None,
-    ) -> Rejected:
+        self, rows: list[bytes], body: bytes, scope: str, stop: StopSignal,
+        url: str | None = None, key: str | None = None,
+    ) -> Rejected:  # fmt: skip
         """Deliver ``rows`` (to ``url``, for a per-row request); return the rows the
         endpoint rejected, with the rejection.
 
@@ -195,14 +190,9 @@ class Delivery:
         )
 
     def deliver(
-        self,
-        rows: list[bytes],
-        body: bytes,
-        scope: str,
-        stop: StopSignal,
-        url: str | None = None,
-        key: str | None = None,
-    ) -> Rejected:
+        self, rows: list[bytes], body: bytes, scope: str, stop: StopSignal,
+        url: str | None = None, key: str | None = None,
+    ) -> Rejected:  # fmt: skip
         """Send ``body`` (of ``rows``; its idempotency ``key``, if already computed) until
         acknowledged; return the rows its answer refused. Rows whose result says 429 or
         5xx (``target.item_results``) are sent again, on their own, under the retry
