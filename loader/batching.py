@@ -39,7 +39,8 @@ class Batch:
     url: str | None = None
     omitted: Omitted | None = None
     #: The idempotency key of ``body``, when it was computed before sending (a cursor
-    #: job's cut records it), so it is not hashed again.
+    #: job's cut records it), so it is not hashed again. It belongs to this exact body
+    #: and scope: a batch whose body changes must not keep it.
     key: str | None = None
 
 

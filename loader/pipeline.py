@@ -23,7 +23,8 @@ from loader.delivery import Rejected
 from loader.errors import ConnectionLostError
 from loader.retry import Interrupted, StopSignal
 
-#: Deliver one batch (rows, body, scope, stop signal, per-row URL); return its rejections.
+#: Deliver one batch (rows, body, scope, stop signal, per-row URL, the body's idempotency
+#: key if already computed); return its rejections.
 Send = Callable[[list[bytes], bytes, str, StopSignal, str | None, str | None], Rejected]
 #: Record batches acknowledged in order (their dead letters and the checkpoint).
 Commit = Callable[[list[tuple[Batch, Rejected]]], None]

@@ -158,7 +158,8 @@ class CheckpointSql(CutSql, FingerprintSql):
         return tuple(int(bound) for bound in json.loads(stored))
 
 
-# Built once: the checkpoint moves with every group of batches acknowledged.
+# Built once: the checkpoint moves with every group of batches acknowledged (parameters:
+# exactly its bind parameters; another key naming a column would be set too).
 _MOVE = (
     sa.update(checkpoints)
     .where(checkpoints.c.job == sa.bindparam("checkpoint_job"))

@@ -19,7 +19,8 @@ from loader.state.locks import LockSql
 from loader.state.records import Cut, Lease
 from loader.state.schema import cuts
 
-# Built once: a cut is written and dropped for every batch.
+# Built once: a cut is written and dropped for every batch (parameters: exactly the
+# columns, or the bind parameters, they name).
 _INSERT = sa.insert(cuts)
 _DROP = sa.delete(cuts).where(
     cuts.c.job == sa.bindparam("cut_job"), cuts.c.id.in_(sa.bindparam("ids", expanding=True))

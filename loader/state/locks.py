@@ -24,6 +24,8 @@ from loader.state.schema import locks, runs, slots
 from loader.units import when
 
 # Statements run for every batch are built once: building one costs more than running it.
+# Their parameters must be exactly their bind parameters: any other key that names a
+# column would be set too.
 _FENCE = (
     sa.update(locks)
     .where(locks.c.job == sa.bindparam("lease_job"), locks.c.token == sa.bindparam("lease_token"))

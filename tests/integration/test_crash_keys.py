@@ -142,6 +142,24 @@ def test_a_cursor_jobs_batch_is_hashed_once_for_its_cut_and_its_request(
     ]
 
 
+def test_parts_of_a_cursor_jobs_batch_get_keys_of_their_own(
+    schema: Schema, endpoint: Endpoint, isolated_state: str
+) -> None:
+    """The key a cursor job's batch carries from its cut goes with that body only: the
+    halves of a batch the endpoint refuses as too large, and the parts of later batches
+    split up front, each get their own. No key ever goes with two different bodies."""
+    endpoint.reject_when(lambda body: body.count(b'"id":') > 40, 413)
+    spec = _spec(schema, endpoint, _events(schema, 300), batch={"size": 100})
+    state = open_state(isolated_state)
+    assert run_job(build_job(spec), state=state).rows_posted == 300
+    state.close()
+    bodies: dict[str, set[bytes]] = {}
+    for request in endpoint.requests:
+        bodies.setdefault(request.headers["Idempotency-Key"], set()).add(request.body)
+    assert all(len(sent) == 1 for sent in bodies.values())
+    assert len(bodies) > 3 and sorted(set(endpoint.accepted_ids())) == list(range(1, 301))
+
+
 def loader_cli(tmp_path: Path, *args: str) -> str:
     """Run ``loader ARGS`` in ``tmp_path``; its standard output (it must succeed)."""
     done = subprocess.run(

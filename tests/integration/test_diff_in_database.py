@@ -423,8 +423,8 @@ def test_a_fresh_run_finding_a_key_stored_after_all_upserts_it(pg_state: SqlStat
     writes = fingerprint_writes(pg_state)
     for fingerprint, keys in ((b"1" * 8, ["[1]", "[2]"]), (b"2" * 8, ["[2]", "[3]"])):
         lease = pg_state.acquire("twice", "test")
-        pg_state.record_batch(lease, "run-1", fingerprint="f", position=None,
-                              diffed=(generation, [(k, fingerprint) for k in keys], ()))  # fmt: skip
+        diffed = (generation, [(k, fingerprint) for k in keys], ())
+        pg_state.record_batch(lease, "run-1", fingerprint="f", position=None, diffed=diffed)
         pg_state.release(lease)
     assert pg_state.seen_fingerprints("twice", ["[1]", "[2]", "[3]"]) == {
         "[1]": b"1" * 8, "[2]": b"2" * 8, "[3]": b"2" * 8}  # fmt: skip
