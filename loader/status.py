@@ -18,7 +18,7 @@ from loader.executors import queued_runs
 from loader.job import Job
 from loader.jobfile import find_job_files, load_job
 from loader.monitor import cursor_lag
-from loader.state import RunRecord, StateStore, open_state
+from loader.state import StateStore, open_state
 from loader.units import when
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def _job_row(
         "timezone": job.timezone,
         "last_run": when(last.started_at) if last else None,
         "status": last.status if last else None,
-        "lock_lapsed_at": lapsed(last),
+        "lock_lapsed_at": last.lock_lapsed if last else None,
         "rows_posted": last.rows_posted if last else None,
         "error": job.redactor().text(last.error) if last and last.error else None,
         "cursor_lag_seconds": round(lag, 1) if lag is not None else None,
@@ -100,11 +100,6 @@ def _job_row(
     }  # fmt: skip
 
 
-def lapsed(run: RunRecord | None) -> str | None:
-    """When the lock of ``run``, still recorded as running, lapsed (ISO time), if it did."""
-    return when(run.lock_lapsed_at) if run is not None and run.lock_lapsed_at else None
-
-
 def _recent_runs(job: Job, store: StateStore, limit: int) -> list[dict[str, Any]]:
     redactor = job.redactor()
     return [
@@ -112,7 +107,7 @@ def _recent_runs(job: Job, store: StateStore, limit: int) -> list[dict[str, Any]
             "run_id": run.run_id,
             "started": when(run.started_at),
             "status": run.status,
-            "lock_lapsed_at": lapsed(run),
+            "lock_lapsed_at": run.lock_lapsed,
             "rows_posted": run.rows_posted,
             "rows_rejected": run.rows_rejected,
             "seconds": round(run.ended_at - run.started_at, 1) if run.ended_at else None,

@@ -92,7 +92,7 @@ def _time(redactor: Redactor, value: str | None) -> str:
 
 def _badge(redactor: Redactor, status: str | None, lapsed: str | None = None) -> str:
     if status is not None and lapsed:  # still recorded as running, its lock lapsed
-        text = _text(redactor, f"{status}, lock lapsed {lapsed.replace('T', ' ')[:16]}")
+        text = f"{_text(redactor, status)}, lock lapsed {_time(redactor, lapsed)}"
         return f'<span class="badge bad">{text}</span>'
     if status is None:
         return '<span class="muted">never run</span>'

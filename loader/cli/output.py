@@ -178,22 +178,18 @@ def history_row(r: RunRecord, redactor: Redactor) -> list[str]:
     seconds = f"{r.ended_at - r.started_at:.1f}" if r.ended_at else ""
     error = " ".join(redactor.text(r.error or "").split())
     return [
-        r.run_id, short_time(r.started_at), shown_status(r.status, _lapsed(r)),
+        r.run_id, short_time(r.started_at), shown_status(r.status, r.lock_lapsed),
         str(r.rows_read), str(r.rows_posted),
         str(r.rows_rejected), str(r.requests), str(r.retries), str(r.splits), seconds,
         position(r.cursor_from), position(r.cursor_to), error,
     ]  # fmt: skip
 
 
-def _lapsed(r: RunRecord) -> str | None:
-    return when(r.lock_lapsed_at) if r.lock_lapsed_at else None
-
-
 def run_details(r: RunRecord, redactor: Redactor, columns: int) -> str:
     """``loader history JOB --run RUN``: one run, a line per fact, its error whole and masked."""
     seconds = f"{r.ended_at - r.started_at:.1f}s" if r.ended_at else "(still running)"
     facts = [
-        ("run", r.run_id), ("job", r.job), ("status", shown_status(r.status, _lapsed(r))),
+        ("run", r.run_id), ("job", r.job), ("status", shown_status(r.status, r.lock_lapsed)),
         ("started", when(r.started_at)), ("ended", when(r.ended_at) if r.ended_at else ""),
         ("took", seconds), ("host", f"{r.host} (pid {r.pid})"),
         ("rows", f"{r.rows_read:,} read, {r.rows_posted:,} posted, {r.rows_rejected:,} rejected"),
@@ -362,7 +358,7 @@ def history_document(job: str, records: list[RunRecord], redactor: Redactor) -> 
     """``loader history --json``: the job and its runs, newest first, errors masked."""
     runs = [
         {
-            "run_id": r.run_id, "status": r.status, "lock_lapsed_at": _lapsed(r),
+            "run_id": r.run_id, "status": r.status, "lock_lapsed_at": r.lock_lapsed,
             "started_at": when(r.started_at),
             "ended_at": when(r.ended_at) if r.ended_at else None,
             "duration_seconds": round(r.ended_at - r.started_at, 3) if r.ended_at else None,

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from loader.errors import StateError
 from loader.result import Position
+from loader.units import when
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ class RunRecord:
     #: up, or its process is gone from this machine): when, as far as the store knows
     #: (the expiry, else the moment it was read). ``None`` while the run holds its lock.
     lock_lapsed_at: float | None = None
+
+    @property
+    def lock_lapsed(self) -> str | None:
+        """``lock_lapsed_at`` as a local ISO 8601 time, as reports give times."""
+        return when(self.lock_lapsed_at) if self.lock_lapsed_at else None
 
 
 @dataclass(frozen=True)
